@@ -1,0 +1,20 @@
+//! The contract `drawbridge` (the edge proxy) and `maintctl` (the control CLI) share.
+//!
+//! Whatever one binary writes and the other reads lives here, so the two cannot drift apart.
+//!
+//! # Layout
+//! * `gate`: the gate document, the JSON value at the Consul key that switches the edge.
+//! * `status`: the report the proxy serves on its admin `/status` and `maintctl` reads.
+//! * `bypass`: the signed bypass token that lets operators through a closed gate.
+//! * `consul`: a thin client for exactly the Consul endpoints both binaries use.
+//!
+//! # Glossary
+//! * *gate*: the switch in front of a service; *mode*: `normal`, `maintenance` or `read_only`.
+//! * *gate document*: the JSON at the key; *gate state*: the validated form a proxy serves from.
+//! * *bypass*: a request that passes a closed gate (trusted address or valid token).
+//! * *box*: a host `maintctl` acts on; *step*: one action of the take-down or restore procedure.
+
+pub mod bypass;
+pub mod consul;
+pub mod gate;
+pub mod status;

@@ -1,0 +1,84 @@
+//! The report a proxy serves on its admin `/status`, and `maintctl` reads to prove a switch landed.
+
+use crate::gate::Mode;
+use serde::{Deserialize, Serialize};
+
+/// Everything `/status` tells about one proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The proxy's version.
+    pub version: String,
+    /// The id this proxy registered under in Consul.
+    pub instance: String,
+    /// The gate state being served.
+    pub gate: GateStatus,
+    /// How the watch on the key is doing.
+    pub consul: ConsulStatus,
+    /// The upstream pools and the health of their servers.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// The gate state a proxy serves and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateStatus {
+    pub mode: Mode,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// RFC 3339.
+    pub until: Option<String>,
+    pub by: Option<String>,
+    pub scope: Option<Vec<String>>,
+    /// `consul`, `state_file` (restored at start while Consul did not answer) or `default`.
+    pub source: String,
+    /// The Consul index of the applied state: the key's ModifyIndex, or for a missing key the
+    /// index Consul answered with. `maintctl` waits until it reaches the index it wrote.
+    pub applied_index: u64,
+    /// When this state was applied (RFC 3339).
+    pub applied_at: String,
+}
+
+/// The watch on the gate key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsulStatus {
+    pub address: String,
+    pub key: String,
+    /// Whether the last request to Consul got an answer.
+    pub reachable: bool,
+    /// True when Consul has not answered for longer than the staleness limit.
+    pub stale: bool,
+    /// When Consul last answered (RFC 3339).
+    pub last_answer_at: Option<String>,
+    /// Seconds since Consul last answered.
+    pub seconds_since_answer: Option<f64>,
+    /// The blocking-query index the watcher waits on.
+    pub watch_index: u64,
+    /// The last error talking to Consul, if the last request failed.
+    pub last_error: Option<String>,
+    /// The last value at the key that was refused, and why.
+    pub last_rejected: Option<RejectedValue>,
+}
+
+/// A value at the key that did not change the gate because it did not parse or check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedValue {
+    pub modify_index: u64,
+    pub error: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// `static` or `consul:<service>`.
+    pub source: String,
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub address: String,
+    pub healthy: bool,
+}

@@ -1,0 +1,151 @@
+//! The admin listener: `/healthz` (always 200 while the proxy serves, maintenance or not),
+//! `/status` (the gate state, the Consul watch, the pools) and `/metrics` (Prometheus text).
+//! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`.
+
+use crate::gate_state::{rfc3339, GateState};
+use crate::metrics::Metrics;
+use crate::pools::Pool;
+use crate::watcher::WatchStatus;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use drawbridge_core::status::{ConsulStatus, GateStatus, StatusReport};
+use http::{header, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The admin application.
+pub struct Admin {
+    pub token: Option<String>,
+    pub instance: String,
+    pub consul_address: String,
+    pub key: String,
+    pub stale_after: Duration,
+    pub gate: Arc<ArcSwap<GateState>>,
+    pub watch: Arc<ArcSwap<WatchStatus>>,
+    pub pools: Vec<Arc<Pool>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    /// The report `/status` serves.
+    pub fn report(&self) -> StatusReport {
+        let gate = self.gate.load();
+        let watch = self.watch.load();
+        let now = OffsetDateTime::now_utc();
+        let seconds_since_answer = watch
+            .last_answer_at
+            .map(|at| (now - at).as_seconds_f64().max(0.0));
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instance: self.instance.clone(),
+            gate: GateStatus {
+                mode: gate.doc.mode,
+                reason: gate.doc.reason.clone(),
+                message: gate.doc.message.clone(),
+                until: gate.doc.until.map(rfc3339),
+                by: gate.doc.by.clone(),
+                scope: gate.doc.scope.clone(),
+                source: gate.source.as_str().to_string(),
+                applied_index: gate.applied_index,
+                applied_at: rfc3339(gate.applied_at),
+            },
+            consul: ConsulStatus {
+                address: self.consul_address.clone(),
+                key: self.key.clone(),
+                reachable: watch.reachable,
+                stale: self.is_stale(seconds_since_answer),
+                last_answer_at: watch.last_answer_at.map(rfc3339),
+                seconds_since_answer,
+                watch_index: watch.watch_index,
+                last_error: watch.last_error.clone(),
+                last_rejected: watch.last_rejected.clone(),
+            },
+            pools: self.pools.iter().map(|p| p.status()).collect(),
+        }
+    }
+
+    /// Stale when Consul has not answered for longer than `stale_after` (or never answered).
+    fn is_stale(&self, seconds_since_answer: Option<f64>) -> bool {
+        seconds_since_answer.is_none_or(|s| s > self.stale_after.as_secs_f64())
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .expect("fixed status and header names always build")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/status" | "/metrics" if !self.authorized(session) => {
+                let mut r = respond(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    b"send Authorization: Bearer <admin.token>\n".to_vec(),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
+            "/status" => {
+                let report = self.report();
+                let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+                respond(StatusCode::OK, "application/json", body)
+            }
+            "/metrics" => {
+                let since_answer = self
+                    .watch
+                    .load()
+                    .last_answer_at
+                    .map(|at| (OffsetDateTime::now_utc() - at).as_seconds_f64());
+                let stale = self.is_stale(since_answer);
+                self.metrics.consul_stale.set(i64::from(stale));
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render().into_bytes(),
+                )
+            }
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                b"admin endpoints: /healthz /status /metrics\n".to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The gate state a proxy serves from: a checked gate document with everything the request path
+//! needs already rendered (the page, the problem body, the well-known document), swapped whole.
+
+use crate::config::Config;
+use crate::page::{PageFields, PageTemplate};
+use bytes::Bytes;
+use drawbridge_core::gate::{GateDoc, Mode};
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Where the served state came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateSource {
+    /// Read from the Consul key.
+    Consul,
+    /// Restored from the local state file because Consul did not answer at start.
+    StateFile,
+    /// Nothing known yet: normal.
+    Default,
+}
+
+impl StateSource {
+    /// The name `/status` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateSource::Consul => "consul",
+            StateSource::StateFile => "state_file",
+            StateSource::Default => "default",
+        }
+    }
+}
+
+/// What turns gate documents into servable states; built once from the config.
+#[derive(Debug)]
+pub struct StateBuilder {
+    route_names: Vec<String>,
+    page: PageTemplate,
+    default_message: String,
+}
+
+/// One version of the gate, ready to serve.
+#[derive(Debug)]
+pub struct GateState {
+    pub doc: GateDoc,
+    /// The key's ModifyIndex, or Consul's index for a missing key.
+    pub applied_index: u64,
+    pub applied_at: OffsetDateTime,
+    pub source: StateSource,
+    /// Whether the state stands for a missing key (set by the watcher), so that unrelated changes
+    /// elsewhere in Consul's KV store, which move a missing key's index, are not re-applied.
+    pub from_missing_key: bool,
+    /// The mode of each route, by route index (routes out of scope are normal).
+    route_modes: Vec<Mode>,
+    pub page_html: Bytes,
+    pub problem_json: Bytes,
+    pub well_known_json: Bytes,
+}
+
+impl StateBuilder {
+    /// A builder for the routes and page of this config.
+    pub fn new(config: &Config) -> StateBuilder {
+        StateBuilder {
+            route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
+            page: config.maintenance.page.clone(),
+            default_message: config.maintenance.default_message.clone(),
+        }
+    }
+
+    /// A builder from its parts, for tests of the modules that serve states.
+    #[cfg(test)]
+    pub fn for_test(
+        route_names: Vec<String>,
+        page: PageTemplate,
+        default_message: String,
+    ) -> StateBuilder {
+        StateBuilder {
+            route_names,
+            page,
+            default_message,
+        }
+    }
+
+    /// Checks a document against the routes and renders it.
+    ///
+    /// # Errors
+    /// A `scope` that names a route the config does not have.
+    pub fn build(
+        &self,
+        doc: GateDoc,
+        applied_index: u64,
+        source: StateSource,
+        applied_at: OffsetDateTime,
+    ) -> Result<GateState, String> {
+        let route_modes = match &doc.scope {
+            None => vec![doc.mode; self.route_names.len()],
+            Some(scope) => {
+                if let Some(unknown) = scope.iter().find(|s| !self.route_names.contains(s)) {
+                    return Err(format!(
+                        "scope names route {unknown:?}, which this proxy does not have (routes: {})",
+                        self.route_names.join(", ")
+                    ));
+                }
+                self.route_names
+                    .iter()
+                    .map(|name| {
+                        if scope.contains(name) {
+                            doc.mode
+                        } else {
+                            Mode::Normal
+                        }
+                    })
+                    .collect()
+            }
+        };
+        let until_rfc3339 = doc.until.map(rfc3339);
+        let message = doc.message.as_deref().unwrap_or(&self.default_message);
+        let reason = doc.reason.as_deref().unwrap_or("Planned maintenance");
+        let until_sentence = doc.until.map(|u| {
+            let u = u.to_offset(time::UtcOffset::UTC);
+            format!(
+                "Expected back by {:04}-{:02}-{:02} {:02}:{:02} UTC.",
+                u.year(),
+                u8::from(u.month()),
+                u.day(),
+                u.hour(),
+                u.minute()
+            )
+        });
+        let page_html = self.page.render(&PageFields {
+            title: "Down for maintenance",
+            reason,
+            message,
+            until: until_sentence.as_deref().unwrap_or(""),
+            until_rfc3339: until_rfc3339.as_deref().unwrap_or(""),
+        });
+        let problem = json!({
+            "type": "urn:drawbridge:problem:planned-maintenance",
+            "title": "Service unavailable for planned maintenance",
+            "status": 503,
+            "detail": message,
+            "reason": reason,
+            "until": until_rfc3339,
+            "mode": doc.mode,
+        });
+        let well_known = json!({
+            "mode": doc.mode,
+            "planned": doc.mode != Mode::Normal,
+            "reason": doc.reason,
+            "message": doc.message,
+            "until": until_rfc3339,
+            "started_at": doc.started_at.map(rfc3339),
+            "scope": doc.scope,
+        });
+        Ok(GateState {
+            doc,
+            applied_index,
+            applied_at,
+            source,
+            from_missing_key: false,
+            route_modes,
+            page_html: Bytes::from(page_html),
+            problem_json: Bytes::from(problem.to_string()),
+            well_known_json: Bytes::from(well_known.to_string()),
+        })
+    }
+
+    /// The normal state a proxy starts from when it knows nothing else.
+    pub fn initial(&self) -> GateState {
+        self.build(
+            GateDoc::normal(),
+            0,
+            StateSource::Default,
+            OffsetDateTime::now_utc(),
+        )
+        .expect("a normal document has no scope to check")
+    }
+}
+
+impl GateState {
+    /// The mode that applies to the route at `route`.
+    pub fn mode_for(&self, route: usize) -> Mode {
+        self.route_modes.get(route).copied().unwrap_or(Mode::Normal)
+    }
+
+    /// Seconds for `Retry-After` at `now_unix`: the time left to `until`, rounded up, or `default`
+    /// when there is no `until` or it has passed.
+    pub fn retry_after_secs(&self, now_unix: i64, default_secs: u64) -> u64 {
+        match self.doc.until {
+            Some(until) if until.unix_timestamp() > now_unix => {
+                (until.unix_timestamp() - now_unix) as u64
+            }
+            _ => default_secs,
+        }
+    }
+}
+
+/// RFC 3339 text of a timestamp.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .expect("RFC 3339 formats every timestamp of years 0-9999")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> StateBuilder {
+        StateBuilder::for_test(
+            vec!["ui".into(), "api".into()],
+            PageTemplate::parse("<p>{{reason}}|{{message}}|{{until}}</p>").unwrap(),
+            "back soon".into(),
+        )
+    }
+
+    fn doc(json: &str) -> GateDoc {
+        GateDoc::parse(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn scope_limits_the_mode_to_named_routes() {
+        let state = builder()
+            .build(
+                doc(r#"{"mode":"maintenance","scope":["api"]}"#),
+                7,
+                StateSource::Consul,
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        assert_eq!(state.mode_for(0), Mode::Normal);
+        assert_eq!(state.mode_for(1), Mode::Maintenance);
+    }
+
+    #[test]
+    fn unknown_scope_route_is_refused() {
+        let err = builder()
+            .build(
+                doc(r#"{"mode":"maintenance","scope":["admin"]}"#),
+                7,
+                StateSource::Consul,
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap_err();
+        assert!(err.contains("\"admin\""), "{err}");
+    }
+
+    #[test]
+    fn bodies_are_rendered_once_with_the_document() {
+        let state = builder()
+            .build(
+                doc(r#"{"mode":"maintenance","reason":"db <upgrade>","until":"2026-11-25T21:00:00Z"}"#),
+                7,
+                StateSource::Consul,
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        let page = std::str::from_utf8(&state.page_html).unwrap();
+        assert_eq!(
+            page,
+            "<p>db &lt;upgrade&gt;|back soon|Expected back by 2026-11-25 21:00 UTC.</p>"
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&state.problem_json).unwrap();
+        assert_eq!(problem["status"], 503);
+        assert_eq!(problem["until"], "2026-11-25T21:00:00Z");
+        assert_eq!(problem["detail"], "back soon");
+        let until = state.doc.until.unwrap().unix_timestamp();
+        assert_eq!(state.retry_after_secs(until - 90, 300), 90);
+        assert_eq!(state.retry_after_secs(until + 5, 300), 300);
+    }
+}

@@ -1,0 +1,29 @@
+//! The Drawbridge edge proxy: Pingora in front of UI, admin and API pools, switched into
+//! maintenance by one Consul key.
+//!
+//! # Layout
+//! * `config`: the TOML file, checked into `Config` with errors that name the key.
+//! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
+//! * `watcher`: follows the gate key with blocking queries; saves and restores `state_file`.
+//! * `facts`, `decide`, `respond`: pure per-request logic: client address and token, the
+//!   decision, the answers the proxy writes itself.
+//! * `edge`: the `ProxyHttp` implementation that strings those together.
+//! * `pools`: upstream pools, static or following a Consul service, with health checks.
+//! * `admin`, `metrics`, `registration`: `/healthz` `/status` `/metrics`, and the proxy's own
+//!   Consul registration.
+//! * `server`: wires everything into a Pingora server.
+
+pub mod admin;
+pub mod config;
+pub mod decide;
+pub mod edge;
+pub mod facts;
+pub mod gate_state;
+pub mod metrics;
+pub mod page;
+pub mod pools;
+pub mod registration;
+pub mod respond;
+pub mod server;
+pub mod state_file;
+pub mod watcher;

@@ -1,0 +1,259 @@
+//! Upstream pools: a round-robin load balancer per pool with active health checks, fed either by
+//! the configured server list or by the passing instances of a Consul service, followed with
+//! blocking queries so a box put into Consul maintenance leaves the pool by itself.
+
+use crate::config::{HealthCheckSettings, PoolSettings, PoolSource};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use drawbridge_core::consul::{self, Backoff, Client, QueryOptions};
+use drawbridge_core::status::{PoolStatus, ServerStatus};
+use pingora::lb::discovery::{ServiceDiscovery, Static};
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the first read of a Consul-service pool may take before the proxy starts anyway.
+const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one blocking read of a Consul-service pool waits.
+const POOL_WATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// One pool as the request path uses it.
+pub struct Pool {
+    pub name: String,
+    /// `static` or `consul:<service>`, for `/status`.
+    pub source: String,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Pool {
+    /// The next healthy server, round robin; `None` when every server is down.
+    pub fn select(&self) -> Option<Backend> {
+        self.lb.select(b"", 64)
+    }
+
+    /// The pool's servers and their health, for `/status`.
+    pub fn status(&self) -> PoolStatus {
+        let backends = self.lb.backends();
+        PoolStatus {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            servers: backends
+                .get_backend()
+                .iter()
+                .map(|b| ServerStatus {
+                    address: b.addr.to_string(),
+                    healthy: backends.ready(b),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A pool with the background services that keep it current (health checks, Consul watch).
+pub struct BuiltPool {
+    pub pool: Arc<Pool>,
+    pub services: Vec<Box<dyn ServiceWithDependents>>,
+}
+
+/// Builds a pool; `consul` is the client for Consul-service pools.
+pub fn build(settings: &PoolSettings, consul: &Client) -> BuiltPool {
+    let (discovery, source, watch): (Box<dyn ServiceDiscovery + Send + Sync>, String, _) =
+        match &settings.source {
+            PoolSource::Static(addrs) => {
+                let backends: BTreeSet<Backend> = addrs.iter().map(|a| backend(*a)).collect();
+                (Static::new(backends), "static".to_string(), None)
+            }
+            PoolSource::ConsulService(service) => {
+                let discovery = Arc::new(ConsulDiscovery::default());
+                (
+                    Box::new(ConsulDiscoveryHandle(discovery.clone())),
+                    format!("consul:{service}"),
+                    Some((service.clone(), discovery)),
+                )
+            }
+        };
+    let mut backends = Backends::new(discovery);
+    let interval = match &settings.health_check {
+        HealthCheckSettings::None => None,
+        HealthCheckSettings::Tcp { interval } => {
+            backends.set_health_check(TcpHealthCheck::new());
+            Some(*interval)
+        }
+        HealthCheckSettings::Http { path, interval } => {
+            let mut check = HttpHealthCheck::new(&settings.name, false);
+            check.req.set_uri(
+                http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
+            );
+            // Any 2xx or 3xx answer is healthy, not only 200.
+            check.validator = Some(Box::new(|resp| {
+                let code = resp.status.as_u16();
+                if (200..400).contains(&code) {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::Custom("unhealthy"),
+                        format!("health check answered {code}"),
+                    )
+                }
+            }));
+            backends.set_health_check(Box::new(check));
+            Some(*interval)
+        }
+    };
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
+    lb.health_check_frequency = interval;
+    lb.parallel_health_check = true;
+    let lb_service = background_service(&format!("pool {}", settings.name), lb);
+    let lb = lb_service.task();
+    let mut services: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(lb_service)];
+    if let Some((service, discovery)) = watch {
+        services.push(Box::new(background_service(
+            &format!("pool {} consul watch", settings.name),
+            ConsulPoolWatcher {
+                client: consul.clone(),
+                service,
+                discovery,
+                lb: lb.clone(),
+            },
+        )));
+    }
+    BuiltPool {
+        pool: Arc::new(Pool {
+            name: settings.name.clone(),
+            source,
+            lb,
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+        }),
+        services,
+    }
+}
+
+fn backend(addr: SocketAddr) -> Backend {
+    Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+        weight: 1,
+        ext: http::Extensions::new(),
+    }
+}
+
+/// The last set of passing instances of a Consul service.
+#[derive(Default)]
+struct ConsulDiscovery {
+    backends: ArcSwap<BTreeSet<Backend>>,
+}
+
+/// The discovery the load balancer calls: it reads the watcher's last snapshot and never
+/// blocks on Consul itself.
+struct ConsulDiscoveryHandle(Arc<ConsulDiscovery>);
+
+#[async_trait]
+impl ServiceDiscovery for ConsulDiscoveryHandle {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        Ok((BTreeSet::clone(&self.0.backends.load()), HashMap::new()))
+    }
+}
+
+/// Follows the passing instances of a Consul service and rebuilds the pool on every change.
+struct ConsulPoolWatcher {
+    client: Client,
+    service: String,
+    discovery: Arc<ConsulDiscovery>,
+    lb: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl ConsulPoolWatcher {
+    async fn read(&self, index: u64) -> Result<(BTreeSet<Backend>, u64), consul::Error> {
+        let options = QueryOptions::blocking(index, POOL_WATCH_WAIT);
+        let (entries, meta) = self
+            .client
+            .health_service(&self.service, true, &options)
+            .await?;
+        let mut backends = BTreeSet::new();
+        for entry in &entries {
+            let text = format!("{}:{}", entry.address(), entry.service.port);
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    backends.insert(backend(addr));
+                }
+                Err(_) => tracing::warn!(
+                    service = %self.service,
+                    instance = %entry.service.id,
+                    "skipping an instance whose address {text:?} is not an ip:port"
+                ),
+            }
+        }
+        Ok((backends, meta.index))
+    }
+
+    async fn publish(&self, backends: BTreeSet<Backend>) {
+        if **self.discovery.backends.load() == backends {
+            return;
+        }
+        tracing::info!(
+            service = %self.service,
+            servers = ?backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+            "pool follows the passing instances"
+        );
+        self.discovery.backends.store(Arc::new(backends));
+        if let Err(e) = self.lb.update().await {
+            tracing::error!(service = %self.service, "rebuilding the pool failed: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConsulPoolWatcher {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut index = 0;
+        match tokio::time::timeout(FIRST_READ_TIMEOUT, self.read(0)).await {
+            Ok(Ok((backends, answered))) => {
+                index = consul::next_index(0, answered);
+                self.publish(backends).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(service = %self.service, "first read of the pool failed: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(service = %self.service, "Consul did not answer the first read of the pool in time")
+            }
+        }
+        ready.notify_ready();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                result = self.read(index) => result,
+            };
+            match result {
+                Ok((backends, answered)) => {
+                    backoff.reset();
+                    index = consul::next_index(index, answered);
+                    self.publish(backends).await;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service = %self.service, "watching the pool failed, keeping its servers, retrying in {delay:?}: {e}");
+                    index = 0;
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Wires a checked `Config` into a Pingora server: the gate watcher, the pools, the proxy
+//! service (which starts only once the watcher has a state), the admin listener and the
+//! registration. Nothing here starts a thread: Pingora starts the runtimes in `run_forever`.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::decide::Router;
+use crate::edge::Edge;
+use crate::gate_state::StateBuilder;
+use crate::metrics::Metrics;
+use crate::pools;
+use crate::registration::Registration;
+use crate::watcher::{GateWatcher, WatchStatus};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use drawbridge_core::consul::Client;
+use pingora::apps::http_app::HttpServer;
+use pingora::prelude::{background_service, Opt};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the process was asked to start.
+pub struct StartOptions {
+    /// Take the listeners over from a running process (graceful upgrade).
+    pub upgrade: bool,
+    /// Fork into the background.
+    pub daemon: bool,
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Pingora's own settings, from ours.
+fn server_conf(config: &Config, daemon: bool) -> ServerConf {
+    ServerConf {
+        daemon,
+        threads: config.server.threads,
+        pid_file: config.server.pid_file.display().to_string(),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(whole_seconds(config.server.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds(config.server.shutdown_timeout)),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server with every service; `run_forever` on it starts serving.
+///
+/// # Errors
+/// Metrics that cannot be registered or a Consul client that cannot be built.
+pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
+    let opt = Opt {
+        upgrade: start.upgrade,
+        daemon: start.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, start.daemon));
+    server.bootstrap();
+
+    let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
+    let consul = Client::new(&config.consul.address, config.consul.token.clone())
+        .context("building the Consul client")?;
+    let builder = StateBuilder::new(&config);
+    let gate = Arc::new(ArcSwap::from_pointee(builder.initial()));
+    let watch = Arc::new(ArcSwap::from_pointee(WatchStatus::default()));
+
+    let watcher = server.add_service(background_service(
+        "gate watcher",
+        GateWatcher {
+            client: consul.clone(),
+            key: config.consul.key.clone(),
+            wait: config.consul.wait,
+            consistency: config.consul.consistency,
+            state_file: config.server.state_file.clone(),
+            builder,
+            gate: gate.clone(),
+            status: watch.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+
+    let mut pool_list = Vec::new();
+    let mut pool_handles = Vec::new();
+    for settings in &config.pools {
+        let built = pools::build(settings, &consul);
+        for service in built.services {
+            pool_handles.push(server.add_boxed_service(service));
+        }
+        pool_list.push(built.pool);
+    }
+
+    if config.consul.register {
+        let port = config.server.listen.first().map_or(0, |a| a.port());
+        server.add_service(background_service(
+            "consul registration",
+            Registration::new(
+                consul.clone(),
+                &config.consul.service_id,
+                &config.consul.service_name,
+                port,
+                &config.admin.advertise_url,
+                &config.consul.key,
+            ),
+        ));
+    }
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(Admin {
+            token: config.admin.token.clone(),
+            instance: config.consul.service_id.clone(),
+            consul_address: config.consul.address.clone(),
+            key: config.consul.key.clone(),
+            stale_after: config.consul.stale_after,
+            gate: gate.clone(),
+            watch,
+            pools: pool_list.clone(),
+            metrics: metrics.clone(),
+        }),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    let listen = config.server.listen.clone();
+    let threads = config.server.threads;
+    let edge = Edge {
+        gate,
+        router: Router::new(&config.routes),
+        routes: config.routes,
+        pools: pool_list,
+        bypass: config.bypass,
+        maintenance: config.maintenance,
+        metrics,
+        access_log: config.server.access_log,
+    };
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "drawbridge");
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    proxy.threads = Some(threads);
+    let proxy = server.add_service(proxy);
+    // The listeners open only once the gate has a state and the pools know their servers.
+    proxy.add_dependency(&watcher);
+    for handle in &pool_handles {
+        proxy.add_dependency(handle);
+    }
+    Ok(server)
+}
