@@ -4,7 +4,8 @@
 //! # Layout
 //! * `config`: the TOML file, checked into `Config` with errors that name the key.
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
-//! * `watcher`: follows the gate key with blocking queries; saves and restores `state_file`.
+//! * `follow`: the blocking-query loop (index rules, rate limit, backoff) both watchers share.
+//! * `watcher`: follows the gate key; saves and restores `state_file`.
 //! * `facts`, `decide`, `respond`: pure per-request logic: client address and token, the
 //!   decision, the answers the proxy writes itself.
 //! * `edge`: the `ProxyHttp` implementation that strings those together.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod decide;
 pub mod edge;
 pub mod facts;
+pub mod follow;
 pub mod gate_state;
 pub mod metrics;
 pub mod page;

@@ -3,9 +3,10 @@
 //! blocking queries so a box put into Consul maintenance leaves the pool by itself.
 
 use crate::config::{HealthCheckSettings, PoolSettings, PoolSource};
+use crate::follow::{follow, Followed};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use drawbridge_core::consul::{self, Backoff, Client, QueryOptions};
+use drawbridge_core::consul::{self, Client, QueryOptions};
 use drawbridge_core::status::{PoolStatus, ServerStatus};
 use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
@@ -19,8 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long the first read of a Consul-service pool may take before the proxy starts anyway.
-const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one blocking read of a Consul-service pool waits.
 const POOL_WATCH_WAIT: Duration = Duration::from_secs(60);
 
@@ -171,7 +170,14 @@ struct ConsulPoolWatcher {
     lb: Arc<LoadBalancer<RoundRobin>>,
 }
 
-impl ConsulPoolWatcher {
+#[async_trait]
+impl Followed for ConsulPoolWatcher {
+    type Answer = BTreeSet<Backend>;
+
+    fn describe(&self) -> String {
+        format!("the passing instances of Consul service {}", self.service)
+    }
+
     async fn read(&self, index: u64) -> Result<(BTreeSet<Backend>, u64), consul::Error> {
         let options = QueryOptions::blocking(index, POOL_WATCH_WAIT);
         let (entries, meta) = self
@@ -195,7 +201,7 @@ impl ConsulPoolWatcher {
         Ok((backends, meta.index))
     }
 
-    async fn publish(&self, backends: BTreeSet<Backend>) {
+    async fn take(&self, backends: BTreeSet<Backend>, _index: u64) {
         if **self.discovery.backends.load() == backends {
             return;
         }
@@ -215,45 +221,9 @@ impl ConsulPoolWatcher {
 impl BackgroundService for ConsulPoolWatcher {
     async fn start_with_ready_notifier(
         &self,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        let mut index = 0;
-        match tokio::time::timeout(FIRST_READ_TIMEOUT, self.read(0)).await {
-            Ok(Ok((backends, answered))) => {
-                index = consul::next_index(0, answered);
-                self.publish(backends).await;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(service = %self.service, "first read of the pool failed: {e}")
-            }
-            Err(_) => {
-                tracing::warn!(service = %self.service, "Consul did not answer the first read of the pool in time")
-            }
-        }
-        ready.notify_ready();
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-        loop {
-            let result = tokio::select! {
-                _ = shutdown.changed() => return,
-                result = self.read(index) => result,
-            };
-            match result {
-                Ok((backends, answered)) => {
-                    backoff.reset();
-                    index = consul::next_index(index, answered);
-                    self.publish(backends).await;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(service = %self.service, "watching the pool failed, keeping its servers, retrying in {delay:?}: {e}");
-                    index = 0;
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        follow(self, shutdown, ready).await;
     }
 }

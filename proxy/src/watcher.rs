@@ -1,19 +1,18 @@
 //! The gate watcher: a background service that follows the gate key with blocking queries and
 //! swaps a new, fully built gate state in whenever a valid value with a new index appears.
 //!
-//! Rules (see RELIABILITY-TESTS §3.4): an error, a timeout, an unchanged index or a value that does
-//! not parse never changes the served state; the index resets when it goes backwards and is never
-//! below 1; reads are rate-limited by a token bucket; errors back off with full jitter, forever.
-//! The last applied state is saved locally and restored at start when Consul does not answer.
+//! An error, a timeout, an unchanged index or a value that does not parse never changes the served
+//! state (the loop itself, with its index and backoff rules, is `follow`). The last applied state
+//! is saved locally and restored at start, so a proxy that starts while Consul does not answer
+//! serves what it served before.
 
+use crate::follow::{follow, Followed};
 use crate::gate_state::{rfc3339, GateState, StateBuilder, StateSource};
 use crate::metrics::Metrics;
 use crate::state_file::{self, SavedState};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use drawbridge_core::consul::{
-    self, Backoff, Client, Consistency, KvRead, QueryOptions, TokenBucket,
-};
+use drawbridge_core::consul::{self, Client, Consistency, KvRead, QueryOptions};
 use drawbridge_core::gate::{GateDoc, Mode};
 use drawbridge_core::status::RejectedValue;
 use pingora::server::ShutdownWatch;
@@ -21,15 +20,8 @@ use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
-
-/// How long the first read may take before the proxy starts serving from the state file.
-const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
-/// Reads go straight through while calm; under churn at most one per this interval.
-const CHURN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the watcher knows about its connection to Consul, for `/status`.
 #[derive(Debug, Clone, Default)]
@@ -215,12 +207,6 @@ impl GateWatcher {
             s.last_error = Some(text.clone());
         });
     }
-
-    /// One read of the key: blocking after `index`, or at once when `index` is 0.
-    async fn read(&self, index: u64) -> Result<KvRead, consul::Error> {
-        let options = QueryOptions::blocking(index, self.wait).with_consistency(self.consistency);
-        self.client.kv_get(&self.key, &options).await
-    }
 }
 
 /// A short, stable label for an error, for metrics.
@@ -238,77 +224,38 @@ fn error_kind(error: &consul::Error) -> &'static str {
 }
 
 #[async_trait]
+impl Followed for GateWatcher {
+    type Answer = KvRead;
+
+    fn describe(&self) -> String {
+        format!("the gate key {}", self.key)
+    }
+
+    async fn read(&self, index: u64) -> Result<(KvRead, u64), consul::Error> {
+        let options = QueryOptions::blocking(index, self.wait).with_consistency(self.consistency);
+        let read = self.client.kv_get(&self.key, &options).await?;
+        let answered = read.meta.index;
+        Ok((read, answered))
+    }
+
+    async fn take(&self, read: KvRead, index: u64) {
+        self.record_answer(index);
+        self.apply(read);
+    }
+
+    fn failed(&self, error: &consul::Error) {
+        self.record_error(error);
+    }
+}
+
+#[async_trait]
 impl BackgroundService for GateWatcher {
     async fn start_with_ready_notifier(
         &self,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
         self.restore_saved_state();
-        let mut index = 0;
-        match tokio::time::timeout(FIRST_READ_TIMEOUT, self.read(0)).await {
-            Ok(Ok(read)) => {
-                index = consul::next_index(0, read.meta.index);
-                self.record_answer(index);
-                self.apply(read);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!("first read of the gate key failed, serving the saved state: {e}");
-                self.record_error(&e);
-            }
-            Err(_) => tracing::warn!(
-                "Consul did not answer within {FIRST_READ_TIMEOUT:?}, serving the saved state"
-            ),
-        }
-        ready.notify_ready();
-
-        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-        let mut bucket = TokenBucket::new(2, CHURN_INTERVAL, Instant::now());
-        loop {
-            let pause = match bucket.try_take(Instant::now()) {
-                Ok(()) => None,
-                Err(wait) => Some(wait),
-            };
-            if let Some(wait) = pause {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(wait) => continue,
-                }
-            }
-            let result = tokio::select! {
-                _ = shutdown.changed() => return,
-                result = self.read(index) => result,
-            };
-            match result {
-                Ok(read) => {
-                    backoff.reset();
-                    if read.meta.index < index {
-                        tracing::info!(
-                            previous = index,
-                            answered = read.meta.index,
-                            "Consul index went backwards, re-reading from the start"
-                        );
-                    }
-                    index = consul::next_index(index, read.meta.index);
-                    self.record_answer(index);
-                    self.apply(read);
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        attempt = backoff.attempt(),
-                        "watching the gate key failed, keeping the served state, retrying in {delay:?}: {e}"
-                    );
-                    self.record_error(&e);
-                    // After an outage the index may belong to another Consul history (a restarted
-                    // dev agent): start over, the ModifyIndex comparison keeps this safe.
-                    index = 0;
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        follow(self, shutdown, ready).await;
     }
 }

@@ -1,1 +1,0 @@
-//! Placeholder library so the workspace builds; the benchmarks land with their own issue.
