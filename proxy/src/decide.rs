@@ -105,7 +105,7 @@ impl Router {
 
     /// The index of the route for this host (port ignored) and path.
     pub fn find(&self, routes: &[RouteSettings], host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(|h| strip_port(h));
+        let host = host.map(strip_port);
         self.order.iter().copied().find(|&i| {
             let r = &routes[i];
             let host_ok = r.hosts.is_empty()
