@@ -7,6 +7,7 @@
 //! * `status`: the report the proxy serves on its admin `/status` and `maintctl` reads.
 //! * `bypass`: the signed bypass token that lets operators through a closed gate.
 //! * `consul`: a thin client for exactly the Consul endpoints both binaries use.
+//! * `settings`: how both config files are checked (problems with their keys, durations, secrets).
 //!
 //! # Glossary
 //! * *gate*: the switch in front of a service; *mode*: `normal`, `maintenance` or `read_only`.
@@ -17,4 +18,5 @@
 pub mod bypass;
 pub mod consul;
 pub mod gate;
+pub mod settings;
 pub mod status;

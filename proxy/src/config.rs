@@ -11,8 +11,9 @@
 //! key, not just the first one.
 
 use crate::page::PageTemplate;
-use drawbridge_core::bypass::{BypassKey, Keyring};
+use drawbridge_core::bypass::Keyring;
 use drawbridge_core::consul::Consistency;
+use drawbridge_core::settings::{FileBypassKey, Problems};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -105,14 +106,6 @@ struct FileBypass {
     max_ttl: Option<String>,
     #[serde(default)]
     keys: Vec<FileBypassKey>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileBypassKey {
-    id: String,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,49 +305,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Collects problems while a file is checked, so all of them are reported at once.
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn add(&mut self, key: impl fmt::Display, message: impl fmt::Display) {
-        self.0.push(format!("{key}: {message}"));
-    }
-
-    fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
-        match raw {
-            None => default,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.add(
-                        key,
-                        format!("{text:?} is not a duration like \"30s\" ({e})"),
-                    );
-                    default
-                }
-            },
-        }
-    }
-
-    fn secret(&mut self, key: &str, inline: Option<String>, file: Option<&Path>) -> Option<String> {
-        match (inline, file) {
-            (Some(_), Some(_)) => {
-                self.add(key, "set either the value or the `_file`, not both");
-                None
-            }
-            (Some(value), None) => Some(value),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
-                Ok(text) => Some(text.trim().to_string()),
-                Err(e) => {
-                    self.add(key, format!("cannot read {}: {e}", path.display()));
-                    None
-                }
-            },
-            (None, None) => None,
-        }
-    }
-}
-
 impl Config {
     /// Reads and checks a config file, taking Consul's variables from the process environment.
     ///
@@ -383,13 +333,9 @@ impl Config {
             problems,
         };
         let file: FileConfig = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let mut problems = Problems(Vec::new());
+        let mut problems = Problems::default();
         let config = check(file, &mut problems, env);
-        if problems.0.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(problems.0))
-        }
+        problems.into_result(config).map_err(fail)
     }
 
     /// The index of the route with this name.
@@ -555,15 +501,7 @@ fn check_consul(
     if let Err(e) = drawbridge_core::consul::Client::new(&address, None) {
         p.add("consul.address", e);
     }
-    let token = match p.secret("consul.token", c.token, c.token_file.as_deref()) {
-        Some(token) => Some(token),
-        None => env("CONSUL_HTTP_TOKEN")
-            .filter(|t| !t.is_empty())
-            .or_else(|| {
-                let file = env("CONSUL_HTTP_TOKEN_FILE")?;
-                p.secret("CONSUL_HTTP_TOKEN_FILE", None, Some(Path::new(&file)))
-            }),
-    };
+    let token = p.consul_token("consul.token", c.token, c.token_file.as_deref(), env);
     let key = c.key.unwrap_or_default();
     if key.is_empty() {
         p.add(
@@ -717,25 +655,7 @@ fn check_bypass(b: FileBypass, p: &mut Problems) -> BypassSettings {
             format!("{cookie:?} must be letters, digits, '_' or '-'"),
         );
     }
-    let mut keys = Vec::new();
-    for (i, key) in b.keys.into_iter().enumerate() {
-        let field = format!("bypass.keys[{i}].secret");
-        let Some(secret) = p.secret(&field, key.secret, key.secret_file.as_deref()) else {
-            if !p.0.iter().any(|e| e.starts_with(&field)) {
-                p.add(&field, "set `secret` or `secret_file`");
-            }
-            continue;
-        };
-        match BypassKey::new(&key.id, secret.as_bytes()) {
-            Ok(k) => keys.push(k),
-            Err(e) => p.add(format!("bypass.keys[{i}]"), e),
-        }
-    }
-    let keyring = if keys.is_empty() {
-        None
-    } else {
-        Keyring::new(keys).map_err(|e| p.add("bypass.keys", e)).ok()
-    };
+    let keyring = p.keyring("bypass.keys", b.keys);
     let environment = b.environment.unwrap_or_default();
     if keyring.is_some() && environment.is_empty() {
         p.add(
