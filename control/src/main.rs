@@ -1,20 +1,193 @@
-//! `maintctl`: the control CLI of Drawbridge. It will run the whole take-down and restore
-//! procedure; until its commands exist it prints its help, so nothing can mistake it for a
-//! working procedure.
+//! `maintctl`: the command line. Parses arguments, loads the inventory, runs one subcommand and
+//! exits with its documented code.
 
-use clap::{CommandFactory, Parser};
+use clap::{Parser, Subcommand};
+use maintctl::commands::{self, exit, RunRequest};
+use maintctl::config::Config;
+use maintctl::output::Format;
+use maintctl::plan::Direction;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
-/// Takes a whole service down for planned maintenance and brings it back, one command each way.
-///
-/// This version has no procedure commands yet: flip the gate with the Consul key (see the
-/// README's "Try it" section).
+/// Takes a whole service down for planned maintenance and brings it back, one command each way:
+/// sets the Drawbridge gate key and verifies every proxy and public URL, puts API/UI boxes into
+/// Consul node maintenance, stops workers, disables scheduled jobs, and restores in reverse after
+/// smoke tests through the closed gate. Locked, journalled in Consul, resumable.
 #[derive(Parser, Debug)]
-#[command(name = "maintctl", version)]
-struct Cli {}
+#[command(
+    name = "maintctl",
+    version,
+    after_help = "Exit codes:\n  0    done and verified\n  1    a step failed (the journal says where; `resume` continues, `up` undoes)\n  \
+                  2    usage or configuration error; nothing was done\n  3    a verification did not succeed in time\n  \
+                  4    another run holds the environment's lock\n  5    pre-flight found problems; nothing was done\n  \
+                  130  stopped at a step boundary (Ctrl-C or lost lock); `resume` continues\n\n\
+                  Consul: the environment's `consul` and `consul_token`, else CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE."
+)]
+struct Cli {
+    /// The inventory file (see config/maintctl.example.toml).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "MAINTCTL_CONFIG",
+        default_value = "/etc/maintctl/maintctl.toml"
+    )]
+    config: PathBuf,
+    /// `text` (progress for a person) or `json` (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
-    Cli::command()
-        .print_help()
-        .expect("help goes to stdout, which is open");
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take the environment down: gate key, node maintenance, workers, scheduled jobs.
+    Down {
+        #[arg(long)]
+        env: String,
+        /// Why (shown to clients and kept in the journal).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Expected end, RFC 3339 (e.g. 2026-11-25T21:00:00Z) or a duration from now (e.g. 1h).
+        #[arg(long, value_parser = parse_until)]
+        until: Option<OffsetDateTime>,
+        /// Do not ask for confirmation (environments with `confirm = true`).
+        #[arg(long)]
+        yes: bool,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Bring it back: undo what the last `down` did, smoke-test through the gate, open traffic.
+    Up {
+        #[arg(long)]
+        env: String,
+        /// With no `down` in the journal, restore every step.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
+    Resume {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the exact steps and targets of `down` or `up`; touches nothing.
+    Plan {
+        #[arg(value_enum)]
+        direction: PlanDirection,
+        #[arg(long)]
+        env: String,
+        /// For `up` with no `down` in the journal: every step.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The gate key, each proxy's applied index and staleness, each box, the lock and last run.
+    Status {
+        #[arg(long)]
+        env: String,
+    },
+    /// Past runs with the duration of each step.
+    History {
+        #[arg(long)]
+        env: String,
+    },
+    /// Print a bypass token and the header or cookie to send it in.
+    Bypass {
+        #[arg(long)]
+        env: String,
+        /// How long it is valid, e.g. 30m (default: the environment's bypass.ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Check the inventory file and exit (0 valid, 2 invalid).
+    CheckConfig,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PlanDirection {
+    Down,
+    Up,
+}
+
+fn parse_until(raw: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
+        return Ok(t);
+    }
+    humantime::parse_duration(raw)
+        .map(|d| OffsetDateTime::now_utc() + d)
+        .map_err(|_| {
+            format!(
+                "{raw:?} is neither an RFC 3339 time (2026-11-25T21:00:00Z) nor a duration (1h)"
+            )
+        })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    drawbridge_core::install_crypto_provider();
+    let out = commands::output(cli.output);
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("maintctl: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let run = |reason, until, yes, dry_run, all| RunRequest {
+        reason,
+        until,
+        yes,
+        dry_run,
+        all,
+    };
+    let code = match cli.command {
+        Command::Down {
+            env,
+            reason,
+            until,
+            yes,
+            dry_run,
+        } => commands::down(&config, &env, run(reason, until, yes, dry_run, false), out).await,
+        Command::Up {
+            env,
+            all,
+            yes,
+            dry_run,
+        } => commands::up(&config, &env, run(None, None, yes, dry_run, all), out).await,
+        Command::Resume { env, yes, dry_run } => {
+            commands::resume(&config, &env, run(None, None, yes, dry_run, false), out).await
+        }
+        Command::Plan {
+            direction,
+            env,
+            all,
+        } => {
+            let direction = match direction {
+                PlanDirection::Down => Direction::Down,
+                PlanDirection::Up => Direction::Up,
+            };
+            commands::plan(&config, &env, direction, all, out).await
+        }
+        Command::Status { env } => commands::status(&config, &env, out).await,
+        Command::History { env } => commands::history(&config, &env, out).await,
+        Command::Bypass { env, ttl } => commands::bypass(&config, &env, ttl, out),
+        Command::CheckConfig => {
+            println!("configuration is valid: {}", cli.config.display());
+            exit::OK
+        }
+    };
+    ExitCode::from(code)
 }

@@ -20,3 +20,10 @@ pub mod consul;
 pub mod gate;
 pub mod settings;
 pub mod status;
+
+/// Installs ring as the process's TLS crypto provider, once: every rustls user in either binary
+/// (Pingora, reqwest for HTTPS) then uses the same one, and none has to pick one at random.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is what this asks for.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -23,6 +23,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// The most request body read and dropped to keep a connection open after a maintenance answer.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// The longest a request body is waited for before a maintenance answer.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The edge proxy.
 pub struct Edge {
     pub gate: Arc<ArcSwap<GateState>>,
@@ -129,8 +134,26 @@ impl Edge {
         })
     }
 
-    /// Writes a response the proxy answers itself, keeping the connection open.
+    /// Writes a response the proxy answers itself, keeping the connection open: a small request
+    /// body is read and dropped first (Pingora closes a connection whose request body was not
+    /// finished); a large or slow one closes the connection after the answer instead.
     async fn write(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<()> {
+        if !session.as_downstream_mut().is_body_empty() {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                let mut read = 0;
+                while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+                    read += chunk.len();
+                    if read > DRAIN_LIMIT {
+                        return Ok(false);
+                    }
+                }
+                Ok::<_, Box<Error>>(true)
+            })
+            .await;
+            if !matches!(drained, Ok(Ok(true))) {
+                session.as_downstream_mut().set_keepalive(None);
+            }
+        }
         let head_only = session.req_header().method == Method::HEAD;
         session
             .write_response_header(Box::new(header), head_only)
@@ -304,7 +327,7 @@ impl ProxyHttp for Edge {
             Some(Decision::Maintenance(answer)) => {
                 self.metrics
                     .maintenance_responses
-                    .with_label_values(&[route_name, answer.as_str()])
+                    .with_label_values(&[route_name, kind, answer.as_str()])
                     .inc();
                 "maintenance"
             }

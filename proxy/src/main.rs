@@ -35,6 +35,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    drawbridge_core::install_crypto_provider();
     init_logging();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,

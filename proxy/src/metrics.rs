@@ -10,7 +10,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by route, route kind, status code and the gate mode of their route.
     pub requests: IntCounterVec,
-    /// Maintenance responses the proxy served itself, by route and answer kind.
+    /// Maintenance responses the proxy served itself, by route, route kind and answer
+    /// (`page` or `problem`).
     pub maintenance_responses: IntCounterVec,
     /// Requests that passed a closed gate, by route and how (`cidr`, `token`).
     pub bypasses: IntCounterVec,
@@ -75,7 +76,7 @@ impl Metrics {
             maintenance_responses: counter_vec(
                 "drawbridge_maintenance_responses_total",
                 "Maintenance responses served by the proxy",
-                &["route", "kind"],
+                &["route", "kind", "answer"],
             )?,
             bypasses: counter_vec(
                 "drawbridge_bypasses_total",

@@ -195,6 +195,7 @@ impl Client {
                 Some(value)
             }
         };
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // Consul is on loopback or the local network: never through an HTTP proxy from

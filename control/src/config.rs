@@ -1,0 +1,696 @@
+//! maintctl's inventory: the environments (e.g. `final`, `mock`, `prod`), each with its Consul, gate
+//! key, proxies, public URLs, smoke tests, boxes by role and extra steps. One TOML file, unknown
+//! keys refused, every problem reported with its key.
+//!
+//! Consul's address and token come from the file, else from `CONSUL_HTTP_ADDR`,
+//! `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE`, as the consul CLI reads them.
+
+use drawbridge_core::bypass::Keyring;
+use drawbridge_core::settings::{FileBypassKey, Problems};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+// === the file, as written ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    environments: BTreeMap<String, FileEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEnvironment {
+    consul: Option<String>,
+    consul_token: Option<String>,
+    consul_token_file: Option<PathBuf>,
+    key: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    confirm: bool,
+    parallel: Option<usize>,
+    step_timeout: Option<String>,
+    verify_timeout: Option<String>,
+    ssh_config: Option<PathBuf>,
+    proxy_service: Option<String>,
+    #[serde(default)]
+    proxy_admin_urls: Vec<String>,
+    proxy_admin_token: Option<String>,
+    proxy_admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    public_page_urls: Vec<String>,
+    #[serde(default)]
+    public_api_urls: Vec<String>,
+    bypass: Option<FileBypass>,
+    #[serde(default)]
+    smoke: Vec<FileSmoke>,
+    #[serde(default)]
+    boxes: Vec<FileBox>,
+    #[serde(default)]
+    steps: Vec<FileExtraStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBypass {
+    environment: String,
+    header: Option<String>,
+    cookie: Option<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    keys: Vec<FileBypassKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSmoke {
+    name: String,
+    url: String,
+    method: Option<String>,
+    expect_status: Option<u16>,
+    expect_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBox {
+    name: String,
+    role: String,
+    node: Option<String>,
+    consul_agent: Option<String>,
+    ssh: Option<String>,
+    stop: Option<String>,
+    start: Option<String>,
+    check: Option<String>,
+    stop_url: Option<String>,
+    start_url: Option<String>,
+    check_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExtraStep {
+    name: String,
+    when: String,
+    webhook: Option<String>,
+    pause: Option<String>,
+    command: Option<String>,
+}
+
+// === the checked inventory ===
+
+/// Every environment, by name.
+#[derive(Debug)]
+pub struct Config {
+    pub environments: BTreeMap<String, Environment>,
+}
+
+/// One environment: what `maintctl down/up --env NAME` acts on.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub consul: String,
+    pub consul_token: Option<String>,
+    pub key: String,
+    /// Consul KV prefix of the lock and the journal.
+    pub prefix: String,
+    /// Ask before acting (production), unless `--yes`.
+    pub confirm: bool,
+    /// Boxes acted on at once within a step.
+    pub parallel: usize,
+    pub step_timeout: Duration,
+    pub verify_timeout: Duration,
+    /// `ssh -F` file; the operator's own ssh configuration when absent.
+    pub ssh_config: Option<PathBuf>,
+    pub proxies: ProxyDiscovery,
+    pub proxy_admin_token: Option<String>,
+    pub public_page_urls: Vec<String>,
+    pub public_api_urls: Vec<String>,
+    pub bypass: Option<BypassSettings>,
+    pub smoke: Vec<SmokeTest>,
+    pub boxes: Vec<BoxSettings>,
+    pub extra_steps: Vec<ExtraStep>,
+}
+
+/// How the environment's proxies are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyDiscovery {
+    /// The instances of this Consul service (their `admin_url` service meta).
+    ConsulService(String),
+    /// These admin URLs.
+    AdminUrls(Vec<String>),
+}
+
+/// How bypass tokens for smoke tests and `maintctl bypass` are made.
+#[derive(Debug, Clone)]
+pub struct BypassSettings {
+    pub environment: String,
+    pub header: String,
+    pub cookie: String,
+    pub ttl: Duration,
+    pub keyring: Keyring,
+}
+
+/// A request through the proxy, with a bypass token, that must pass before traffic opens.
+#[derive(Debug, Clone)]
+pub struct SmokeTest {
+    pub name: String,
+    pub url: String,
+    pub method: String,
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+}
+
+/// What a box is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serves the API and UI: put into Consul node maintenance.
+    ApiUi,
+    /// Runs worker services: stopped and started.
+    Worker,
+    /// Runs scheduled jobs: disabled and enabled.
+    Scheduler,
+}
+
+impl Role {
+    /// The role's name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ApiUi => "api_ui",
+            Role::Worker => "worker",
+            Role::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// How maintctl reaches a box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoxAccess {
+    /// The box's Consul agent HTTP address (node maintenance of api_ui boxes).
+    ConsulAgent(String),
+    /// Commands over SSH (`ssh` destination, the operator's ssh config applies).
+    Ssh {
+        destination: String,
+        stop: String,
+        start: String,
+        check: String,
+    },
+    /// HTTP calls: POST stop/start (2xx is success), GET check (200 running, 503 stopped).
+    Http {
+        stop_url: String,
+        start_url: String,
+        check_url: String,
+    },
+}
+
+/// One box.
+#[derive(Debug, Clone)]
+pub struct BoxSettings {
+    pub name: String,
+    pub role: Role,
+    /// The Consul node name (default: the box name).
+    pub node: String,
+    pub access: BoxAccess,
+}
+
+/// When an extra step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    BeforeDown,
+    AfterDown,
+    BeforeUp,
+    AfterUp,
+}
+
+/// What an extra step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraAction {
+    /// POST a JSON description of the run to this URL.
+    Webhook(String),
+    /// Wait until an operator confirms this text on the terminal.
+    Pause(String),
+    /// Run this command locally (`sh -c`).
+    Command(String),
+}
+
+/// A step the config adds to the built-in procedure.
+#[derive(Debug, Clone)]
+pub struct ExtraStep {
+    pub name: String,
+    pub when: When,
+    pub action: ExtraAction,
+}
+
+/// Every problem found in the file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration {}:", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks the inventory, with Consul's variables from the process environment.
+    ///
+    /// # Errors
+    /// Unreadable file, bad TOML, or failed checks; every problem with its key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Config::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Checks the text of an inventory; `env` looks up environment variables.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let file: FileConfig = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut p = Problems::default();
+        if file.environments.is_empty() {
+            p.add("environments", "define at least one [environments.NAME]");
+        }
+        let environments = file
+            .environments
+            .into_iter()
+            .map(|(name, e)| {
+                let env_checked = check_environment(&name, e, &mut p, env);
+                (name, env_checked)
+            })
+            .collect();
+        p.into_result(Config { environments }).map_err(fail)
+    }
+
+    /// The environment called `name`.
+    ///
+    /// # Errors
+    /// An unknown name; the message lists the known ones.
+    pub fn environment(&self, name: &str) -> Result<&Environment, String> {
+        self.environments.get(name).ok_or_else(|| {
+            format!(
+                "no environment {name:?} in the configuration (known: {})",
+                self.environments
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
+fn check_url(p: &mut Problems, key: &str, url: &str) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        p.add(key, format!("{url:?} is not an http:// or https:// URL"));
+    }
+}
+
+fn check_environment(
+    name: &str,
+    e: FileEnvironment,
+    p: &mut Problems,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Environment {
+    let k = |field: &str| format!("environments.{name}.{field}");
+    let consul = e
+        .consul
+        .or_else(|| env("CONSUL_HTTP_ADDR"))
+        .unwrap_or_else(|| "http://127.0.0.1:8500".to_string());
+    if let Err(err) = drawbridge_core::consul::Client::new(&consul, None) {
+        p.add(k("consul"), err);
+    }
+    let consul_token = p.consul_token(
+        &k("consul_token"),
+        e.consul_token,
+        e.consul_token_file.as_deref(),
+        env,
+    );
+    let key = e.key.unwrap_or_default();
+    if key.is_empty() {
+        p.add(k("key"), "the gate key the proxies watch is required");
+    }
+    let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
+    if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
+        p.add(
+            k("prefix"),
+            format!("{prefix:?} must be a key path without leading or trailing '/'"),
+        );
+    }
+    let parallel = e.parallel.unwrap_or(4);
+    if !(1..=64).contains(&parallel) {
+        p.add(k("parallel"), format!("{parallel} is not between 1 and 64"));
+    }
+    let proxies = match (e.proxy_service, e.proxy_admin_urls.is_empty()) {
+        (Some(_), false) => {
+            p.add(
+                k("proxy_service"),
+                "set either proxy_service or proxy_admin_urls, not both",
+            );
+            ProxyDiscovery::AdminUrls(e.proxy_admin_urls)
+        }
+        (Some(service), true) => ProxyDiscovery::ConsulService(service),
+        (None, false) => {
+            for (i, url) in e.proxy_admin_urls.iter().enumerate() {
+                check_url(p, &k(&format!("proxy_admin_urls[{i}]")), url);
+            }
+            ProxyDiscovery::AdminUrls(e.proxy_admin_urls)
+        }
+        (None, true) => ProxyDiscovery::ConsulService("drawbridge".to_string()),
+    };
+    for (i, url) in e.public_page_urls.iter().enumerate() {
+        check_url(p, &k(&format!("public_page_urls[{i}]")), url);
+    }
+    for (i, url) in e.public_api_urls.iter().enumerate() {
+        check_url(p, &k(&format!("public_api_urls[{i}]")), url);
+    }
+    let bypass = e.bypass.and_then(|b| {
+        let keyring = p.keyring(&k("bypass.keys"), b.keys);
+        if keyring.is_none() && !p.mentions(&k("bypass.keys")) {
+            p.add(
+                k("bypass.keys"),
+                "at least one key is needed to sign bypass tokens",
+            );
+        }
+        Some(BypassSettings {
+            environment: b.environment,
+            header: b
+                .header
+                .unwrap_or_else(|| "X-Drawbridge-Bypass".to_string()),
+            cookie: b.cookie.unwrap_or_else(|| "drawbridge_bypass".to_string()),
+            ttl: p.duration(&k("bypass.ttl"), b.ttl.as_deref(), Duration::from_secs(600)),
+            keyring: keyring?,
+        })
+    });
+    if !e.smoke.is_empty() && bypass.is_none() && !p.mentions(&k("bypass")) {
+        p.add(
+            k("smoke"),
+            "smoke tests pass the closed gate with a bypass token: configure [bypass]",
+        );
+    }
+    let smoke = e
+        .smoke
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            check_url(p, &k(&format!("smoke[{i}].url")), &s.url);
+            SmokeTest {
+                name: s.name,
+                url: s.url,
+                method: s
+                    .method
+                    .unwrap_or_else(|| "GET".to_string())
+                    .to_ascii_uppercase(),
+                expect_status: s.expect_status.unwrap_or(200),
+                expect_body: s.expect_body,
+            }
+        })
+        .collect();
+    let mut names = HashSet::new();
+    let boxes = e
+        .boxes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            let bk = k(&format!("boxes[{i}]"));
+            if !names.insert(b.name.clone()) {
+                p.add(
+                    format!("{bk}.name"),
+                    format!("{:?} is used by another box", b.name),
+                );
+            }
+            check_box(&bk, b, p)
+        })
+        .collect();
+    let extra_steps = e
+        .steps
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| check_extra_step(&k(&format!("steps[{i}]")), s, p))
+        .collect();
+    Environment {
+        name: name.to_string(),
+        consul,
+        consul_token,
+        key,
+        prefix,
+        confirm: e.confirm,
+        parallel,
+        step_timeout: p.duration(
+            &k("step_timeout"),
+            e.step_timeout.as_deref(),
+            Duration::from_secs(120),
+        ),
+        verify_timeout: p.duration(
+            &k("verify_timeout"),
+            e.verify_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        ssh_config: e.ssh_config,
+        proxies,
+        proxy_admin_token: p.secret(
+            &k("proxy_admin_token"),
+            e.proxy_admin_token,
+            e.proxy_admin_token_file.as_deref(),
+        ),
+        public_page_urls: e.public_page_urls,
+        public_api_urls: e.public_api_urls,
+        bypass,
+        smoke,
+        boxes,
+        extra_steps,
+    }
+}
+
+fn check_box(key: &str, b: FileBox, p: &mut Problems) -> Option<BoxSettings> {
+    let role = match b.role.as_str() {
+        "api_ui" => Role::ApiUi,
+        "worker" => Role::Worker,
+        "scheduler" => Role::Scheduler,
+        other => {
+            p.add(
+                format!("{key}.role"),
+                format!("{other:?} is not one of \"api_ui\", \"worker\", \"scheduler\""),
+            );
+            return None;
+        }
+    };
+    let commands = [&b.stop, &b.start, &b.check];
+    let urls = [&b.stop_url, &b.start_url, &b.check_url];
+    let access = match (role, &b.consul_agent, &b.ssh) {
+        (Role::ApiUi, Some(agent), None) => {
+            if let Err(e) = drawbridge_core::consul::Client::new(agent, None) {
+                p.add(format!("{key}.consul_agent"), e);
+            }
+            BoxAccess::ConsulAgent(agent.clone())
+        }
+        (Role::ApiUi, None, Some(ssh)) => BoxAccess::Ssh {
+            destination: ssh.clone(),
+            stop: b
+                .stop
+                .unwrap_or_else(|| "consul maint -enable -reason \"$MAINTCTL_REASON\"".to_string()),
+            start: b
+                .start
+                .unwrap_or_else(|| "consul maint -disable".to_string()),
+            // Exit 3 ("stopped", as LSB status codes say) while the node is in maintenance.
+            check: b.check.unwrap_or_else(|| {
+                "consul maint | grep -q 'Node:' && exit 3 || exit 0".to_string()
+            }),
+        },
+        (Role::ApiUi, _, _) => {
+            p.add(key, "an api_ui box needs exactly one of `consul_agent` (its agent's HTTP address) or `ssh`");
+            return None;
+        }
+        (_, Some(_), _) => {
+            p.add(
+                format!("{key}.consul_agent"),
+                "only applies to api_ui boxes",
+            );
+            return None;
+        }
+        (_, None, Some(ssh)) => {
+            if commands.iter().any(|c| c.is_none()) {
+                p.add(
+                    key,
+                    "a box reached over ssh needs `stop`, `start` and `check` commands",
+                );
+                return None;
+            }
+            BoxAccess::Ssh {
+                destination: ssh.clone(),
+                stop: b.stop.unwrap_or_default(),
+                start: b.start.unwrap_or_default(),
+                check: b.check.unwrap_or_default(),
+            }
+        }
+        (_, None, None) => {
+            if urls.iter().any(|u| u.is_none()) {
+                p.add(
+                    key,
+                    "set `ssh` with stop/start/check commands, or stop_url/start_url/check_url",
+                );
+                return None;
+            }
+            for (field, url) in ["stop_url", "start_url", "check_url"].iter().zip(urls) {
+                check_url(
+                    p,
+                    &format!("{key}.{field}"),
+                    url.as_deref().unwrap_or_default(),
+                );
+            }
+            BoxAccess::Http {
+                stop_url: b.stop_url.unwrap_or_default(),
+                start_url: b.start_url.unwrap_or_default(),
+                check_url: b.check_url.unwrap_or_default(),
+            }
+        }
+    };
+    Some(BoxSettings {
+        node: b.node.unwrap_or_else(|| b.name.clone()),
+        name: b.name,
+        role,
+        access,
+    })
+}
+
+fn check_extra_step(key: &str, s: FileExtraStep, p: &mut Problems) -> Option<ExtraStep> {
+    let when = match s.when.as_str() {
+        "before_down" => When::BeforeDown,
+        "after_down" => When::AfterDown,
+        "before_up" => When::BeforeUp,
+        "after_up" => When::AfterUp,
+        other => {
+            p.add(
+                format!("{key}.when"),
+                format!("{other:?} is not one of \"before_down\", \"after_down\", \"before_up\", \"after_up\""),
+            );
+            return None;
+        }
+    };
+    let action = match (s.webhook, s.pause, s.command) {
+        (Some(url), None, None) => {
+            check_url(p, &format!("{key}.webhook"), &url);
+            ExtraAction::Webhook(url)
+        }
+        (None, Some(text), None) => ExtraAction::Pause(text),
+        (None, None, Some(command)) => ExtraAction::Command(command),
+        _ => {
+            p.add(key, "set exactly one of `webhook`, `pause` or `command`");
+            return None;
+        }
+    };
+    Some(ExtraStep {
+        name: s.name,
+        when,
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("maintctl.toml"), text, &|_| None)
+    }
+
+    const MOCK: &str = r#"
+        [environments.mock]
+        consul = "http://127.0.0.1:8500"
+        key = "drawbridge/mock/gate"
+        [[environments.mock.boxes]]
+        name = "api1"
+        role = "api_ui"
+        consul_agent = "http://127.0.0.2:8500"
+        [[environments.mock.boxes]]
+        name = "worker1"
+        role = "worker"
+        ssh = "worker1"
+        stop = "stop.sh"
+        start = "start.sh"
+        check = "check.sh"
+    "#;
+
+    #[test]
+    fn an_environment_gets_the_documented_defaults() {
+        let c = parse(MOCK).unwrap();
+        let mock = c.environment("mock").unwrap();
+        assert_eq!(mock.prefix, "maintctl/mock");
+        assert_eq!(mock.parallel, 4);
+        assert_eq!(
+            mock.proxies,
+            ProxyDiscovery::ConsulService("drawbridge".into())
+        );
+        assert_eq!(mock.boxes[0].node, "api1");
+        assert_eq!(mock.boxes[1].role, Role::Worker);
+        assert!(c.environment("prod").unwrap_err().contains("known: mock"));
+    }
+
+    #[test]
+    fn bad_boxes_and_steps_are_named() {
+        let text = format!(
+            "{MOCK}\n[[environments.mock.boxes]]\nname = \"w2\"\nrole = \"worker\"\nssh = \"w2\"\n\
+             [[environments.mock.boxes]]\nname = \"x\"\nrole = \"cache\"\n\
+             [[environments.mock.steps]]\nname = \"tell\"\nwhen = \"later\"\nwebhook = \"http://h/\"\n"
+        );
+        let err = parse(&text).unwrap_err().problems.join("\n");
+        assert!(
+            err.contains("environments.mock.boxes[2]: a box reached over ssh needs"),
+            "{err}"
+        );
+        assert!(
+            err.contains("environments.mock.boxes[3].role: \"cache\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("environments.mock.steps[0].when: \"later\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn smoke_tests_need_a_bypass_key() {
+        let text = format!("{MOCK}\n[[environments.mock.smoke]]\nname = \"home\"\nurl = \"http://127.0.0.1:8080/\"\n");
+        let err = parse(&text).unwrap_err().problems.join("\n");
+        assert!(
+            err.contains("environments.mock.smoke: smoke tests pass the closed gate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/maintctl.example.toml");
+        // The key file lives on an operator's machine; use an inline secret of the same length.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "secret_file = \"/etc/maintctl/bypass-2026-11.key\"",
+            "secret = \"0123456789abcdef0123456789abcdef\"",
+        );
+        if let Err(e) = Config::parse(&path, &text, &|_| None) {
+            panic!("{e}");
+        }
+    }
+}

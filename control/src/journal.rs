@@ -1,0 +1,326 @@
+//! The journal of runs, kept in Consul KV under the environment's prefix
+//! (`<prefix>/runs/<run id>`, and `<prefix>/last` naming the latest run), so `maintctl status` and
+//! `resume` work from any machine. Each target is written `intent` before it is acted on and
+//! `done` or `failed` after; every write is a check-and-set on the index last seen, so a run that
+//! lost its lock cannot overwrite a newer holder's journal.
+
+use crate::config::Environment;
+use crate::plan::{Direction, Plan, Step, StepKind};
+use drawbridge_core::consul::{self, Client, PutMode, QueryOptions};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// How a whole run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Done,
+    Failed,
+    /// Stopped at a step boundary by Ctrl-C or a lost lock.
+    Interrupted,
+}
+
+/// How a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// How one target of a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStatus {
+    Pending,
+    /// About to be acted on: it may or may not have happened.
+    Intent,
+    Done,
+    /// Already in the wanted state before this run touched it: not undone by `up`.
+    Skipped,
+    Failed,
+}
+
+/// One target of a step in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub target: String,
+    pub status: TargetStatus,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// What the action and its check said.
+    pub output: String,
+}
+
+/// One step in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    pub title: String,
+    pub kind: StepKind,
+    pub status: StepStatus,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub targets: Vec<TargetRecord>,
+}
+
+/// One run of `down` or `up`, as journalled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub env: String,
+    pub direction: Direction,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    /// `user@host`.
+    pub by: String,
+    pub command: String,
+    pub plan_hash: String,
+    pub status: RunStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// The `down` run this `up` undoes.
+    pub undoes: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+impl Run {
+    /// A new run of `plan`, every step pending.
+    pub fn new(
+        id: &str,
+        env: &Environment,
+        plan: &Plan,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        by: &str,
+    ) -> Run {
+        Run {
+            id: id.to_string(),
+            env: env.name.clone(),
+            direction: plan.direction,
+            reason: reason.to_string(),
+            until,
+            by: by.to_string(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            plan_hash: plan.hash(),
+            status: RunStatus::Running,
+            started_at: OffsetDateTime::now_utc(),
+            ended_at: None,
+            undoes: None,
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| StepRecord {
+                    id: s.id.clone(),
+                    title: s.title.clone(),
+                    kind: s.kind.clone(),
+                    status: StepStatus::Pending,
+                    started_at: None,
+                    ended_at: None,
+                    targets: s
+                        .targets
+                        .iter()
+                        .map(|t| TargetRecord {
+                            target: t.clone(),
+                            status: TargetStatus::Pending,
+                            started_at: None,
+                            ended_at: None,
+                            output: String::new(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The plan this run follows, rebuilt from its journal (for `resume`).
+    pub fn plan(&self) -> Plan {
+        Plan {
+            direction: self.direction,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| Step {
+                    id: s.id.clone(),
+                    title: s.title.clone(),
+                    kind: s.kind.clone(),
+                    targets: s.targets.iter().map(|t| t.target.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the run has ended well.
+    pub fn is_finished(&self) -> bool {
+        self.status == RunStatus::Done
+    }
+
+    /// The step record with this id.
+    pub fn step_mut(&mut self, id: &str) -> Option<&mut StepRecord> {
+        self.steps.iter_mut().find(|s| s.id == id)
+    }
+
+    /// The target record of a step.
+    pub fn target_mut(&mut self, step: &str, target: &str) -> Option<&mut TargetRecord> {
+        self.step_mut(step)?
+            .targets
+            .iter_mut()
+            .find(|t| t.target == target)
+    }
+
+    /// Whether a target was recorded done.
+    pub fn is_done(&self, step: &str, target: &str) -> bool {
+        self.steps
+            .iter()
+            .filter(|s| s.id == step)
+            .flat_map(|s| &s.targets)
+            .any(|t| t.target == target && t.status == TargetStatus::Done)
+    }
+}
+
+/// Why the journal could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal {key} was changed by someone else (this run lost its lock?); it was left as they wrote it")]
+    Conflict { key: String },
+    #[error("the journal {key} does not decode: {detail}")]
+    Damaged { key: String, detail: String },
+    #[error(transparent)]
+    Consul(#[from] consul::Error),
+}
+
+/// A run being written, with the index of its last write.
+pub struct Journal {
+    client: Client,
+    key: String,
+    index: u64,
+    pub run: Run,
+}
+
+fn runs_prefix(prefix: &str) -> String {
+    format!("{prefix}/runs/")
+}
+
+fn last_key(prefix: &str) -> String {
+    format!("{prefix}/last")
+}
+
+impl Journal {
+    /// Starts journalling a new run and names it the latest.
+    ///
+    /// # Errors
+    /// Consul failures, or a run with the same id already there.
+    pub async fn create(client: &Client, prefix: &str, run: Run) -> Result<Journal, JournalError> {
+        let key = format!("{}{}", runs_prefix(prefix), run.id);
+        let mut journal = Journal {
+            client: client.clone(),
+            key,
+            index: 0,
+            run,
+        };
+        journal.save().await?;
+        journal.mark_latest(prefix).await?;
+        Ok(journal)
+    }
+
+    /// Continues journalling a run read back with [`latest`].
+    pub fn resume(client: &Client, prefix: &str, run: Run, index: u64) -> Journal {
+        Journal {
+            client: client.clone(),
+            key: format!("{}{}", runs_prefix(prefix), run.id),
+            index,
+            run,
+        }
+    }
+
+    async fn mark_latest(&self, prefix: &str) -> Result<(), JournalError> {
+        let key = last_key(prefix);
+        let current = self.client.kv_get(&key, &QueryOptions::default()).await?;
+        let cas = current.entry.map_or(0, |e| e.modify_index);
+        if !self
+            .client
+            .kv_put(&key, self.run.id.as_bytes(), PutMode::Cas(cas))
+            .await?
+        {
+            return Err(JournalError::Conflict { key });
+        }
+        Ok(())
+    }
+
+    /// Writes the run, check-and-set on the last index this journal saw.
+    ///
+    /// # Errors
+    /// [`JournalError::Conflict`] when someone else wrote it since; Consul failures.
+    pub async fn save(&mut self) -> Result<(), JournalError> {
+        let body = serde_json::to_vec_pretty(&self.run).expect("a run always serialises");
+        if !self
+            .client
+            .kv_put(&self.key, &body, PutMode::Cas(self.index))
+            .await?
+        {
+            return Err(JournalError::Conflict {
+                key: self.key.clone(),
+            });
+        }
+        let read = self
+            .client
+            .kv_get(&self.key, &QueryOptions::default())
+            .await?;
+        self.index = read.entry.map_or(0, |e| e.modify_index);
+        Ok(())
+    }
+}
+
+fn decode(key: &str, raw: Option<&[u8]>) -> Result<Run, JournalError> {
+    serde_json::from_slice(raw.unwrap_or_default()).map_err(|e| JournalError::Damaged {
+        key: key.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// The latest run of the environment, with the index to resume writing it.
+///
+/// # Errors
+/// Consul failures or a damaged journal.
+pub async fn latest(client: &Client, prefix: &str) -> Result<Option<(Run, u64)>, JournalError> {
+    let last = client
+        .kv_get(&last_key(prefix), &QueryOptions::default())
+        .await?;
+    let Some(id) = last.entry.and_then(|e| e.value) else {
+        return Ok(None);
+    };
+    let key = format!("{}{}", runs_prefix(prefix), String::from_utf8_lossy(&id));
+    let read = client.kv_get(&key, &QueryOptions::default()).await?;
+    match read.entry {
+        None => Ok(None),
+        Some(entry) => Ok(Some((
+            decode(&key, entry.value.as_deref())?,
+            entry.modify_index,
+        ))),
+    }
+}
+
+/// Every run of the environment, oldest first.
+///
+/// # Errors
+/// Consul failures or a damaged journal.
+pub async fn all_runs(client: &Client, prefix: &str) -> Result<Vec<Run>, JournalError> {
+    let mut runs = client
+        .kv_list(&runs_prefix(prefix))
+        .await?
+        .into_iter()
+        .map(|e| decode(&e.key, e.value.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by_key(|r| r.started_at);
+    Ok(runs)
+}

@@ -1,0 +1,21 @@
+//! maintctl: takes a whole service down for planned maintenance and brings it back, one command
+//! each way, with proof at each step.
+//!
+//! # Layout
+//! * `config`: the inventory file: environments, their Consul, proxies, public URLs, smoke
+//!   tests, boxes by role and extra steps.
+//! * `plan`: the procedure as data (steps and targets; the undo of a partial `down`).
+//! * `runner`: check, act, verify for every target, journalled; stops at step boundaries.
+//! * `journal`, `lock`: the run's record and the one-run-per-environment lock, in Consul.
+//! * `remote`, `proxies`: reaching boxes (ssh, HTTP, Consul agents) and the edge.
+//! * `commands`, `output`: the subcommands and how they report.
+
+pub mod commands;
+pub mod config;
+pub mod journal;
+pub mod lock;
+pub mod output;
+pub mod plan;
+pub mod proxies;
+pub mod remote;
+pub mod runner;

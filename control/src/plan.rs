@@ -1,0 +1,377 @@
+//! The procedure as data: the ordered steps of `down` and `up` with their targets, built from the
+//! environment, and for `up` after a partial `down`, only the inverses of what its journal says
+//! was done. `maintctl plan` prints it; nothing here touches anything.
+
+use crate::config::{Environment, ExtraAction, Role, When};
+use crate::journal::{Run, TargetStatus};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt::Write;
+
+/// Which way a run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Take the service down.
+    Down,
+    /// Bring it back.
+    Up,
+}
+
+impl Direction {
+    /// `down` or `up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Down => "down",
+            Direction::Up => "up",
+        }
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum StepKind {
+    /// A step from the config (`steps`), by name.
+    Extra { name: String },
+    /// Write the gate document; verify every proxy and public URL shows maintenance.
+    SetKey,
+    /// Consul node maintenance on (`enable`) or off for the api_ui boxes.
+    NodeMaintenance { enable: bool },
+    /// Stop or start the worker services.
+    Workers { start: bool },
+    /// Disable or enable the scheduled jobs.
+    Jobs { enable: bool },
+    /// Requests through the proxy with a bypass token while the public still sees the page.
+    Smoke,
+    /// Delete the gate key; verify every proxy and public URL is open.
+    ClearKey,
+}
+
+/// One step with its targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Stable id, used by the journal to resume.
+    pub id: String,
+    pub title: String,
+    pub kind: StepKind,
+    /// Box names, smoke test names, the key, or the extra step's name.
+    pub targets: Vec<String>,
+}
+
+/// The ordered steps of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub direction: Direction,
+    pub steps: Vec<Step>,
+}
+
+fn boxes(env: &Environment, role: Role) -> Vec<String> {
+    env.boxes
+        .iter()
+        .filter(|b| b.role == role)
+        .map(|b| b.name.clone())
+        .collect()
+}
+
+fn extras(env: &Environment, when: When) -> Vec<Step> {
+    let prefix = match when {
+        When::BeforeDown => "before_down",
+        When::AfterDown => "after_down",
+        When::BeforeUp => "before_up",
+        When::AfterUp => "after_up",
+    };
+    env.extra_steps
+        .iter()
+        .filter(|s| s.when == when)
+        .map(|s| Step {
+            id: format!("{prefix}:{}", s.name),
+            title: match &s.action {
+                ExtraAction::Webhook(url) => format!("{}: POST {url}", s.name),
+                ExtraAction::Pause(text) => format!("{}: pause until confirmed: {text}", s.name),
+                ExtraAction::Command(cmd) => format!("{}: run `{cmd}`", s.name),
+            },
+            kind: StepKind::Extra {
+                name: s.name.clone(),
+            },
+            targets: vec![s.name.clone()],
+        })
+        .collect()
+}
+
+fn step(id: &str, title: &str, kind: StepKind, targets: Vec<String>) -> Step {
+    Step {
+        id: id.to_string(),
+        title: title.to_string(),
+        kind,
+        targets,
+    }
+}
+
+/// The down step a given up step undoes, by id.
+fn inverse_of(up_id: &str) -> Option<&'static str> {
+    match up_id {
+        "clear_key" => Some("set_key"),
+        "node_maintenance_off" => Some("node_maintenance_on"),
+        "start_workers" => Some("stop_workers"),
+        "enable_jobs" => Some("disable_jobs"),
+        _ => None,
+    }
+}
+
+impl Plan {
+    /// The whole take-down.
+    pub fn down(env: &Environment) -> Plan {
+        let mut steps = extras(env, When::BeforeDown);
+        steps.push(step(
+            "set_key",
+            "set the gate key; every proxy and public URL shows maintenance",
+            StepKind::SetKey,
+            vec![env.key.clone()],
+        ));
+        steps.push(step(
+            "node_maintenance_on",
+            "put the API/UI boxes into Consul node maintenance",
+            StepKind::NodeMaintenance { enable: true },
+            boxes(env, Role::ApiUi),
+        ));
+        steps.push(step(
+            "stop_workers",
+            "stop the worker services",
+            StepKind::Workers { start: false },
+            boxes(env, Role::Worker),
+        ));
+        steps.push(step(
+            "disable_jobs",
+            "disable the scheduled jobs",
+            StepKind::Jobs { enable: false },
+            boxes(env, Role::Scheduler),
+        ));
+        steps.extend(extras(env, When::AfterDown));
+        Plan {
+            direction: Direction::Down,
+            steps: steps
+                .into_iter()
+                .filter(|s| !s.targets.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The whole restore, every step (each checks first and skips what is already up).
+    pub fn up(env: &Environment) -> Plan {
+        let mut steps = extras(env, When::BeforeUp);
+        steps.push(step(
+            "enable_jobs",
+            "enable the scheduled jobs",
+            StepKind::Jobs { enable: true },
+            boxes(env, Role::Scheduler),
+        ));
+        steps.push(step(
+            "start_workers",
+            "start the worker services",
+            StepKind::Workers { start: true },
+            boxes(env, Role::Worker),
+        ));
+        steps.push(step(
+            "node_maintenance_off",
+            "take the API/UI boxes out of Consul node maintenance",
+            StepKind::NodeMaintenance { enable: false },
+            boxes(env, Role::ApiUi),
+        ));
+        steps.push(step(
+            "smoke_tests",
+            "smoke-test through the proxy with a bypass token while the public sees the page",
+            StepKind::Smoke,
+            env.smoke.iter().map(|s| s.name.clone()).collect(),
+        ));
+        steps.push(step(
+            "clear_key",
+            "clear the gate key; every proxy and public URL is open",
+            StepKind::ClearKey,
+            vec![env.key.clone()],
+        ));
+        steps.extend(extras(env, When::AfterUp));
+        Plan {
+            direction: Direction::Up,
+            steps: steps
+                .into_iter()
+                .filter(|s| !s.targets.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The restore that undoes exactly what the `down` run recorded as done (or started: every
+    /// step checks before it acts), in reverse order. Smoke tests run only when the key will be
+    /// cleared.
+    pub fn undo(env: &Environment, down: &Run) -> Plan {
+        let touched = |down_id: &str| -> Vec<String> {
+            down.steps
+                .iter()
+                .filter(|s| s.id == down_id)
+                .flat_map(|s| &s.targets)
+                .filter(|t| {
+                    matches!(
+                        t.status,
+                        TargetStatus::Intent | TargetStatus::Done | TargetStatus::Failed
+                    )
+                })
+                .map(|t| t.target.clone())
+                .collect()
+        };
+        let full = Plan::up(env);
+        let key_was_set = !touched("set_key").is_empty();
+        let steps = full
+            .steps
+            .into_iter()
+            .filter_map(|mut s| {
+                if let Some(down_id) = inverse_of(&s.id) {
+                    let done = touched(down_id);
+                    s.targets.retain(|t| done.contains(t));
+                } else if s.kind == StepKind::Smoke && !key_was_set {
+                    s.targets.clear();
+                }
+                (!s.targets.is_empty()).then_some(s)
+            })
+            .collect();
+        Plan {
+            direction: Direction::Up,
+            steps,
+        }
+    }
+
+    /// A short hash of the steps and targets, stored with the run so a resume can tell whether
+    /// the inventory changed under it.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for s in &self.steps {
+            h.update(s.id.as_bytes());
+            for t in &s.targets {
+                h.update(b"\0");
+                h.update(t.as_bytes());
+            }
+            h.update(b"\n");
+        }
+        h.finalize()[..6].iter().fold(String::new(), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    }
+
+    /// The plan as lines for a person.
+    pub fn render(&self, env: &Environment) -> String {
+        let mut out = format!(
+            "maintctl {} --env {} ({} steps, plan {})\n",
+            self.direction.as_str(),
+            env.name,
+            self.steps.len(),
+            self.hash()
+        );
+        for (i, s) in self.steps.iter().enumerate() {
+            let _ = writeln!(out, "{:>2}. {} [{}]", i + 1, s.title, s.id);
+            for t in &s.targets {
+                let _ = writeln!(out, "      - {t}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::journal::{RunStatus, StepRecord, StepStatus, TargetRecord};
+    use std::path::Path;
+
+    fn env() -> Environment {
+        let text = r#"
+            [environments.mock]
+            key = "drawbridge/mock/gate"
+            [[environments.mock.boxes]]
+            name = "api1"
+            role = "api_ui"
+            consul_agent = "http://127.0.0.2:8500"
+            [[environments.mock.boxes]]
+            name = "api2"
+            role = "api_ui"
+            consul_agent = "http://127.0.0.3:8500"
+            [[environments.mock.boxes]]
+            name = "worker1"
+            role = "worker"
+            ssh = "worker1"
+            stop = "s"
+            start = "s"
+            check = "c"
+            [[environments.mock.steps]]
+            name = "partners"
+            when = "before_down"
+            webhook = "http://127.0.0.1:1/hook"
+        "#;
+        let mut c = Config::parse(Path::new("t.toml"), text, &|_| None).unwrap();
+        c.environments.remove("mock").unwrap()
+    }
+
+    #[test]
+    fn down_runs_the_procedure_in_order_and_skips_empty_roles() {
+        let plan = Plan::down(&env());
+        let ids: Vec<_> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "before_down:partners",
+                "set_key",
+                "node_maintenance_on",
+                "stop_workers"
+            ]
+        );
+        assert_eq!(plan.steps[2].targets, ["api1", "api2"]);
+    }
+
+    #[test]
+    fn up_is_the_reverse() {
+        let ids: Vec<_> = Plan::up(&env()).steps.into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["start_workers", "node_maintenance_off", "clear_key"]);
+    }
+
+    #[test]
+    fn undo_reverses_only_what_the_down_run_touched() {
+        let env = env();
+        let down = Plan::down(&env);
+        let mut run = Run::new("r1", &env, &down, "test", None, "me");
+        let mark = |run: &mut Run, step: &str, target: &str, status: TargetStatus| {
+            let s: &mut StepRecord = run.steps.iter_mut().find(|s| s.id == step).unwrap();
+            s.status = StepStatus::Running;
+            let t: &mut TargetRecord = s.targets.iter_mut().find(|t| t.target == target).unwrap();
+            t.status = status;
+        };
+        mark(
+            &mut run,
+            "set_key",
+            "drawbridge/mock/gate",
+            TargetStatus::Done,
+        );
+        mark(&mut run, "node_maintenance_on", "api1", TargetStatus::Done);
+        mark(
+            &mut run,
+            "node_maintenance_on",
+            "api2",
+            TargetStatus::Failed,
+        );
+        run.status = RunStatus::Failed;
+        let undo = Plan::undo(&env, &run);
+        let ids: Vec<_> = undo.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["node_maintenance_off", "clear_key"]);
+        assert_eq!(undo.steps[0].targets, ["api1", "api2"]);
+
+        let nothing = Run::new("r2", &env, &down, "test", None, "me");
+        assert!(Plan::undo(&env, &nothing).steps.is_empty());
+    }
+
+    #[test]
+    fn the_hash_follows_steps_and_targets() {
+        let env = env();
+        assert_eq!(Plan::down(&env).hash(), Plan::down(&env).hash());
+        assert_ne!(Plan::down(&env).hash(), Plan::up(&env).hash());
+        assert_eq!(Plan::down(&env).hash().len(), 12);
+    }
+}

@@ -1,0 +1,174 @@
+//! The proxy's life around requests in flight and its Consul registration: a switch does not
+//! cut a request already passed, SIGTERM drains, and the proxy registers and deregisters
+//! itself.
+
+use std::time::{Duration, Instant};
+
+use drawbridge_core::consul::QueryOptions;
+use drawbridge_tests::eventually::eventually;
+use drawbridge_tests::proxy::{header, set_gate, Site, SLOW_PATH_DELAY};
+use nix::sys::signal::Signal;
+
+/// Starts `GET <path>` on its own task and waits until the upstream `counts` it, so the
+/// request is in flight at the proxy when this returns.
+async fn start_slow_request(
+    site: &Site,
+    path: &'static str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let request = site.edge.client().get(site.edge.url(path)).send();
+    let task = tokio::spawn(request);
+    let ui = &site.ui;
+    eventually(
+        "the slow request reached the upstream",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            if ui.requests_to(path) >= 1 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+    task
+}
+
+/// A request to a slow upstream path (1.5 s) that started before the key flips to
+/// maintenance completes with the upstream's 200; requests after the flip get 503.
+#[tokio::test]
+async fn request_in_flight_during_the_switch_completes() {
+    let site = Site::start("request_in_flight_during_the_switch_completes").await;
+    let started = Instant::now();
+    let slow = start_slow_request(&site, "/slow/report").await;
+
+    let index = set_gate(
+        &site.consul.client(),
+        &site.key,
+        r#"{"mode":"maintenance"}"#,
+    )
+    .await;
+    site.edge.wait_applied(index).await;
+    assert_eq!(
+        site.edge.get("/after").await.status(),
+        503,
+        "after the flip"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow request finished before the flip was applied; the test proves nothing"
+    );
+
+    let answer = slow
+        .await
+        .expect("the request task does not panic")
+        .unwrap_or_else(|e| {
+            panic!(
+                "the in-flight request failed: {e}\n{}",
+                site.edge.log_tail()
+            )
+        });
+    assert_eq!(answer.status(), 200, "the in-flight request was cut");
+    assert_eq!(header(&answer, "x-upstream").as_deref(), Some("ui"));
+    assert!(started.elapsed() >= SLOW_PATH_DELAY);
+}
+
+/// SIGTERM while a slow request is in flight: the request completes with 200 and the
+/// process exits 0 within grace_period (2 s) plus a few seconds.
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_and_exits_0() {
+    let mut site = Site::start("sigterm_drains_the_request_in_flight").await;
+    let slow = start_slow_request(&site, "/slow/export").await;
+
+    let term = Instant::now();
+    site.edge.signal(Signal::SIGTERM);
+    let answer = slow
+        .await
+        .expect("the request task does not panic")
+        .unwrap_or_else(|e| {
+            panic!(
+                "the in-flight request failed: {e}\n{}",
+                site.edge.log_tail()
+            )
+        });
+    assert_eq!(answer.status(), 200, "the in-flight request was cut");
+
+    let limit = Duration::from_secs(2 + 5);
+    let status = site.edge.wait_exit(limit).unwrap_or_else(|| {
+        panic!(
+            "drawbridge still runs {limit:?} after SIGTERM\n{}",
+            site.edge.log_tail()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        site.edge.log_tail()
+    );
+    assert!(term.elapsed() <= limit);
+}
+
+/// With `consul.register`, the proxy registers itself as the configured service with its
+/// admin URL in the service meta, and deregisters on SIGTERM.
+#[tokio::test]
+async fn proxy_registers_itself_and_deregisters_on_sigterm() {
+    let mut site = Site::start_with("proxy_registers_itself_and_deregisters", |b| {
+        b.register_as("drawbridge-e2e")
+    })
+    .await;
+    let consul = site.consul.client();
+    let admin_url = site.edge.admin_url("");
+
+    let consul_ref = &consul;
+    let entry = eventually(
+        "the proxy is registered",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async move {
+            let (entries, _) = consul_ref
+                .health_service("drawbridge-e2e", false, &QueryOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            match entries.as_slice() {
+                [one] => Ok(one.clone()),
+                other => Err(format!("{} instances", other.len())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        entry
+            .service
+            .meta
+            .get("admin_url")
+            .map(|u| u.trim_end_matches('/')),
+        Some(admin_url.as_str()),
+        "service meta {:?}",
+        entry.service.meta
+    );
+
+    site.edge.signal(Signal::SIGTERM);
+    let status = site
+        .edge
+        .wait_exit(Duration::from_secs(2 + 5))
+        .unwrap_or_else(|| {
+            panic!(
+                "drawbridge still runs after SIGTERM\n{}",
+                site.edge.log_tail()
+            )
+        });
+    assert!(
+        status.success(),
+        "exit status {status}\n{}",
+        site.edge.log_tail()
+    );
+    let (entries, _) = consul
+        .health_service("drawbridge-e2e", false, &QueryOptions::default())
+        .await
+        .expect("consul answers");
+    assert!(
+        entries.is_empty(),
+        "still registered after SIGTERM: {entries:#?}"
+    );
+}

@@ -1,0 +1,198 @@
+//! Upstream pools: active health checks take a failing or closed server out of the rotation,
+//! and a pool that follows a Consul service drops a box put into node maintenance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use drawbridge_core::consul::ServiceRegistration;
+use drawbridge_core::status::StatusReport;
+use drawbridge_tests::consul::{ConsulClientAgent, ConsulServer};
+use drawbridge_tests::process::TestDir;
+use drawbridge_tests::proxy::{header, test_key, Drawbridge, HealthCheck, Route};
+use drawbridge_tests::upstream::{Kind, Upstream};
+
+const BOX1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const BOX2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+/// Health checks run every 500 ms; a change shows in a few intervals.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Sends `n` GETs and counts the answers by `X-Upstream`; every answer must be a 200.
+async fn spread(edge: &Drawbridge, path: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for i in 0..n {
+        let answer = edge.get(path).await;
+        assert_eq!(answer.status(), 200, "request {i} of {n} to {path}");
+        let name = header(&answer, "x-upstream").unwrap_or_else(|| "<none>".to_string());
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits until requests to `path` have reached every upstream in `names` (polling in small
+/// batches until [`HEALTH_DEADLINE`]).
+async fn wait_all_seen(edge: &Drawbridge, path: &str, names: &[&str]) {
+    let start = std::time::Instant::now();
+    let mut total: HashMap<String, usize> = HashMap::new();
+    loop {
+        for (name, n) in spread(edge, path, 4).await {
+            *total.entry(name).or_insert(0) += n;
+        }
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !total.contains_key(*n))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < HEALTH_DEADLINE,
+            "requests never reached {missing:?} within {HEALTH_DEADLINE:?}; seen {total:?}\n{}",
+            edge.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The health `/status` reports for `address` in pool `pool`; `None` when it is not listed.
+fn server_health(report: &StatusReport, pool: &str, address: &str) -> Option<bool> {
+    report
+        .pools
+        .iter()
+        .find(|p| p.name == pool)?
+        .servers
+        .iter()
+        .find(|s| s.address == address)
+        .map(|s| s.healthy)
+}
+
+async fn two_server_edge(
+    dir: &TestDir,
+    consul: &ConsulServer,
+    a: &Upstream,
+    b: &Upstream,
+) -> Drawbridge {
+    Drawbridge::builder(&consul.http_addr(), &test_key("pools"))
+        .static_pool("ui", &[a, b], Some(HealthCheck::http_fast()))
+        .route(Route::page("ui", "/", "ui"))
+        .start(dir)
+        .await
+}
+
+/// Two servers with an HTTP health check: when one's `/healthz` answers 500, `/status` marks
+/// it unhealthy and every request goes to the other; when it recovers it gets requests again.
+#[tokio::test]
+async fn failing_health_check_takes_a_server_out_of_rotation() {
+    let dir = TestDir::new("failing_health_check_takes_a_server_out");
+    let consul = ConsulServer::start(&dir).await;
+    let a = Upstream::builder("a").kind(Kind::Page).start();
+    let b = Upstream::builder("b").kind(Kind::Page).start();
+    let edge = two_server_edge(&dir, &consul, &a, &b).await;
+    wait_all_seen(&edge, "/", &["a", "b"]).await;
+
+    a.set_healthy(false);
+    let a_addr = a.addr().to_string();
+    edge.wait_status("server a unhealthy", HEALTH_DEADLINE, |r| {
+        server_health(r, "ui", &a_addr) == Some(false)
+    })
+    .await;
+    let seen = spread(&edge, "/", 20).await;
+    assert_eq!(
+        seen.get("b"),
+        Some(&20),
+        "requests went elsewhere: {seen:?}"
+    );
+
+    a.set_healthy(true);
+    edge.wait_status("server a healthy again", HEALTH_DEADLINE, |r| {
+        server_health(r, "ui", &a_addr) == Some(true)
+    })
+    .await;
+    wait_all_seen(&edge, "/", &["a"]).await;
+}
+
+/// Two servers with an HTTP health check: when one's port closes, it leaves the rotation and
+/// every request still gets a 200 from the other.
+#[tokio::test]
+async fn closed_port_takes_a_server_out_of_rotation() {
+    let dir = TestDir::new("closed_port_takes_a_server_out");
+    let consul = ConsulServer::start(&dir).await;
+    let mut a = Upstream::builder("a").kind(Kind::Page).start();
+    let b = Upstream::builder("b").kind(Kind::Page).start();
+    let edge = two_server_edge(&dir, &consul, &a, &b).await;
+    wait_all_seen(&edge, "/", &["a", "b"]).await;
+
+    let a_addr = a.addr().to_string();
+    a.stop();
+    edge.wait_status("closed server a unhealthy", HEALTH_DEADLINE, |r| {
+        server_health(r, "ui", &a_addr) == Some(false)
+    })
+    .await;
+    let seen = spread(&edge, "/", 20).await;
+    assert_eq!(
+        seen.get("b"),
+        Some(&20),
+        "requests went elsewhere: {seen:?}"
+    );
+}
+
+/// A pool following Consul service `api` gets both boxes' instances; putting box 1 into node
+/// maintenance (on its own agent) removes it, so every request goes to box 2; taking it out of
+/// maintenance brings it back.
+#[tokio::test]
+async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
+    let dir = TestDir::new("node_maintenance_removes_a_box");
+    let consul = ConsulServer::start(&dir).await;
+    let box1 = ConsulClientAgent::start(&dir, &consul, "box1", BOX1).await;
+    let box2 = ConsulClientAgent::start(&dir, &consul, "box2", BOX2).await;
+    let up1 = Upstream::builder("api-box1")
+        .listen((BOX1, 0).into())
+        .start();
+    let up2 = Upstream::builder("api-box2")
+        .listen((BOX2, 0).into())
+        .start();
+    for (agent, up, id) in [(&box1, &up1, "api-1"), (&box2, &up2, "api-2")] {
+        let reg = ServiceRegistration {
+            id: id.to_string(),
+            name: "api".to_string(),
+            address: up.addr().ip().to_string(),
+            port: up.addr().port(),
+            ..ServiceRegistration::default()
+        };
+        agent
+            .client()
+            .agent_service_register(&reg)
+            .await
+            .unwrap_or_else(|e| panic!("register {id}: {e}"));
+    }
+
+    let edge = Drawbridge::builder(&consul.http_addr(), &test_key("consul_pool"))
+        .consul_pool("api", "api", Some(HealthCheck::None))
+        .route(Route::api("api", "/", "api"))
+        .start(&dir)
+        .await;
+    wait_all_seen(&edge, "/orders", &["api-box1", "api-box2"]).await;
+
+    box1.client()
+        .agent_node_maintenance(true, "e2e: box1 down for work")
+        .await
+        .expect("node maintenance on box1");
+    let box1_addr = up1.addr().to_string();
+    edge.wait_status("box1 out of the api pool", HEALTH_DEADLINE, |r| {
+        server_health(r, "api", &box1_addr) != Some(true)
+    })
+    .await;
+    let seen = spread(&edge, "/orders", 20).await;
+    assert_eq!(
+        seen.get("api-box2"),
+        Some(&20),
+        "requests went elsewhere: {seen:?}"
+    );
+
+    box1.client()
+        .agent_node_maintenance(false, "")
+        .await
+        .expect("node maintenance off on box1");
+    wait_all_seen(&edge, "/orders", &["api-box1"]).await;
+}

@@ -1,0 +1,410 @@
+//! In-process HTTP/1.1 upstream servers for the e2e tests and the demo origin.
+//!
+//! Each server binds its port before `start` returns and runs on its own thread with its own
+//! runtime, so it serves sync and async tests alike and dropping it closes every connection.
+//! It names itself in `X-Upstream` and in the body, counts requests and records the last one.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The path the proxy's health checks probe; it is not recorded as the last request.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// What an upstream answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `application/json`: `{"upstream":"<name>","path":"/x","method":"GET"}`.
+    Api,
+    /// `text/html`: a tiny page that names the upstream and the path.
+    Page,
+}
+
+/// A request the upstream received, as it arrived.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: Method,
+    /// Path and query, as sent on the request line.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    /// Length of the request body in bytes.
+    pub body_len: usize,
+}
+
+impl RecordedRequest {
+    /// The value of header `name` as text, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Builds an [`Upstream`]: a name, an optional address, optional slow paths.
+#[derive(Debug, Clone)]
+pub struct UpstreamBuilder {
+    name: String,
+    listen: SocketAddr,
+    kind: Kind,
+    delays: Vec<(String, Duration)>,
+}
+
+impl UpstreamBuilder {
+    /// Listens on `addr` instead of `127.0.0.1:0` (e.g. `127.0.0.2:0` or a fixed demo port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Answers with HTML or JSON; the default is [`Kind::Api`].
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Waits `delay` before answering any path that starts with `prefix` (for in-flight tests).
+    pub fn delay(mut self, prefix: &str, delay: Duration) -> Self {
+        self.delays.push((prefix.to_string(), delay));
+        self
+    }
+
+    /// Binds the listener and starts serving; the port accepts connections when this returns.
+    ///
+    /// # Errors
+    /// The address cannot be bound, or the server thread cannot be started.
+    pub fn try_start(self) -> std::io::Result<Upstream> {
+        let listener = TcpListener::bind(self.listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            kind: self.kind,
+            delays: self.delays,
+            healthy: AtomicBool::new(true),
+            total: AtomicU64::new(0),
+            by_path: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("upstream-{}", self.name))
+            .spawn(move || serve(listener, thread_shared, stop_rx))?;
+        Ok(Upstream {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Like [`UpstreamBuilder::try_start`].
+    ///
+    /// # Panics
+    /// When the listener cannot be bound.
+    pub fn start(self) -> Upstream {
+        let listen = self.listen;
+        self.try_start()
+            .unwrap_or_else(|e| panic!("upstream cannot listen on {listen}: {e}"))
+    }
+}
+
+/// A running upstream server; stopping or dropping it closes the port and its connections.
+#[derive(Debug)]
+pub struct Upstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    kind: Kind,
+    delays: Vec<(String, Duration)>,
+    healthy: AtomicBool,
+    total: AtomicU64,
+    by_path: Mutex<HashMap<String, u64>>,
+    last: Mutex<Option<RecordedRequest>>,
+}
+
+impl Upstream {
+    /// A builder for an upstream named `name`, on `127.0.0.1:0`, answering JSON.
+    pub fn builder(name: &str) -> UpstreamBuilder {
+        UpstreamBuilder {
+            name: name.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kind: Kind::Api,
+            delays: Vec::new(),
+        }
+    }
+
+    /// Starts a JSON upstream named `name` on `127.0.0.1:0`.
+    pub fn start(name: &str) -> Upstream {
+        Upstream::builder(name).start()
+    }
+
+    /// The name echoed in `X-Upstream` and the body.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Makes `/healthz` answer 500 (`false`) or 200 (`true`) from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Every request received, health checks included.
+    pub fn total_requests(&self) -> u64 {
+        self.shared.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received on exactly `path` (without the query string).
+    pub fn requests_to(&self, path: &str) -> u64 {
+        let by_path = self
+            .shared
+            .by_path
+            .lock()
+            .expect("no panics while the lock is held");
+        by_path.get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received on any path but [`HEALTH_PATH`]: what the proxy passed through.
+    pub fn proxied_requests(&self) -> u64 {
+        self.total_requests() - self.requests_to(HEALTH_PATH)
+    }
+
+    /// The last request received on a path other than [`HEALTH_PATH`].
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.shared
+            .last
+            .lock()
+            .expect("no panics while the lock is held")
+            .clone()
+    }
+
+    /// Closes the listener and every open connection; the port refuses connections afterwards.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves until the process is killed (for the demo origin).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The server thread: accepts until told to stop, then drops the runtime, which cancels the
+/// connection tasks and so closes their sockets too.
+fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds with the default settings");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .expect("the listener is non-blocking and the runtime has IO enabled");
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _peer)) = accepted else { continue };
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        }
+    });
+    // Dropping the runtime here cancels every connection task before the thread ends.
+    drop(runtime);
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body_len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+    let path = parts.uri.path().to_string();
+    shared.total.fetch_add(1, Ordering::SeqCst);
+    *shared
+        .by_path
+        .lock()
+        .expect("no panics while the lock is held")
+        .entry(path.clone())
+        .or_insert(0) += 1;
+
+    if path == HEALTH_PATH {
+        let healthy = shared.healthy.load(Ordering::SeqCst);
+        let status = if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let text = if healthy { "ok\n" } else { "unhealthy\n" };
+        return Ok(response(&shared, status, "text/plain", text.to_string()));
+    }
+
+    *shared
+        .last
+        .lock()
+        .expect("no panics while the lock is held") = Some(RecordedRequest {
+        method: parts.method.clone(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| path.clone(), |pq| pq.as_str().to_string()),
+        headers: parts.headers,
+        body_len,
+    });
+
+    if let Some((_, delay)) = shared.delays.iter().find(|(p, _)| path.starts_with(p)) {
+        tokio::time::sleep(*delay).await;
+    }
+
+    let (content_type, body) = match shared.kind {
+        Kind::Api => (
+            "application/json",
+            serde_json::json!({
+                "upstream": shared.name,
+                "path": path,
+                "method": parts.method.as_str(),
+            })
+            .to_string(),
+        ),
+        Kind::Page => (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <title>{name}</title></head>\n<body><h1>{name}</h1>\
+                 <p>upstream <b>{name}</b> served <code>{method} {path}</code></p></body></html>\n",
+                name = escape_html(&shared.name),
+                method = parts.method,
+                path = escape_html(&path),
+            ),
+        ),
+    };
+    Ok(response(&shared, StatusCode::OK, content_type, body))
+}
+
+fn response(
+    shared: &Shared,
+    status: StatusCode,
+    content_type: &str,
+    body: String,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("x-upstream", shared.name.as_str())
+        .body(Full::new(Bytes::from(body)))
+        .expect("status and header values are valid by construction")
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Test: 1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn answers_with_its_name_and_counts_requests() {
+        let up = Upstream::start("alpha");
+        let answer = get(up.addr(), "/x?y=1");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("x-upstream: alpha"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""upstream":"alpha""#), "{answer}");
+        assert!(answer.contains(r#""path":"/x""#), "{answer}");
+        assert_eq!(up.requests_to("/x"), 1);
+        let last = up.last_request().expect("a request was recorded");
+        assert_eq!(last.path_and_query, "/x?y=1");
+        assert_eq!(last.header("x-test"), Some("1"));
+    }
+
+    #[test]
+    fn health_can_be_flipped_and_is_not_recorded_as_last() {
+        let up = Upstream::start("beta");
+        assert!(get(up.addr(), HEALTH_PATH).starts_with("HTTP/1.1 200"));
+        up.set_healthy(false);
+        assert!(get(up.addr(), HEALTH_PATH).starts_with("HTTP/1.1 500"));
+        assert!(up.last_request().is_none());
+        assert_eq!(up.proxied_requests(), 0);
+        assert_eq!(up.total_requests(), 2);
+    }
+
+    #[test]
+    fn stopped_upstream_refuses_connections() {
+        let mut up = Upstream::start("gamma");
+        let addr = up.addr();
+        up.stop();
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+}
