@@ -112,7 +112,7 @@ consul_leader() {
 }
 
 start consul "$run_dir/consul.log" \
-  "$consul_bin" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port 8500 -data-dir "$consul_data"
+  "$consul_bin" agent -dev -node demo-box -bind 127.0.0.1 -client 127.0.0.1 -http-port 8500 -data-dir "$consul_data"
 wait_for consul 30 "$run_dir/consul.log" consul_leader
 
 origin="$target_dir/release/demo-origin"
@@ -126,23 +126,9 @@ wait_for drawbridge 30 "$run_dir/drawbridge.log" curl -fsS --max-time 2 http://1
 
 until_ts="$(date -u -d '+30 minutes' +%Y-%m-%dT%H:%M:%SZ)"
 
-# A bypass token signed with the demo key of config/demo.toml, so the walk-through can show an
-# operator passing the closed gate (in production: maintctl bypass).
-toml_value() { sed -n "s/^$1 *= *\"\(.*\)\"/\1/p" config/demo.toml | head -n 1; }
-token=""
-bypass_env="$(toml_value environment)"
-bypass_id="$(toml_value id)"
-bypass_secret="$(toml_value secret)"
-if [ -n "$bypass_env" ] && [ -n "$bypass_id" ] && [ -n "$bypass_secret" ]; then
-  token="$("$origin" mint-token --environment "$bypass_env" --key-id "$bypass_id" \
-    --secret "$bypass_secret" --ttl-secs 3600 2>/dev/null || true)"
-fi
-if [ -n "$token" ]; then
-  bypass_help="Pass the closed gate as an operator (token valid 1 h):
-  curl -i -H 'X-Drawbridge-Bypass: $token' http://127.0.0.1:8080/"
-else
-  bypass_help="(no bypass key found in config/demo.toml: bypass tokens are not shown)"
-fi
+maintctl=("$target_dir/release/maintctl" --config config/maintctl.demo.toml)
+token="$("${maintctl[@]}" --output json bypass --env demo --ttl 1h | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
+
 cat <<EOT
 
 Drawbridge demo is up. Try:
@@ -166,7 +152,14 @@ Then:
   curl -i http://127.0.0.1:8080/
   curl -i http://127.0.0.1:8080/api/orders
 
-$bypass_help
+The whole procedure, one command each way (maintctl, with config/maintctl.demo.toml):
+  $target_dir/release/maintctl --config config/maintctl.demo.toml down --env demo --reason "demo upgrade" --until 30m
+  $target_dir/release/maintctl --config config/maintctl.demo.toml status --env demo
+  $target_dir/release/maintctl --config config/maintctl.demo.toml up --env demo
+  $target_dir/release/maintctl --config config/maintctl.demo.toml history --env demo
+
+Pass the closed gate as an operator (token from \`maintctl bypass --env demo\`, valid 1 h):
+  curl -i -H 'X-Drawbridge-Bypass: $token' http://127.0.0.1:8080/
 
 Logs: $run_dir/{consul,origin-ui,origin-api,drawbridge}.log
 Press Ctrl-C to stop everything.

@@ -30,9 +30,7 @@ impl Holder {
     /// This process, about to do `action`.
     pub fn me(action: &str) -> Holder {
         Holder {
-            user: std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "unknown".to_string()),
+            user: user_name(),
             host: hostname(),
             pid: std::process::id(),
             since: OffsetDateTime::now_utc(),
@@ -44,6 +42,34 @@ impl Holder {
     pub fn by(&self) -> String {
         format!("{}@{}", self.user, self.host)
     }
+}
+
+/// Who runs this process: the operator behind sudo, else the login name, else the name of the
+/// process's user id in /etc/passwd.
+fn user_name() -> String {
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var) {
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(str::to_string))
+        });
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    uid.and_then(|uid| {
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_string())
+        })
+    })
+    .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// This machine's host name.
