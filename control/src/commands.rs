@@ -59,7 +59,36 @@ fn http_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-fn fail(out: &Output, code: u8, message: &str) -> u8 {
+/// Why a command stopped, and the exit code that says so.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl ToString) -> Failure {
+        Failure {
+            code,
+            message: message.to_string(),
+        }
+    }
+
+    fn usage(message: impl ToString) -> Failure {
+        Failure::new(exit::USAGE, message)
+    }
+
+    fn failed(message: impl ToString) -> Failure {
+        Failure::new(exit::FAILED, message)
+    }
+}
+
+/// A command's exit code, or why it stopped.
+pub type CommandResult = Result<u8, Failure>;
+
+/// Reports a failure (a line, or a JSON event) and gives its exit code.
+pub fn report(out: &Output, failure: Failure) -> u8 {
+    let Failure { code, message } = failure;
     out.emit(
         json!({"event": "error", "exit_code": code, "message": message}),
         || format!("maintctl: {message}"),
@@ -207,13 +236,10 @@ async fn run_plan(
     prepared: Prepared,
     req: &RunRequest,
     out: Output,
-) -> u8 {
-    let http = match http_client() {
-        Ok(h) => h,
-        Err(e) => return fail(&out, exit::FAILED, &e),
-    };
+) -> CommandResult {
+    let http = http_client().map_err(Failure::failed)?;
     if let Err(e) = confirmed(env, plan.direction, req.yes) {
-        return fail(&out, exit::USAGE, &e);
+        return Err(Failure::new(exit::USAGE, e));
     }
     let proxies = match preflight(env, &consul, &http, &plan).await {
         Ok(p) => p,
@@ -228,14 +254,14 @@ async fn run_plan(
                     )
                 },
             );
-            return code;
+            return Ok(code);
         }
     };
     let holder = Holder::me(plan.direction.as_str());
     let lock = match Lock::acquire(&consul, &env.prefix, &holder).await {
         Ok(lock) => lock,
-        Err(e @ LockError::Held(_)) => return fail(&out, exit::LOCKED, &e.to_string()),
-        Err(e) => return fail(&out, exit::FAILED, &e.to_string()),
+        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
+        Err(e) => return Err(Failure::new(exit::FAILED, e)),
     };
     let journal = match prepared {
         Prepared::New {
@@ -255,7 +281,7 @@ async fn run_plan(
                 Ok(j) => j,
                 Err(e) => {
                     let _ = lock.release().await;
-                    return fail(&out, exit::FAILED, &e.to_string());
+                    return Err(Failure::new(exit::FAILED, e));
                 }
             }
         }
@@ -302,18 +328,20 @@ async fn run_plan(
                     env.name
                 )
             });
-            exit::OK
+            Ok(exit::OK)
         }
-        Ok(RunEnd::Failed(m)) => fail(&out, exit::FAILED, &format!("{m}\n{resume_hint}")),
-        Ok(RunEnd::VerifyTimeout(m)) => {
-            fail(&out, exit::VERIFY_TIMEOUT, &format!("{m}\n{resume_hint}"))
-        }
-        Ok(RunEnd::Interrupted(m)) => fail(&out, exit::INTERRUPTED, &format!("{m}\n{resume_hint}")),
-        Err(e) => fail(
-            &out,
-            exit::FAILED,
-            &format!("the journal could not be written, the run stopped: {e}"),
-        ),
+        Ok(RunEnd::Failed(m)) => Err(Failure::new(exit::FAILED, format!("{m}\n{resume_hint}"))),
+        Ok(RunEnd::VerifyTimeout(m)) => Err(Failure::new(
+            exit::VERIFY_TIMEOUT,
+            format!("{m}\n{resume_hint}"),
+        )),
+        Ok(RunEnd::Interrupted(m)) => Err(Failure::new(
+            exit::INTERRUPTED,
+            format!("{m}\n{resume_hint}"),
+        )),
+        Err(e) => Err(Failure::failed(format!(
+            "the journal could not be written, the run stopped: {e}"
+        ))),
     }
 }
 
@@ -340,40 +368,28 @@ async fn latest(env: &Environment, consul: &Client) -> Result<Option<(Run, u64)>
 }
 
 /// `maintctl down`.
-pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
     let plan = Plan::down(env);
     if req.dry_run {
         print_plan(env, &plan, out);
-        return exit::OK;
+        return Ok(exit::OK);
     }
     let Some(reason) = req.reason.clone().filter(|r| !r.trim().is_empty()) else {
-        return fail(
-            &out,
-            exit::USAGE,
+        return Err(Failure::usage(
             "down needs --reason \"...\" (it is shown to clients and kept in the journal)",
-        );
+        ));
     };
-    let consul = match consul_client(env) {
-        Ok(c) => c,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+    let consul = consul_client(env).map_err(Failure::usage)?;
     match latest(env, &consul).await {
         Ok(Some((run, _))) if run.direction == Direction::Down && !run.is_finished() => {
-            return fail(
-                &out,
-                exit::FAILED,
-                &format!(
+            return Err(Failure::new(exit::FAILED, format!(
                     "the last run {} of {} is an unfinished down ({:?}): continue it with `maintctl resume --env {1}` or reverse it with `maintctl up --env {1}`",
                     run.id, env.name, run.status
-                ),
-            )
+                )))
         }
         Ok(_) => {}
-        Err(e) => return fail(&out, exit::FAILED, &e),
+        Err(e) => return Err(Failure::new(exit::FAILED, e)),
     }
     let prepared = Prepared::New {
         reason,
@@ -404,22 +420,15 @@ async fn up_plan(
 }
 
 /// `maintctl up`.
-pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
-    let consul = match consul_client(env) {
-        Ok(c) => c,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
-    let (plan, down) = match up_plan(env, &consul, req.all).await {
-        Ok(p) => p,
-        Err(e) => return fail(&out, exit::FAILED, &e),
-    };
+pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let (plan, down) = up_plan(env, &consul, req.all)
+        .await
+        .map_err(Failure::failed)?;
     if req.dry_run {
         print_plan(env, &plan, out);
-        return exit::OK;
+        return Ok(exit::OK);
     }
     let reason = req
         .reason
@@ -435,37 +444,34 @@ pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -
 }
 
 /// `maintctl resume`.
-pub async fn resume(config: &Config, env_name: &str, req: RunRequest, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
-    let consul = match consul_client(env) {
-        Ok(c) => c,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+pub async fn resume(
+    config: &Config,
+    env_name: &str,
+    req: RunRequest,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
     let (run, index) = match latest(env, &consul).await {
         Ok(Some((run, index))) if !run.is_finished() => (run, index),
         Ok(Some((run, _))) => {
-            return fail(
-                &out,
+            return Err(Failure::new(
                 exit::FAILED,
-                &format!("nothing to resume: the last run {} finished", run.id),
-            )
+                format!("nothing to resume: the last run {} finished", run.id),
+            ))
         }
         Ok(None) => {
-            return fail(
-                &out,
+            return Err(Failure::new(
                 exit::FAILED,
-                &format!("nothing to resume: {} has no run yet", env.name),
-            )
+                format!("nothing to resume: {} has no run yet", env.name),
+            ))
         }
-        Err(e) => return fail(&out, exit::FAILED, &e),
+        Err(e) => return Err(Failure::new(exit::FAILED, e)),
     };
     let plan = run.plan();
     if req.dry_run {
         print_plan(env, &plan, out);
-        return exit::OK;
+        return Ok(exit::OK);
     }
     run_plan(
         env,
@@ -493,37 +499,28 @@ pub async fn plan(
     direction: Direction,
     all: bool,
     out: Output,
-) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
     let plan = match direction {
         Direction::Down => Plan::down(env),
         Direction::Up => {
-            let consul = match consul_client(env) {
-                Ok(c) => c,
-                Err(e) => return fail(&out, exit::USAGE, &e),
-            };
+            let consul = consul_client(env).map_err(Failure::usage)?;
             match up_plan(env, &consul, all).await {
                 Ok((p, _)) => p,
-                Err(e) => return fail(&out, exit::FAILED, &e),
+                Err(e) => return Err(Failure::new(exit::FAILED, e)),
             }
         }
     };
     print_plan(env, &plan, out);
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// `maintctl status`: the key, each proxy, each box, the lock and the last run.
-pub async fn status(config: &Config, env_name: &str, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+pub async fn status(config: &Config, env_name: &str, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
     let (consul, http) = match (consul_client(env), http_client()) {
         (Ok(c), Ok(h)) => (c, h),
-        (Err(e), _) | (_, Err(e)) => return fail(&out, exit::USAGE, &e),
+        (Err(e), _) | (_, Err(e)) => return Err(Failure::new(exit::USAGE, e)),
     };
     let key = match consul.kv_get(&env.key, &QueryOptions::default()).await {
         Ok(read) => match read.entry {
@@ -537,7 +534,7 @@ pub async fn status(config: &Config, env_name: &str, out: Output) -> u8 {
                 }
             },
         },
-        Err(e) => return fail(&out, exit::FAILED, &e.to_string()),
+        Err(e) => return Err(Failure::new(exit::FAILED, e)),
     };
     let mut proxies_json = Vec::new();
     match proxies::discover(env, &consul).await {
@@ -590,7 +587,7 @@ pub async fn status(config: &Config, env_name: &str, out: Output) -> u8 {
             "started_at": rfc3339(r.started_at), "by": r.by, "reason": r.reason})),
     });
     out.emit(report.clone(), || render_status(&report));
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn render_status(r: &serde_json::Value) -> String {
@@ -613,19 +610,12 @@ fn render_status(r: &serde_json::Value) -> String {
 }
 
 /// `maintctl history`: past runs with the duration of each step.
-pub async fn history(config: &Config, env_name: &str, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
-    let consul = match consul_client(env) {
-        Ok(c) => c,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
-    let runs = match journal::all_runs(&consul, &env.prefix).await {
-        Ok(r) => r,
-        Err(e) => return fail(&out, exit::FAILED, &e.to_string()),
-    };
+pub async fn history(config: &Config, env_name: &str, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let runs = journal::all_runs(&consul, &env.prefix)
+        .await
+        .map_err(Failure::failed)?;
     let seconds = |a: Option<OffsetDateTime>, b: Option<OffsetDateTime>| match (a, b) {
         (Some(a), Some(b)) => Some((b - a).as_seconds_f64()),
         _ => None,
@@ -666,21 +656,22 @@ pub async fn history(config: &Config, env_name: &str, out: Output) -> u8 {
     if runs.is_empty() {
         out.note(&format!("no runs of {} yet", env.name));
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// `maintctl bypass`: a short-lived bypass token and how to send it.
-pub fn bypass(config: &Config, env_name: &str, ttl: Option<Duration>, out: Output) -> u8 {
-    let env = match config.environment(env_name) {
-        Ok(e) => e,
-        Err(e) => return fail(&out, exit::USAGE, &e),
-    };
+pub fn bypass(
+    config: &Config,
+    env_name: &str,
+    ttl: Option<Duration>,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
     let Some(bypass) = &env.bypass else {
-        return fail(
-            &out,
+        return Err(Failure::new(
             exit::USAGE,
-            &format!("environment {} has no [bypass] keys", env.name),
-        );
+            format!("environment {} has no [bypass] keys", env.name),
+        ));
     };
     let ttl = ttl.unwrap_or(bypass.ttl);
     let now = OffsetDateTime::now_utc();
@@ -700,7 +691,7 @@ pub fn bypass(config: &Config, env_name: &str, ttl: Option<Duration>, out: Outpu
             )
         },
     );
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// The format in which `--output` asks for output.

@@ -6,7 +6,8 @@
 //! `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE`, as the consul CLI reads them.
 
 use drawbridge_core::bypass::Keyring;
-use drawbridge_core::settings::{FileBypassKey, Problems};
+pub use drawbridge_core::settings::ConfigError;
+use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -244,36 +245,14 @@ pub struct ExtraStep {
     pub action: ExtraAction,
 }
 
-/// Every problem found in the file.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid configuration {}:", self.file.display())?;
-        for problem in &self.problems {
-            write!(f, "\n  {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Reads and checks the inventory, with Consul's variables from the process environment.
     ///
     /// # Errors
     /// Unreadable file, bad TOML, or failed checks; every problem with its key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
-        Config::parse(path, &text, &|name| std::env::var(name).ok())
+        let env = |name: &str| std::env::var(name).ok();
+        load_config(path, |file, problems| check(file, problems, &env))
     }
 
     /// Checks the text of an inventory; `env` looks up environment variables.
@@ -285,24 +264,7 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        };
-        let file: FileConfig = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let mut p = Problems::default();
-        if file.environments.is_empty() {
-            p.add("environments", "define at least one [environments.NAME]");
-        }
-        let environments = file
-            .environments
-            .into_iter()
-            .map(|(name, e)| {
-                let env_checked = check_environment(&name, e, &mut p, env);
-                (name, env_checked)
-            })
-            .collect();
-        p.into_result(Config { environments }).map_err(fail)
+        parse_config(path, text, |file, problems| check(file, problems, env))
     }
 
     /// The environment called `name`.
@@ -321,6 +283,21 @@ impl Config {
             )
         })
     }
+}
+
+fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    if file.environments.is_empty() {
+        p.add("environments", "define at least one [environments.NAME]");
+    }
+    let environments = file
+        .environments
+        .into_iter()
+        .map(|(name, e)| {
+            let checked = check_environment(&name, e, p, env);
+            (name, checked)
+        })
+        .collect();
+    Config { environments }
 }
 
 fn check_url(p: &mut Problems, key: &str, url: &str) {

@@ -186,8 +186,8 @@ async fn main() -> ExitCode {
         Command::Bypass { env, ttl } => commands::bypass(&config, &env, ttl, out),
         Command::CheckConfig => {
             println!("configuration is valid: {}", cli.config.display());
-            exit::OK
+            Ok(exit::OK)
         }
     };
-    ExitCode::from(code)
+    ExitCode::from(code.unwrap_or_else(|failure| commands::report(&out, failure)))
 }

@@ -464,18 +464,9 @@ impl Context {
                 let b = self.find_box(target)?;
                 self.node_maintenance(b, *enable, resumed).await
             }
-            StepKind::Workers { start } => {
+            StepKind::Workers { start: up } | StepKind::Jobs { enable: up } => {
                 let b = self.find_box(target)?;
-                let want = if *start {
-                    BoxState::Running
-                } else {
-                    BoxState::Stopped
-                };
-                self.box_state(b, want, resumed).await
-            }
-            StepKind::Jobs { enable } => {
-                let b = self.find_box(target)?;
-                let want = if *enable {
+                let want = if *up {
                     BoxState::Running
                 } else {
                     BoxState::Stopped

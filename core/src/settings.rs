@@ -3,10 +3,65 @@
 //! inline or from a file, and bypass keys are read the same way for the signer and the verifier.
 
 use crate::bypass::{BypassKey, Keyring};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Every problem found in a config file, each with the key it is about.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads a config file, parses its TOML into the file's raw form `F`, and checks that with
+/// `check`, which notes problems instead of stopping at the first.
+///
+/// # Errors
+/// The file cannot be read, is not TOML of the expected shape, or `check` noted problems.
+pub fn load_config<F: DeserializeOwned, T>(
+    path: &Path,
+    check: impl FnOnce(F, &mut Problems) -> T,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![format!("cannot read the file: {e}")],
+    })?;
+    parse_config(path, &text, check)
+}
+
+/// As [`load_config`], from the file's text.
+///
+/// # Errors
+/// As [`load_config`].
+pub fn parse_config<F: DeserializeOwned, T>(
+    path: &Path,
+    text: &str,
+    check: impl FnOnce(F, &mut Problems) -> T,
+) -> Result<T, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let file: F = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
+    let mut problems = Problems::default();
+    let checked = check(file, &mut problems);
+    problems.into_result(checked).map_err(fail)
+}
 
 /// The problems found in a config file, each as `key: what is wrong`.
 #[derive(Debug, Default)]

@@ -13,11 +13,11 @@
 use crate::page::PageTemplate;
 use drawbridge_core::bypass::Keyring;
 use drawbridge_core::consul::Consistency;
-use drawbridge_core::settings::{FileBypassKey, Problems};
+pub use drawbridge_core::settings::ConfigError;
+use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -286,25 +286,6 @@ pub struct RouteSettings {
     pub exempt_paths: Vec<String>,
 }
 
-/// Every problem found in a config file, each with the key it is about.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration {}:", self.file.display())?;
-        for problem in &self.problems {
-            write!(f, "\n  {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Reads and checks a config file, taking Consul's variables from the process environment.
     ///
@@ -312,11 +293,8 @@ impl Config {
     /// The file cannot be read, is not TOML of the expected shape, or fails a check; the error
     /// lists every problem with its key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
-        Config::parse(path, &text, &|name| std::env::var(name).ok())
+        let env = |name: &str| std::env::var(name).ok();
+        load_config(path, |file, problems| check(file, problems, &env))
     }
 
     /// Checks the text of a config file; `env` looks up environment variables.
@@ -328,14 +306,7 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        };
-        let file: FileConfig = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let mut problems = Problems::default();
-        let config = check(file, &mut problems, env);
-        problems.into_result(config).map_err(fail)
+        parse_config(path, text, |file, problems| check(file, problems, env))
     }
 
     /// The index of the route with this name.

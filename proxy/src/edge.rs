@@ -191,18 +191,23 @@ impl ProxyHttp for Edge {
         let decision = self.decide_request(session.req_header(), peer, ctx, &state);
         ctx.decision = Some(decision);
         let origin = session.req_header().headers.get(header::ORIGIN).cloned();
-        let answered = match decision {
-            Decision::Pass | Decision::Bypass(_) => false,
-            Decision::NoRoute => {
-                let (h, body) = respond::no_route()?;
-                Self::write(session, h, body).await?;
-                true
-            }
-            Decision::WellKnown => {
-                let (h, body) = respond::well_known(&state, &self.maintenance, origin.as_ref())?;
-                Self::write(session, h, body).await?;
-                true
-            }
+        let maintenance = |answer| {
+            respond::maintenance(
+                &state,
+                answer,
+                &self.maintenance,
+                origin.as_ref(),
+                now_unix(),
+            )
+        };
+        let response = match decision {
+            Decision::Pass | Decision::Bypass(_) => None,
+            Decision::NoRoute => Some(respond::no_route()?),
+            Decision::WellKnown => Some(respond::well_known(
+                &state,
+                &self.maintenance,
+                origin.as_ref(),
+            )?),
             Decision::Preflight(answer) => {
                 let req = session.req_header();
                 let preflight = respond::preflight(
@@ -212,32 +217,16 @@ impl ProxyHttp for Edge {
                     req.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
                 )?;
                 match preflight {
-                    Some(h) => Self::write(session, h, Bytes::new()).await?,
-                    None => {
-                        let (h, body) = respond::maintenance(
-                            &state,
-                            answer,
-                            &self.maintenance,
-                            origin.as_ref(),
-                            now_unix(),
-                        )?;
-                        Self::write(session, h, body).await?;
-                    }
+                    Some(h) => Some((h, Bytes::new())),
+                    None => Some(maintenance(answer)?),
                 }
-                true
             }
-            Decision::Maintenance(answer) => {
-                let (h, body) = respond::maintenance(
-                    &state,
-                    answer,
-                    &self.maintenance,
-                    origin.as_ref(),
-                    now_unix(),
-                )?;
-                Self::write(session, h, body).await?;
-                true
-            }
+            Decision::Maintenance(answer) => Some(maintenance(answer)?),
         };
+        let answered = response.is_some();
+        if let Some((h, body)) = response {
+            Self::write(session, h, body).await?;
+        }
         ctx.state = Some(state);
         Ok(answered)
     }
