@@ -6,6 +6,7 @@ use std::time::Duration;
 use drawbridge_core::gate::Mode;
 use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::proxy::{now_unix, set_gate, Drawbridge, Metrics, Site};
+use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -265,4 +266,49 @@ async fn metrics_count_what_happened() {
         },
     )
     .await;
+}
+
+/// With `access_log = "json"` every request, proxied or answered by the proxy itself, writes
+/// one JSON line with its route, status and decision.
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request() {
+    let site = Site::start_with("access_log_writes_one_json_line_per_request", |mut b| {
+        b.access_log = "json".to_string();
+        b
+    })
+    .await;
+    assert_eq!(site.edge.get("/api/logged-open").await.status(), 200);
+    site.put_gate(r#"{"mode":"maintenance"}"#).await;
+    assert_eq!(site.edge.get("/logged-closed").await.status(), 503);
+    let lines = eventually(
+        "two access-log lines",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let log = std::fs::read_to_string(site.dir.join("drawbridge.stderr.log"))
+                .map_err(|e| e.to_string())?;
+            let lines: Vec<Value> = log
+                .lines()
+                .filter(|l| l.contains("/logged-"))
+                .map(|l| {
+                    let json = &l[l.find('{').ok_or("no JSON in the line")?..];
+                    serde_json::from_str(json).map_err(|e| format!("{e}: {l}"))
+                })
+                .collect::<Result<_, String>>()?;
+            if lines.len() == 2 {
+                Ok(lines)
+            } else {
+                Err(format!("{} lines so far", lines.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(lines[0]["path"], "/api/logged-open");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["route"], "api");
+    assert_eq!(lines[0]["decision"], "pass");
+    assert_eq!(lines[1]["path"], "/logged-closed");
+    assert_eq!(lines[1]["status"], 503);
+    assert_eq!(lines[1]["mode"], "maintenance");
+    assert_eq!(lines[1]["decision"], "maintenance");
 }

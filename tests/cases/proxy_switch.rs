@@ -556,3 +556,39 @@ async fn maintenance_answers_keep_the_connection_alive() {
         "expected two 503 answers on one connection:\n{text}"
     );
 }
+
+/// Re-writing the key while down (a new message and `until`) changes what clients see and never
+/// opens traffic: every request in between gets a 503, none reaches the upstreams.
+#[tokio::test]
+async fn rewriting_the_key_while_down_updates_the_answer_without_opening() {
+    let site = Site::start("rewriting_the_key_while_down_updates_the_answer_without_opening").await;
+    site.put_gate(r#"{"mode":"maintenance","message":"Back at nine"}"#)
+        .await;
+    let before = site.api.proxied_requests();
+    let first = site.edge.get("/api/orders").await;
+    assert_eq!(first.status(), 503);
+    let body: Value = serde_json::from_str(&first.text().await.unwrap()).unwrap();
+    assert_eq!(body["detail"], "Back at nine");
+
+    let until = rfc3339_in(7200);
+    let report = site
+        .put_gate(&format!(
+            r#"{{"mode":"maintenance","message":"Back at eleven","until":"{until}"}}"#
+        ))
+        .await;
+    assert_eq!(report.gate.mode, Mode::Maintenance);
+    let second = site.edge.get("/api/orders").await;
+    assert_eq!(second.status(), 503);
+    let retry = retry_after(&second);
+    assert!(
+        (7000..=7200).contains(&retry),
+        "Retry-After {retry} after the new until"
+    );
+    let body: Value = serde_json::from_str(&second.text().await.unwrap()).unwrap();
+    assert_eq!(body["detail"], "Back at eleven");
+    assert_eq!(
+        site.api.proxied_requests(),
+        before,
+        "traffic opened during the rewrite"
+    );
+}
