@@ -6,6 +6,7 @@ use crate::journal::{self, Journal, Run, RunStatus};
 use crate::lock::{self, Holder, Lock, LockError};
 use crate::output::{Format, Output};
 use crate::plan::{Direction, Plan};
+use crate::probe::{ProbeOptions, ProbeReport};
 use crate::proxies::{self, Proxy};
 use crate::remote;
 use crate::runner::{self, Context, RunEnd};
@@ -74,7 +75,8 @@ impl Failure {
         }
     }
 
-    fn usage(message: impl ToString) -> Failure {
+    /// A usage or configuration error (exit 2): nothing was done.
+    pub fn usage(message: impl ToString) -> Failure {
         Failure::new(exit::USAGE, message)
     }
 
@@ -692,6 +694,39 @@ pub fn bypass(
         },
     );
     Ok(exit::OK)
+}
+
+/// `maintctl probe`: requests until `--duration` or Ctrl-C, with live counts on a terminal.
+pub async fn probe(options: &ProbeOptions, out: Output) -> CommandResult {
+    options.validate().map_err(Failure::usage)?;
+    let live = !out.is_json() && std::io::stderr().is_terminal();
+    let mut last_shown = std::time::Instant::now();
+    let mut show = |report: &ProbeReport| {
+        if live && last_shown.elapsed() >= Duration::from_millis(250) {
+            last_shown = std::time::Instant::now();
+            let counts: Vec<String> = report
+                .by_status
+                .iter()
+                .map(|(status, n)| format!("{status}: {n}"))
+                .collect();
+            eprint!(
+                "\r{} requests  {}  errors: {}  unexpected: {}   ",
+                report.total,
+                counts.join("  "),
+                report.connection_errors,
+                report.unexpected.len()
+            );
+        }
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = crate::probe::probe(options, stop, &mut show).await;
+    if live {
+        eprintln!();
+    }
+    out.emit(report.to_json(), || report.render_text());
+    Ok(if report.is_clean() { exit::OK } else { exit::FAILED })
 }
 
 /// The format in which `--output` asks for output.

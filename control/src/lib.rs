@@ -8,6 +8,7 @@
 //! * `runner`: check, act, verify for every target, journalled; stops at step boundaries.
 //! * `journal`, `lock`: the run's record and the one-run-per-environment lock, in Consul.
 //! * `remote`, `proxies`: reaching boxes (ssh, HTTP, Consul agents) and the edge.
+//! * `probe`: keeps requesting URLs and reports every unexpected answer (`maintctl probe`).
 //! * `commands`, `output`: the subcommands and how they report.
 
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod journal;
 pub mod lock;
 pub mod output;
 pub mod plan;
+pub mod probe;
 pub mod proxies;
 pub mod remote;
 pub mod runner;

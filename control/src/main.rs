@@ -2,11 +2,13 @@
 //! exits with its documented code.
 
 use clap::{Parser, Subcommand};
-use maintctl::commands::{self, exit, RunRequest};
+use maintctl::commands::{self, exit, CommandResult, Failure, RunRequest};
+use maintctl::output::Output;
 use maintctl::config::Config;
 use maintctl::output::Format;
 use maintctl::plan::Direction;
-use std::path::PathBuf;
+use maintctl::probe::ProbeOptions;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
@@ -111,8 +113,37 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Keep requesting URLs and count answers by status; at the end (Ctrl-C or --duration)
+    /// list every unexpected answer or connection error with its time and the longest run of
+    /// them. Exits 1 if there was any. The proof that a switch or a deploy dropped nothing.
+    Probe {
+        /// The URLs, asked in turn.
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Time between two requests, e.g. 200ms (a fixed rate).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+        interval: Duration,
+        /// Statuses that count as expected, e.g. 200,503.
+        #[arg(long, value_delimiter = ',', default_value = "200,503")]
+        expect: Vec<u16>,
+        /// Stop after this long (default: at Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Time allowed for one request.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+        /// An extra request header, `Name: value` (repeatable).
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
     /// Check the inventory file and exit (0 valid, 2 invalid).
     CheckConfig,
+}
+
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    raw.split_once(':')
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .ok_or_else(|| format!("{raw:?} is not a header like \"Name: value\""))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -139,13 +170,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     drawbridge_core::install_crypto_provider();
     let out = commands::output(cli.output);
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("maintctl: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
+    let result = dispatch(cli.command, &cli.config, out).await;
+    ExitCode::from(result.unwrap_or_else(|failure| commands::report(&out, failure)))
+}
+
+/// Runs one command; all but `probe` read the inventory at `path` first.
+async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
+    let inventory = || Config::load(path).map_err(Failure::usage);
     let run = |reason, until, yes, dry_run, all| RunRequest {
         reason,
         until,
@@ -153,22 +184,26 @@ async fn main() -> ExitCode {
         dry_run,
         all,
     };
-    let code = match cli.command {
+    match command {
         Command::Down {
             env,
             reason,
             until,
             yes,
             dry_run,
-        } => commands::down(&config, &env, run(reason, until, yes, dry_run, false), out).await,
+        } => {
+            let request = run(reason, until, yes, dry_run, false);
+            commands::down(&inventory()?, &env, request, out).await
+        }
         Command::Up {
             env,
             all,
             yes,
             dry_run,
-        } => commands::up(&config, &env, run(None, None, yes, dry_run, all), out).await,
+        } => commands::up(&inventory()?, &env, run(None, None, yes, dry_run, all), out).await,
         Command::Resume { env, yes, dry_run } => {
-            commands::resume(&config, &env, run(None, None, yes, dry_run, false), out).await
+            let request = run(None, None, yes, dry_run, false);
+            commands::resume(&inventory()?, &env, request, out).await
         }
         Command::Plan {
             direction,
@@ -179,15 +214,33 @@ async fn main() -> ExitCode {
                 PlanDirection::Down => Direction::Down,
                 PlanDirection::Up => Direction::Up,
             };
-            commands::plan(&config, &env, direction, all, out).await
+            commands::plan(&inventory()?, &env, direction, all, out).await
         }
-        Command::Status { env } => commands::status(&config, &env, out).await,
-        Command::History { env } => commands::history(&config, &env, out).await,
-        Command::Bypass { env, ttl } => commands::bypass(&config, &env, ttl, out),
+        Command::Status { env } => commands::status(&inventory()?, &env, out).await,
+        Command::History { env } => commands::history(&inventory()?, &env, out).await,
+        Command::Bypass { env, ttl } => commands::bypass(&inventory()?, &env, ttl, out),
+        Command::Probe {
+            urls,
+            interval,
+            expect,
+            duration,
+            timeout,
+            headers,
+        } => {
+            let options = ProbeOptions {
+                urls,
+                interval,
+                expect,
+                duration,
+                timeout,
+                headers,
+            };
+            commands::probe(&options, out).await
+        }
         Command::CheckConfig => {
-            println!("configuration is valid: {}", cli.config.display());
+            inventory()?;
+            println!("configuration is valid: {}", path.display());
             Ok(exit::OK)
         }
-    };
-    ExitCode::from(code.unwrap_or_else(|failure| commands::report(&out, failure)))
+    }
 }
