@@ -91,9 +91,9 @@ pub type CommandResult = Result<u8, Failure>;
 /// Reports a failure (a line, or a JSON event) and gives its exit code.
 pub fn report(out: &Output, failure: Failure) -> u8 {
     let Failure { code, message } = failure;
-    out.emit(
+    out.error(
         json!({"event": "error", "exit_code": code, "message": message}),
-        || format!("maintctl: {message}"),
+        &format!("maintctl: {message}"),
     );
     code
 }
@@ -138,18 +138,17 @@ async fn preflight(
     plan: &Plan,
 ) -> Result<Vec<Proxy>, (u8, Vec<String>)> {
     let mut problems = Vec::new();
-    let mut code = exit::PREFLIGHT;
     match consul.status_leader().await {
         Ok(leader) if !leader.is_empty() => {}
         Ok(_) => problems.push(format!("Consul at {} has no leader", env.consul)),
-        Err(e) => return Err((code, vec![e.to_string()])),
+        Err(e) => return Err((exit::PREFLIGHT, vec![e.to_string()])),
     }
     if let Ok(Some(holder)) = lock::holder(consul, &env.prefix).await {
         let dead_here = holder.host == lock::hostname()
             && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists();
         if !dead_here {
-            code = exit::LOCKED;
-            problems.push(LockError::Held(holder).to_string());
+            // Told at once: the other checks would only delay the answer.
+            return Err((exit::LOCKED, vec![LockError::Held(holder).to_string()]));
         }
     }
     let proxies = match proxies::discover(env, consul).await {
@@ -210,10 +209,7 @@ async fn preflight(
     if problems.is_empty() {
         Ok(proxies)
     } else {
-        if problems.len() > 1 {
-            code = exit::PREFLIGHT;
-        }
-        Err((code, problems))
+        Err((exit::PREFLIGHT, problems))
     }
 }
 
@@ -246,15 +242,13 @@ async fn run_plan(
     let proxies = match preflight(env, &consul, &http, &plan).await {
         Ok(p) => p,
         Err((code, problems)) => {
-            out.emit(
+            out.error(
                 json!({"event": "preflight_failed", "problems": problems}),
-                || {
-                    format!(
-                        "pre-flight found {} problem(s); nothing was done:\n  - {}",
-                        problems.len(),
-                        problems.join("\n  - ")
-                    )
-                },
+                &format!(
+                    "pre-flight found {} problem(s); nothing was done:\n  - {}",
+                    problems.len(),
+                    problems.join("\n  - ")
+                ),
             );
             return Ok(code);
         }
@@ -726,7 +720,11 @@ pub async fn probe(options: &ProbeOptions, out: Output) -> CommandResult {
         eprintln!();
     }
     out.emit(report.to_json(), || report.render_text());
-    Ok(if report.is_clean() { exit::OK } else { exit::FAILED })
+    Ok(if report.is_clean() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
 /// The format in which `--output` asks for output.

@@ -3,9 +3,9 @@
 
 use clap::{Parser, Subcommand};
 use maintctl::commands::{self, exit, CommandResult, Failure, RunRequest};
-use maintctl::output::Output;
 use maintctl::config::Config;
 use maintctl::output::Format;
+use maintctl::output::Output;
 use maintctl::plan::Direction;
 use maintctl::probe::ProbeOptions;
 use std::path::{Path, PathBuf};

@@ -72,6 +72,14 @@ impl Output {
         let _ = out.flush();
     }
 
+    /// Reports a problem: a JSON event on stdout, or a line on stderr.
+    pub fn error(&self, event: Value, text: &str) {
+        match self.format {
+            Format::Json => self.emit(event, String::new),
+            Format::Text => eprintln!("{text}"),
+        }
+    }
+
     /// A step starts.
     pub fn step_started(&self, index: usize, total: usize, id: &str, title: &str) {
         self.emit(

@@ -1,1 +1,30 @@
+//! The end-to-end tests, one module per theme; each test starts its own processes.
 
+// The Consul client against real agents.
+mod consul_client;
+// The sshd and service fixtures themselves.
+mod fixtures_smoke;
+// /healthz, /status, /metrics and the admin token.
+mod proxy_admin;
+// Passing a closed gate: trusted addresses, tokens, exempt paths.
+mod proxy_bypass;
+// --check and refused configs.
+mod proxy_config;
+// In-flight requests, SIGTERM, registration.
+mod proxy_lifecycle;
+// Consul down: last state kept, restart from the state file.
+mod proxy_outage;
+// Health checks and Consul-service pools.
+mod proxy_pools;
+// Flipping the gate and what clients see.
+mod proxy_switch;
+// Malformed values at the key change nothing.
+mod proxy_values;
+// maintctl down and up on a whole fleet; status, history, bypass, probe.
+mod maintctl_cycle;
+// maintctl refusing to act: plan and dry run, a held lock, pre-flight.
+mod maintctl_guards;
+// maintctl SIGKILLed mid-step, then resumed.
+mod maintctl_kill;
+// maintctl with part of the fleet failing: a lost box, a failed smoke test, undo of a partial down.
+mod maintctl_partial;

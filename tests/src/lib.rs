@@ -1,1 +1,18 @@
+//! The end-to-end test harness: real processes on loopback, each owned by a guard that kills it
+//! by PID, with ports from one allocator and waits with deadlines instead of sleeps.
+//!
+//! # Layout
+//! * `ports`, `process`, `eventually`: ports, process guards and test folders, waiting.
+//! * `consul`: a Consul server and one client agent per "box" on its own loopback address.
+//! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder.
+//! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
 
+pub mod consul;
+pub mod eventually;
+pub mod maintctl;
+pub mod ports;
+pub mod process;
+pub mod proxy;
+pub mod services;
+pub mod sshd;
+pub mod upstream;
