@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::consul::{ConsulClientAgent, ConsulServer};
 use crate::eventually::try_eventually;
-use crate::process::{tail_of_file, ChildGuard, TestDir};
+use crate::process::{tail_of_file, workspace_bin, ChildGuard, TestDir};
 use crate::proxy::{Drawbridge, Route};
 use crate::services::{SchedulerBox, SchedulerState, ServiceBox};
 use crate::sshd::{SshBox, SshFleet};
@@ -64,28 +64,7 @@ pub const OPERATOR: &str = "e2e-operator";
 /// # Panics
 /// When neither exists, with the command that builds it.
 pub fn maintctl_bin() -> PathBuf {
-    const MISSING: &str = "maintctl binary not found: run `cargo build --workspace --bins` \
-                           first or set MAINTCTL_BIN";
-    if let Some(bin) = std::env::var_os("MAINTCTL_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        if bin.is_file() {
-            return bin;
-        }
-        panic!("{MISSING} (MAINTCTL_BIN={} is not a file)", bin.display());
-    }
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let mut dir = exe
-        .parent()
-        .expect("an executable lives in a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("maintctl");
-    if bin.is_file() {
-        return bin;
-    }
-    panic!("{MISSING} (looked for {})", bin.display());
+    workspace_bin("maintctl", "MAINTCTL_BIN")
 }
 
 // === the inventory ===

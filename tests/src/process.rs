@@ -312,6 +312,37 @@ pub fn tail_of_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The path of the workspace binary `name`: the file named by `$env_var`, else the one next to
+/// the test executable (its directory, minus a trailing `deps`, as cargo lays them out).
+///
+/// # Panics
+/// When neither exists, saying how to build it.
+pub fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    let missing = format!(
+        "{name} binary not found: run `cargo build --workspace --bins` first or set {env_var}"
+    );
+    if let Some(bin) = std::env::var_os(env_var).filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        if bin.is_file() {
+            return bin;
+        }
+        panic!("{missing} ({env_var}={} is not a file)", bin.display());
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let mut dir = exe
+        .parent()
+        .expect("an executable lives in a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    if bin.is_file() {
+        return bin;
+    }
+    panic!("{missing} (looked for {})", bin.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

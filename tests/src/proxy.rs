@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use crate::consul::ConsulServer;
 use crate::eventually::try_eventually;
 use crate::ports::free_port;
-use crate::process::{ChildGuard, TestDir, TAIL_LINES};
+use crate::process::{workspace_bin, ChildGuard, TestDir, TAIL_LINES};
 use crate::upstream::{Kind, Upstream};
 
 /// How long the proxy may take to answer on its admin listener after spawn.
@@ -48,28 +48,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// # Panics
 /// When neither exists, with the command that builds it.
 pub fn drawbridge_bin() -> PathBuf {
-    const MISSING: &str = "drawbridge binary not found: run `cargo build --workspace --bins` \
-                           first or set DRAWBRIDGE_BIN";
-    if let Some(bin) = std::env::var_os("DRAWBRIDGE_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        if bin.is_file() {
-            return bin;
-        }
-        panic!("{MISSING} (DRAWBRIDGE_BIN={} is not a file)", bin.display());
-    }
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let mut dir = exe
-        .parent()
-        .expect("an executable lives in a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("drawbridge");
-    if bin.is_file() {
-        return bin;
-    }
-    panic!("{MISSING} (looked for {})", bin.display());
+    workspace_bin("drawbridge", "DRAWBRIDGE_BIN")
 }
 
 /// The kind of a route: what a closed gate answers there.
