@@ -49,6 +49,7 @@ struct Cli {
 enum Command {
     /// Take the environment down: gate key, node maintenance, workers, scheduled jobs.
     Down {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
         /// Why (shown to clients and kept in the journal).
@@ -66,22 +67,28 @@ enum Command {
     },
     /// Bring it back: undo what the last `down` did, smoke-test through the gate, open traffic.
     Up {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
         /// With no `down` in the journal, restore every step.
         #[arg(long)]
         all: bool,
+        /// Do not ask for confirmation (environments with `confirm = true`).
         #[arg(long)]
         yes: bool,
+        /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
+        /// Do not ask for confirmation (environments with `confirm = true`).
         #[arg(long)]
         yes: bool,
+        /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -89,6 +96,7 @@ enum Command {
     Plan {
         #[arg(value_enum)]
         direction: PlanDirection,
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
         /// For `up` with no `down` in the journal: every step.
@@ -97,16 +105,19 @@ enum Command {
     },
     /// The gate key, each proxy's applied index and staleness, each box, the lock and last run.
     Status {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
     },
     /// Past runs with the duration of each step.
     History {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
     },
     /// Print a bypass token and the header or cookie to send it in.
     Bypass {
+        /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
         /// How long it is valid, e.g. 30m (default: the environment's bypass.ttl).
