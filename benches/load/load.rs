@@ -1,0 +1,298 @@
+//! The load generators: wrk for the most a proxy serves (with a Lua `done` hook that prints the
+//! counts and percentiles as JSON), oha for a fixed offered rate and for counting every status
+//! code and connection error. Both are pinned to the load CPU and bounded by their duration.
+
+use crate::procs::{self, Proc};
+use crate::systems::{Cpu, Env};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// wrk's `done` hook: one JSON line with what the bench needs.
+const WRK_DONE: &str = r#"done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+/// A unique log name per generator run.
+fn run_name(tool: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{tool}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WrkResult {
+    pub requests: u64,
+    pub duration_us: u64,
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    /// Answers that were not 2xx or 3xx.
+    pub status: u64,
+    pub timeout: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+impl WrkResult {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
+    }
+
+    pub fn socket_errors(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout
+    }
+}
+
+/// How the load generator connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connections {
+    /// 64 connections kept open.
+    KeepAlive,
+    /// A new connection per request (`Connection: close`).
+    Close,
+}
+
+/// Runs wrk (one thread, 64 connections) against `http://addr{path}` for `duration`, calling
+/// `during` every 100 ms while it runs (to sample memory).
+pub fn wrk(
+    env: &Env,
+    addr: SocketAddr,
+    path: &str,
+    connections: Connections,
+    duration: Duration,
+    mut during: impl FnMut(),
+) -> anyhow::Result<WrkResult> {
+    let script = env.work.join("wrk-done.lua");
+    if !script.exists() {
+        std::fs::write(&script, WRK_DONE)
+            .with_context(|| format!("cannot write {}", script.display()))?;
+    }
+    let name = run_name("wrk");
+    let mut cmd = env.command(&env.tools.wrk, Cpu::Load);
+    cmd.args(["-t1", "-c64"])
+        // wrk takes whole seconds.
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(&script);
+    if connections == Connections::Close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    let mut proc = Proc::spawn(&name, cmd, &env.logs)?;
+    wait_for(&mut proc, duration + Duration::from_secs(10), &mut during)?;
+    let log = env.logs.join(format!("{name}.log"));
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("wrk printed no result\n{}", proc.log_tail(20)))?;
+    serde_json::from_str(line).with_context(|| format!("cannot read wrk's result {line:?}"))
+}
+
+/// Waits for a generator to finish by itself, calling `during` every 100 ms.
+fn wait_for(proc: &mut Proc, limit: Duration, during: &mut impl FnMut()) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !proc.has_exited() {
+        if start.elapsed() > limit {
+            proc.stop();
+            bail!(
+                "{} ran past {limit:?}; stopped it\n{}",
+                proc.name(),
+                proc.log_tail(20)
+            );
+        }
+        during();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// What one oha run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct OhaResult {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Answers by status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Failed requests by oha's error message (connection refused, reset, …).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl OhaResult {
+    /// Answers whose status is not in `expected`.
+    pub fn unexpected(&self, expected: &[u16]) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| !expected.contains(s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// A running oha: a fixed offered `rate` over 64 keep-alive connections for `duration`,
+/// latencies corrected for coordinated omission, requests in flight at the end waited for.
+pub struct Oha {
+    proc: Proc,
+    out: std::path::PathBuf,
+    limit: Instant,
+}
+
+impl Oha {
+    pub fn start(
+        env: &Env,
+        addr: SocketAddr,
+        path: &str,
+        rate: u64,
+        duration: Duration,
+    ) -> anyhow::Result<Oha> {
+        Oha::spawn(
+            env,
+            addr,
+            path,
+            Some(rate),
+            Connections::KeepAlive,
+            duration,
+        )
+    }
+
+    fn spawn(
+        env: &Env,
+        addr: SocketAddr,
+        path: &str,
+        rate: Option<u64>,
+        connections: Connections,
+        duration: Duration,
+    ) -> anyhow::Result<Oha> {
+        let name = run_name("oha");
+        let out = env.logs.join(format!("{name}.json"));
+        let mut cmd = env.command(&env.tools.oha, Cpu::Load);
+        cmd.args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-c",
+            "64",
+            "--worker-threads",
+            "1",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg("-z")
+        .arg(format!("{}ms", duration.as_millis()))
+        .arg("--wait-ongoing-requests-after-deadline");
+        if let Some(rate) = rate {
+            cmd.arg("-q")
+                .arg(rate.to_string())
+                .arg("--latency-correction");
+        }
+        if connections == Connections::Close {
+            cmd.arg("--disable-keepalive");
+        }
+        cmd.arg(format!("http://{addr}{path}"));
+        let proc = Proc::spawn(&name, cmd, &env.logs)?;
+        Ok(Oha {
+            proc,
+            out,
+            limit: Instant::now() + duration + Duration::from_secs(15),
+        })
+    }
+
+    /// Waits for the end and reads the result.
+    pub fn finish(mut self) -> anyhow::Result<OhaResult> {
+        let left = self.limit.saturating_duration_since(Instant::now());
+        wait_for(&mut self.proc, left, &mut || {})?;
+        let text = std::fs::read_to_string(&self.out).with_context(|| {
+            format!(
+                "oha wrote no result to {}\n{}",
+                self.out.display(),
+                self.proc.log_tail(20)
+            )
+        })?;
+        parse_oha(&text).with_context(|| format!("cannot read oha's result {}", self.out.display()))
+    }
+}
+
+/// Warms a system up: oha as fast as it goes for `duration` (wrk takes whole seconds only).
+pub fn warm_up(
+    env: &Env,
+    addr: SocketAddr,
+    path: &str,
+    connections: Connections,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    Oha::spawn(env, addr, path, None, connections, duration)?.finish()?;
+    Ok(())
+}
+
+/// Runs oha to the end (see [`Oha::start`]).
+pub fn oha(
+    env: &Env,
+    addr: SocketAddr,
+    path: &str,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<OhaResult> {
+    Oha::start(env, addr, path, rate, duration)?.finish()
+}
+
+fn parse_oha(text: &str) -> anyhow::Result<OhaResult> {
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    let ms = |key: &str| -> f64 { v["latencyPercentiles"][key].as_f64().unwrap_or(f64::NAN) * 1e3 };
+    let mut statuses = BTreeMap::new();
+    if let Some(map) = v["statusCodeDistribution"].as_object() {
+        for (code, n) in map {
+            statuses.insert(code.parse().unwrap_or(0), n.as_u64().unwrap_or(0));
+        }
+    }
+    let mut errors = BTreeMap::new();
+    if let Some(map) = v["errorDistribution"].as_object() {
+        for (message, n) in map {
+            errors.insert(message.clone(), n.as_u64().unwrap_or(0));
+        }
+    }
+    let answered: u64 = statuses.values().sum();
+    Ok(OhaResult {
+        requests: answered,
+        rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
+        p50_ms: ms("p50"),
+        p99_ms: ms("p99"),
+        p999_ms: ms("p99.9"),
+        statuses,
+        errors,
+    })
+}
+
+/// Samples the largest resident memory of a process tree.
+pub struct RssPeak {
+    pid: u32,
+    pub peak_kib: u64,
+}
+
+impl RssPeak {
+    pub fn new(pid: u32) -> RssPeak {
+        RssPeak { pid, peak_kib: 0 }
+    }
+
+    pub fn sample(&mut self) {
+        self.peak_kib = self.peak_kib.max(procs::rss_kib(self.pid));
+    }
+}

@@ -1,0 +1,262 @@
+//! Figures 1 to 4: proxied requests (keep-alive and a new connection per request), latency at a
+//! fixed offered rate, maintenance answers served by the proxy itself, and memory. Each round
+//! and thread count starts every system afresh and measures them in turn (A B C A B C …), so
+//! drift of the machine hits all alike.
+
+use crate::load::{self, Connections, RssPeak};
+use crate::procs;
+use crate::report::{Results, Sample};
+use crate::systems::{self, Cpu, Drawbridge, DrawbridgeSpec, Instance, System};
+use crate::Bench;
+use anyhow::{bail, Context};
+use std::time::{Duration, Instant};
+
+/// The request path of page routes, and one of the api route.
+pub const PAGE_PATH: &str = "/";
+pub const API_PATH: &str = "/api/orders";
+
+/// Runs figures 1–4 for every round and thread count, adding to `results`.
+pub fn run(bench: Bench, results: &mut Results) -> anyhow::Result<()> {
+    let Bench { plan, consul, .. } = bench;
+    let key = "bench/throughput/gate";
+    consul.put(key, systems::NORMAL)?;
+    for round in 1..=plan.rounds {
+        for &threads in &plan.threads {
+            eprintln!("round {round}/{}: {threads} thread(s)", plan.rounds);
+            block(bench, key, round, threads, results)
+                .with_context(|| format!("round {round}, {threads} thread(s)"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One round at one thread count.
+fn block(
+    bench: Bench,
+    key: &str,
+    round: usize,
+    threads: usize,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let Bench {
+        env,
+        plan,
+        origin,
+        consul,
+        answers,
+    } = bench;
+    let o = origin.addr;
+    let mut drawbridge = Drawbridge::start(
+        env,
+        &DrawbridgeSpec {
+            name: &format!("drawbridge-t{threads}"),
+            threads,
+            origin: o,
+            consul,
+            key,
+            cpu: Cpu::Proxy,
+        },
+    )?;
+    let proxies = [
+        systems::start_haproxy(env, threads, o, None)?,
+        systems::start_nginx(env, threads, o, None)?,
+        systems::start_floor(env, threads, o, None)?,
+    ];
+    if round == 1 && threads == plan.threads[0] {
+        for (name, inst) in [
+            ("haproxy.cfg", &proxies[0]),
+            ("nginx.conf", &proxies[1]),
+            ("drawbridge.toml", &drawbridge.instance),
+            ("origin-nginx.conf", origin),
+        ] {
+            if let Some(path) = &inst.config {
+                results.keep_config(name, path);
+            }
+        }
+    }
+    // Idle memory, after the processes have settled.
+    std::thread::sleep(Duration::from_millis(500));
+    for inst in proxies.iter().chain([&drawbridge.instance]) {
+        if let Some(pid) = inst.pid() {
+            results.rss_idle(round, inst.system, threads, procs::rss_kib(pid));
+        }
+    }
+
+    // Direct-to-origin does not depend on the proxies' threads: measured once per round.
+    let with_direct = threads == plan.threads[0];
+    let mut order: Vec<&Instance> = Vec::new();
+    if with_direct {
+        order.push(origin);
+    }
+    order.extend(proxies.iter());
+    order.push(&drawbridge.instance);
+
+    for connections in [Connections::KeepAlive, Connections::Close] {
+        for inst in &order {
+            let scenario = Scenario {
+                path: PAGE_PATH,
+                connections,
+                expected: 200,
+            };
+            let sample = measure(bench, inst, scenario, round, threads)?;
+            if connections == Connections::KeepAlive {
+                if let Some(rss) = sample.rss_load_kib {
+                    results.rss_load(round, inst.system, threads, rss);
+                }
+            }
+            results.push(
+                "proxied",
+                sample.with_scenario(connections_label(connections)),
+            );
+        }
+    }
+
+    let rate = match results.fixed_rate {
+        Some(rate) => rate,
+        None => {
+            let haproxy = results
+                .find("proxied", "keep-alive", System::Haproxy, threads, round)
+                .context("no HAProxy keep-alive figure to derive the fixed rate from")?;
+            // About half of HAProxy's most, rounded to 500 requests/s.
+            let rate = ((haproxy.rps / 2.0 / 500.0).round() as u64).max(1) * 500;
+            results.fixed_rate = Some(rate);
+            rate
+        }
+    };
+    for inst in &order {
+        let r = load::oha(env, inst.addr, PAGE_PATH, rate, plan.duration)?;
+        let unexpected = r.unexpected(&[200]);
+        results.push(
+            "fixed-rate",
+            Sample {
+                round,
+                system: inst.system,
+                threads,
+                scenario: format!("{rate} req/s"),
+                requests: r.requests,
+                rps: r.rps,
+                cpu_us_per_req: None,
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                p999_ms: Some(r.p999_ms),
+                unexpected,
+                socket_errors: r.error_count(),
+                rss_load_kib: None,
+            },
+        );
+    }
+    drop(order);
+    drop(proxies);
+
+    // Maintenance: the others get their maintenance configs, Drawbridge gets the key.
+    let proxies = [
+        systems::start_haproxy(env, threads, o, Some(answers))?,
+        systems::start_nginx(env, threads, o, Some(answers))?,
+        systems::start_floor(env, threads, o, Some(answers))?,
+    ];
+    if round == 1 && threads == plan.threads[0] {
+        for (name, inst) in [
+            ("haproxy-maintenance.cfg", &proxies[0]),
+            ("nginx-maintenance.conf", &proxies[1]),
+        ] {
+            if let Some(path) = &inst.config {
+                results.keep_config(name, path);
+            }
+        }
+    }
+    consul.put(key, systems::MAINTENANCE)?;
+    let addr = drawbridge.instance.addr;
+    systems::wait_answer(drawbridge.proc_mut()?, addr, PAGE_PATH, 503)?;
+    for (kind, path) in [("page", PAGE_PATH), ("api", API_PATH)] {
+        for inst in proxies.iter().chain([&drawbridge.instance]) {
+            let scenario = Scenario {
+                path,
+                connections: Connections::KeepAlive,
+                expected: 503,
+            };
+            let sample = measure(bench, inst, scenario, round, threads)?;
+            results.push("maintenance", sample.with_scenario(kind));
+        }
+    }
+    consul.put(key, systems::NORMAL)?;
+    Ok(())
+}
+
+fn connections_label(c: Connections) -> &'static str {
+    match c {
+        Connections::KeepAlive => "keep-alive",
+        Connections::Close => "close",
+    }
+}
+
+/// What one wrk measurement asks of a system.
+#[derive(Clone, Copy)]
+struct Scenario {
+    path: &'static str,
+    connections: Connections,
+    /// The status every answer must have.
+    expected: u16,
+}
+
+/// One wrk measurement after a warm-up: the proxy's CPU time per request from `/proc`, its
+/// memory peak, and a check that every answer had the `expected` status.
+fn measure(
+    bench: Bench,
+    inst: &Instance,
+    scenario: Scenario,
+    round: usize,
+    threads: usize,
+) -> anyhow::Result<Sample> {
+    let Bench { env, plan, .. } = bench;
+    let Scenario {
+        path,
+        connections,
+        expected,
+    } = scenario;
+    load::warm_up(env, inst.addr, path, connections, plan.warmup)?;
+    // Direct-to-origin has no proxy whose CPU time could be measured.
+    let pid = inst.pid().filter(|_| inst.system != System::Direct);
+    let before = pid.map(procs::cpu_ticks).transpose()?;
+    let mut peak = pid.map(RssPeak::new);
+    let started = Instant::now();
+    let r = load::wrk(env, inst.addr, path, connections, plan.duration, || {
+        if let Some(p) = peak.as_mut() {
+            p.sample();
+        }
+    })?;
+    let after = pid.map(procs::cpu_ticks).transpose()?;
+    if r.requests == 0 {
+        bail!(
+            "{} served no request in {:?} on {path}",
+            inst.system.label(),
+            started.elapsed()
+        );
+    }
+    // wrk counts answers that are not 2xx/3xx; all of them are wanted for a 503 figure.
+    let unexpected = if expected == 503 {
+        r.requests - r.status.min(r.requests)
+    } else {
+        r.status
+    };
+    let cpu_us_per_req = match (before, after) {
+        (Some(b), Some(a)) => {
+            Some((a - b) as f64 * 1e6 / plan.ticks_per_second as f64 / r.requests as f64)
+        }
+        _ => None,
+    };
+    Ok(Sample {
+        round,
+        system: inst.system,
+        threads,
+        scenario: String::new(),
+        requests: r.requests,
+        rps: r.rps(),
+        cpu_us_per_req,
+        p50_ms: r.p50_us as f64 / 1e3,
+        p99_ms: r.p99_us as f64 / 1e3,
+        p999_ms: None,
+        unexpected,
+        socket_errors: r.socket_errors(),
+        rss_load_kib: peak.map(|p| p.peak_kib),
+    })
+}

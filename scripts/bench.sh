@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The load bench: Drawbridge against HAProxy, nginx and a bare Pingora pass-through, on loopback, in
+# one interleaved run. Installs what is missing (scripts/setup.sh for Consul; haproxy, nginx and wrk
+# from Debian; oha from crates.io into the git-ignored .tools/cargo, reused on later runs), builds in
+# release mode, then runs the orchestrator. Tables go to stdout; the results, raw data and setup
+# notes to benches/runs/<date>-<machine>/. Method: benches/load/README.md.
+#
+#   scripts/bench.sh            the full run (about 20 minutes)
+#   scripts/bench.sh --quick    a smoke run with short measurements (a few minutes)
+#   scripts/bench.sh --help     the orchestrator's options (any of them can be passed here)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+log() { echo "bench: $*" >&2; }
+
+# Some environments start without rustup's default location on PATH.
+if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+
+# The orchestrator's own help needs nothing installed beyond the build.
+for arg in "$@"; do
+  if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
+    cargo build --release -q -p drawbridge-benches
+    exec target/release/drawbridge-bench --help
+  fi
+done
+
+scripts/setup.sh
+consul_bin="$(scripts/setup.sh --print-consul)"
+
+missing=()
+for tool in haproxy nginx wrk; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "installing ${missing[*]} needs root; run as root or: apt-get install ${missing[*]}"
+    exit 1
+  fi
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+oha_bin="$root/.tools/cargo/bin/oha"
+if [ ! -x "$oha_bin" ]; then
+  log "cargo install oha into .tools/cargo (once; a few minutes)"
+  CARGO_TARGET_DIR="$root/.tools/cargo/build" cargo install oha --locked --root "$root/.tools/cargo" >&2
+  rm -rf "$root/.tools/cargo/build"
+fi
+
+log "cargo build --release -p drawbridge -p drawbridge-benches"
+cargo build --release -p drawbridge -p drawbridge-benches >&2
+
+# The orchestrator bounds itself (a watchdog kills the run past --deadline-minutes); this is the
+# outer bound in case the watchdog itself cannot run.
+exec timeout --kill-after=30s 90m target/release/drawbridge-bench --rounds 3 \
+  --consul "$consul_bin" --oha "$oha_bin" "$@"
