@@ -58,6 +58,12 @@ enum TargetError {
     VerifyTimeout(String),
 }
 
+impl From<drawbridge_core::consul::Error> for TargetError {
+    fn from(e: drawbridge_core::consul::Error) -> TargetError {
+        TargetError::Failed(e.to_string())
+    }
+}
+
 type TargetResult = Result<(Outcome, String), TargetError>;
 
 fn failed<T>(message: impl Into<String>) -> Result<T, TargetError> {
@@ -144,11 +150,7 @@ impl Context {
 
     async fn set_key(&self, resumed: bool) -> TargetResult {
         let key = &self.env.key;
-        let current = self
-            .consul
-            .kv_get(key, &QueryOptions::default())
-            .await
-            .map_err(|e| TargetError::Failed(e.to_string()))?;
+        let current = self.consul.kv_get(key, &QueryOptions::default()).await?;
         let existing = current.entry.as_ref().and_then(|e| {
             let doc = GateDoc::parse(e.value.as_deref().unwrap_or_default()).ok()?;
             (doc.mode == Mode::Maintenance && doc.scope.is_none()).then_some(e.modify_index)
@@ -176,18 +178,13 @@ impl Context {
                 let written = self
                     .consul
                     .kv_put(key, doc.to_json().as_bytes(), PutMode::Cas(cas))
-                    .await
-                    .map_err(|e| TargetError::Failed(e.to_string()))?;
+                    .await?;
                 if !written {
                     return failed(format!(
                         "{key} changed while it was being written; run again"
                     ));
                 }
-                let read = self
-                    .consul
-                    .kv_get(key, &QueryOptions::default())
-                    .await
-                    .map_err(|e| TargetError::Failed(e.to_string()))?;
+                let read = self.consul.kv_get(key, &QueryOptions::default()).await?;
                 (read.entry.map_or(0, |e| e.modify_index), Outcome::Done)
             }
         };
@@ -203,11 +200,7 @@ impl Context {
 
     async fn clear_key(&self, resumed: bool) -> TargetResult {
         let key = &self.env.key;
-        let current = self
-            .consul
-            .kv_get(key, &QueryOptions::default())
-            .await
-            .map_err(|e| TargetError::Failed(e.to_string()))?;
+        let current = self.consul.kv_get(key, &QueryOptions::default()).await?;
         let (after, outcome) = match current.entry {
             None => (
                 1,
@@ -218,11 +211,7 @@ impl Context {
                 },
             ),
             Some(entry) => {
-                let deleted = self
-                    .consul
-                    .kv_delete(key, Some(entry.modify_index))
-                    .await
-                    .map_err(|e| TargetError::Failed(e.to_string()))?;
+                let deleted = self.consul.kv_delete(key, Some(entry.modify_index)).await?;
                 if !deleted {
                     return failed(format!(
                         "{key} changed while it was being cleared; run again"
@@ -249,15 +238,11 @@ impl Context {
             };
             return self.box_state(b, want, resumed).await;
         };
-        let agent = Client::new(agent, self.env.consul_token.clone())
-            .map_err(|e| TargetError::Failed(e.to_string()))?;
+        let agent = Client::new(agent, self.env.consul_token.clone())?;
         let is_on = |checks: &std::collections::HashMap<String, _>| {
             checks.contains_key(NODE_MAINTENANCE_CHECK)
         };
-        let checks = agent
-            .agent_checks()
-            .await
-            .map_err(|e| TargetError::Failed(e.to_string()))?;
+        let checks = agent.agent_checks().await?;
         let outcome = if is_on(&checks) == enable {
             if resumed {
                 Outcome::Done
@@ -265,10 +250,7 @@ impl Context {
                 Outcome::Skipped
             }
         } else {
-            agent
-                .agent_node_maintenance(enable, &self.reason)
-                .await
-                .map_err(|e| TargetError::Failed(e.to_string()))?;
+            agent.agent_node_maintenance(enable, &self.reason).await?;
             Outcome::Done
         };
         let node = &b.node;
