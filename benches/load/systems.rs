@@ -203,16 +203,7 @@ pub fn start_origin(env: &Env) -> anyhow::Result<Instance> {
         dir = dir.display(),
         common = nginx_http_common(&dir),
     );
-    let config = dir.join("nginx.conf");
-    write(&config, &conf)?;
-    let mut cmd = env.command(&env.tools.nginx, Cpu::Load);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&config)
-        .arg("-e")
-        .arg(dir.join("error.log"));
-    let mut proc = Proc::spawn("origin", cmd, &env.logs)?;
+    let (config, mut proc) = spawn_nginx(env, &dir, &conf, Cpu::Load, "origin")?;
     let addr = loopback(port);
     wait_answer(&mut proc, addr, "/", 200)?;
     Ok(Instance {
@@ -221,6 +212,27 @@ pub fn start_origin(env: &Env) -> anyhow::Result<Instance> {
         proc: Some(proc),
         config: Some(config),
     })
+}
+
+/// Writes `conf` as `dir/nginx.conf` and starts nginx on it, pinned to `cpu`.
+fn spawn_nginx(
+    env: &Env,
+    dir: &Path,
+    conf: &str,
+    cpu: Cpu,
+    name: &str,
+) -> anyhow::Result<(PathBuf, Proc)> {
+    let config = dir.join("nginx.conf");
+    write(&config, conf)?;
+    let mut cmd = env.command(&env.tools.nginx, cpu);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&config)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    let proc = Proc::spawn(name, cmd, &env.logs)?;
+    Ok((config, proc))
 }
 
 /// nginx `http` settings every instance shares: no logs, temp files in `dir`, long keep-alive.
@@ -361,16 +373,8 @@ pub fn start_nginx(
         d = dir.display(),
         common = nginx_http_common(&dir),
     );
-    let config = dir.join("nginx.conf");
-    write(&config, &conf)?;
-    let mut cmd = env.command(&env.tools.nginx, Cpu::Proxy);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&config)
-        .arg("-e")
-        .arg(dir.join("error.log"));
-    let mut proc = Proc::spawn(&format!("nginx-t{threads}"), cmd, &env.logs)?;
+    let (config, mut proc) =
+        spawn_nginx(env, &dir, &conf, Cpu::Proxy, &format!("nginx-t{threads}"))?;
     let addr = loopback(port);
     wait_answer(
         &mut proc,
