@@ -12,11 +12,13 @@
 //! * `pools`: upstream pools, static or following a Consul service, with health checks.
 //! * `admin`, `metrics`, `registration`: `/healthz` `/status` `/metrics`, and the proxy's own
 //!   Consul registration.
+//! * `drain`: keeps idle keep-alive connections open through a shutdown's grace period.
 //! * `server`: wires everything into a Pingora server.
 
 pub mod admin;
 pub mod config;
 pub mod decide;
+pub mod drain;
 pub mod edge;
 pub mod facts;
 pub mod follow;

@@ -20,7 +20,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     after_help = "Exit codes: 0 clean shutdown or valid configuration (--check); \
                   1 invalid configuration or a failure at start; 2 usage error.\n\
                   Logs go to stderr; set DRAWBRIDGE_LOG (e.g. \"info\", \"drawbridge=debug\") to filter them.\n\
-                  Signals: SIGTERM drains requests in flight for server.grace_period, then exits; \
+                  Signals: SIGTERM drains requests in flight for server.grace_period (idle kept-alive \
+                  connections get their next answer with Connection: close), then exits; \
                   SIGQUIT hands the listeners to a new process started with --upgrade."
 )]
 struct Cli {

@@ -5,6 +5,7 @@
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::decide::Router;
+use crate::drain::KeepAliveDrain;
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
 use crate::metrics::Metrics;
@@ -139,8 +140,11 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         metrics,
         access_log: config.server.access_log,
     };
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "drawbridge");
+    let app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut proxy = Service::new(
+        "drawbridge".to_string(),
+        KeepAliveDrain::new(app, config.server.grace_period),
+    );
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

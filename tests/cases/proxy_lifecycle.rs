@@ -1,5 +1,6 @@
 //! The proxy's life around requests in flight and its Consul registration: a switch does not
-//! cut a request already passed, SIGTERM drains, and the proxy registers and deregisters
+//! cut a request already passed, SIGTERM drains (requests in flight and idle keep-alive
+//! connections alike), and the proxy registers and deregisters
 //! itself.
 
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use drawbridge_core::consul::QueryOptions;
 use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::proxy::{header, set_gate, Site, SLOW_PATH_DELAY};
+use drawbridge_tests::raw_http::RawConnection;
 use nix::sys::signal::Signal;
 
 /// Starts `GET <path>` on its own task and waits until the upstream `counts` it, so the
@@ -107,6 +109,69 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
         site.edge.log_tail()
     );
     assert!(term.elapsed() <= limit);
+}
+
+/// A keep-alive connection idle when SIGTERM arrives is not cut: its next request, sent after
+/// the shutdown started, is served with `Connection: close`, and only then does the proxy close
+/// it. (Pingora alone closes such connections at once, and a client sending at that moment
+/// gets a connection error; graceful upgrades hit this under load.)
+#[tokio::test]
+async fn idle_keep_alive_connection_gets_its_next_answer_after_sigterm() {
+    let mut site = Site::start("idle_keep_alive_connection_after_sigterm").await;
+    let mut conn = RawConnection::connect(site.edge.listen_addr()).await;
+    conn.send("GET /before HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let before = conn.read_answer("the request before SIGTERM").await;
+    assert_eq!(before.status, 200, "{}", before.head);
+
+    site.edge.signal(Signal::SIGTERM);
+    // The listeners close once the shutdown started: wait for that, so the next request is
+    // surely sent during the shutdown.
+    let listen = site.edge.listen_addr();
+    eventually(
+        "the listener closed after SIGTERM",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            match tokio::net::TcpStream::connect(listen).await {
+                Err(_) => Ok(()),
+                Ok(_) => Err("still accepting".to_string()),
+            }
+        },
+    )
+    .await;
+
+    conn.send("GET /after HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let after = conn
+        .read_answer("the request on the idle connection after SIGTERM")
+        .await;
+    assert_eq!(
+        after.status,
+        200,
+        "{}\n{}",
+        after.head,
+        site.edge.log_tail()
+    );
+    assert_eq!(after.header("x-upstream").as_deref(), Some("ui"));
+    assert_eq!(
+        after.header("connection").map(|v| v.to_ascii_lowercase()),
+        Some("close".to_string()),
+        "the answer during the shutdown should tell the client to reconnect:\n{}",
+        after.head
+    );
+    assert!(
+        conn.closed_by_peer().await,
+        "the proxy did not close the connection after its answer"
+    );
+    let status = site
+        .edge
+        .wait_exit(Duration::from_secs(2 + 5))
+        .unwrap_or_else(|| {
+            panic!(
+                "drawbridge still runs after SIGTERM\n{}",
+                site.edge.log_tail()
+            )
+        });
+    assert_eq!(status.code(), Some(0), "{}", site.edge.log_tail());
 }
 
 /// With `consul.register`, the proxy registers itself as the configured service with its

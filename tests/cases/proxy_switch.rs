@@ -7,6 +7,7 @@ use std::time::Duration;
 use drawbridge_core::gate::Mode;
 use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::proxy::{header, retry_after, rfc3339_in, Site};
+use drawbridge_tests::raw_http::RawConnection;
 use reqwest::Method;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -489,8 +490,6 @@ async fn cors_is_echoed_only_for_allowed_origins() {
 /// a small body.
 #[tokio::test]
 async fn maintenance_answers_keep_the_connection_alive() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let site = Site::start("maintenance_answers_keep_the_connection_alive").await;
     site.put_gate(r#"{"mode":"maintenance"}"#).await;
 
@@ -508,53 +507,20 @@ async fn maintenance_answers_keep_the_connection_alive() {
     // Two requests one after the other on one connection, the first a POST with a body: both
     // answered. (Pingora does not serve pipelined requests, so the second is sent only after the
     // first answer, as clients do.)
-    let mut stream = tokio::net::TcpStream::connect(site.edge.listen_addr())
-        .await
-        .expect("connect to the proxy");
-    let first = "POST /api/orders HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-                 Content-Length: 7\r\n\r\n{\"n\":1}";
-    stream.write_all(first.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        // The whole first answer: its header and the Content-Length bytes of its body.
-        loop {
-            let n = stream.read(&mut buf).await.expect("read from the proxy");
-            assert!(
-                n > 0,
-                "the proxy closed the connection after the first answer"
-            );
-            raw.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&raw);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .expect("the answer has a Content-Length");
-                if body.len() >= length {
-                    break;
-                }
-            }
-        }
-    })
-    .await
-    .expect("the first answer arrives within 10 s");
-    let second = "GET /page HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-    stream.write_all(second.as_bytes()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("the proxy answers the second request within 10 s")
-        .expect("read from the proxy");
-    let text = String::from_utf8_lossy(&raw);
-    assert_eq!(
-        text.matches("HTTP/1.1 503").count(),
-        2,
-        "expected two 503 answers on one connection:\n{text}"
-    );
+    let mut conn = RawConnection::connect(site.edge.listen_addr()).await;
+    conn.send(
+        "POST /api/orders HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: 7\r\n\r\n{\"n\":1}",
+    )
+    .await;
+    let first = conn.read_answer("the POST with a body").await;
+    assert_eq!(first.status, 503, "{}", first.head);
+    conn.send("GET /page HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let second = conn
+        .read_answer("the GET after it on the same connection")
+        .await;
+    assert_eq!(second.status, 503, "{}", second.head);
 }
 
 /// Re-writing the key while down (a new message and `until`) changes what clients see and never

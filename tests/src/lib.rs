@@ -4,7 +4,8 @@
 //! # Layout
 //! * `ports`, `process`, `eventually`: ports, process guards and test folders, waiting.
 //! * `consul`: a Consul server and one client agent per "box" on its own loopback address.
-//! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder.
+//! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
+//!   `raw_http`: one HTTP/1.1 connection driven by hand.
 //! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
 
 pub mod consul;
@@ -13,6 +14,7 @@ pub mod maintctl;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod services;
 pub mod sshd;
 pub mod upstream;
