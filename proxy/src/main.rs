@@ -7,19 +7,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 // Pingora allocates on every request (headers, buffers, tasks); mimalloc's thread-local free
-// lists cost less CPU per request than the system allocator (figures in the README's Performance section).
+// lists cost less CPU per request than the system allocator (figures: README, Performance).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process. With huge pages every 2 MiB region of
 /// mimalloc's arena that is touched becomes resident whole: idle RSS was 21 MiB with them and
-/// 12 MiB without, at the same CPU per request (the README's Performance section). mimalloc is built not to ask
-/// for them (feature `no_thp`); this covers hosts where the kernel gives them unasked
+/// 12 MiB without, at the same CPU per request (README, Performance). mimalloc is built not to
+/// ask for them (feature `no_thp`); this covers hosts where the kernel gives them unasked
 /// (`transparent_hugepage=always`). The flag is checked at each page fault, so setting it first
 /// thing in `main` covers the arena reserved before.
 fn no_huge_pages() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        eprintln!("drawbridge: warning: cannot turn transparent huge pages off ({e}); memory use will be higher");
+        eprintln!(
+            "drawbridge: warning: cannot turn transparent huge pages off ({e}); \
+             memory use will be higher"
+        );
     }
 }
 
