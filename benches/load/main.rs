@@ -14,7 +14,7 @@ mod upgrade;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use report::Results;
+use report::{FixedRates, Results};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -39,10 +39,11 @@ struct Cli {
     /// Worker threads (HAProxy nbthread, nginx worker_processes, Pingora threads) to compare at.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
-    /// Offered rate of the fixed-rate latency figure (default: half of HAProxy's keep-alive
-    /// req/s in the first round).
-    #[arg(long)]
-    rate: Option<u64>,
+    /// Offered rates of the fixed-rate latency figure, HAProxy's then the sustainable one
+    /// (default: half of HAProxy's keep-alive req/s in the first round, and half of the slowest
+    /// proxy's, which every proxy can serve).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    rate: Option<Vec<u64>>,
     /// Offered rate while switching or upgrading under load.
     #[arg(long, default_value_t = 5000)]
     switch_rate: u64,
@@ -149,6 +150,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The user's home folder (empty if unknown: then nothing is rewritten for it).
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// The workspace root, from this package's location at build time.
@@ -294,7 +302,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let setup = setup_notes(&env, &plan, cli, cpus);
 
     let mut results = Results {
-        fixed_rate: cli.rate,
+        fixed_rates: cli.rate.as_deref().map(FixedRates::given),
         ..Results::default()
     };
     let outcome = measure(&env, &plan, cli, &mut results);
@@ -302,8 +310,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // Whatever was measured is written, also when a later figure failed.
     let (tables, targets) = results.tables();
     println!("{tables}");
+    let folder = RunFolder {
+        path: out.clone(),
+        redact: Redact::new(&[
+            (&work, "RUN_DIR"),
+            (&out, "OUT_DIR"),
+            (&workspace_root(), "."),
+            (&home_dir(), "~"),
+        ]),
+    };
     write_results(
-        &out, &results, &plan, &targets, &tables, &setup, cli, elapsed,
+        &folder, &results, &plan, &targets, &tables, &setup, cli, elapsed,
     )?;
     eprintln!(
         "drawbridge-bench: {} in {:.0} s; results in {}",
@@ -493,7 +510,7 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli, cpus: usize) -> String {
         None => "- pinning: none\n".to_string(),
     };
     s += &format!(
-        "- plan: {} round(s), threads {:?}, {} ms warm-up + {} ms per measurement, fixed-rate and switch runs with oha \
+        "- plan: {} round(s), threads {:?}, {} ms warm-up + {} ms per measurement, fixed-rate (two rates) and switch runs with oha \
          (64 keep-alive connections), {} propagation switches per fleet size and side, {} switches under load per side \
          every {} ms at {} req/s, {} upgrade(s) per round every {} ms; `{}`\n",
         plan.rounds,
@@ -514,9 +531,54 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli, cpus: usize) -> String {
     s
 }
 
+/// Rewrites this machine's paths in what a run folder keeps, so a committed run names none: each
+/// folder becomes its placeholder (the work folder `RUN_DIR`, the project root `.`).
+struct Redact {
+    /// Longest path first, so a folder inside another is rewritten as itself.
+    pairs: Vec<(String, &'static str)>,
+}
+
+impl Redact {
+    fn new(folders: &[(&Path, &'static str)]) -> Redact {
+        let mut pairs: Vec<(String, &'static str)> = folders
+            .iter()
+            .map(|(path, placeholder)| (path.display().to_string(), *placeholder))
+            .filter(|(path, _)| path.len() > 1)
+            .collect();
+        pairs.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        Redact { pairs }
+    }
+
+    fn apply(&self, text: &str) -> String {
+        self.pairs
+            .iter()
+            .fold(text.to_string(), |text, (path, placeholder)| {
+                text.replace(path.as_str(), placeholder)
+            })
+    }
+}
+
+/// The results folder of one run; everything written there goes through `redact`.
+struct RunFolder {
+    path: PathBuf,
+    redact: Redact,
+}
+
+impl RunFolder {
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.path.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, self.redact.apply(text))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_results(
-    out: &Path,
+    folder: &RunFolder,
     results: &Results,
     plan: &Plan,
     targets: &[report::Target],
@@ -525,13 +587,10 @@ fn write_results(
     cli: &Cli,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
-    let configs = out.join("configs");
-    std::fs::create_dir_all(&configs)
-        .with_context(|| format!("cannot create {}", configs.display()))?;
     for (name, path) in &results.configs {
-        std::fs::copy(path, configs.join(name)).with_context(|| {
-            format!("cannot copy {} into {}", path.display(), configs.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        folder.write(&format!("configs/{name}"), &text)?;
     }
     let json = serde_json::json!({
         "quick": cli.quick,
@@ -540,10 +599,7 @@ fn write_results(
         "results": results,
         "targets": targets,
     });
-    let write = |name: &str, text: &str| {
-        let path = out.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
+    let write = |name: &str, text: &str| folder.write(name, text);
     write("results.json", &serde_json::to_string_pretty(&json)?)?;
     write("raw.csv", &results.csv())?;
     write(

@@ -185,6 +185,51 @@ impl SwitchErrors {
     }
 }
 
+/// The two offered rates of figure 2: the issue's (about half of HAProxy's most), at which a
+/// proxy slower than half of HAProxy queues, and one every proxy can serve (half of the slowest
+/// proxy's most), at which the latencies compare service, not queueing.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FixedRates {
+    pub half_haproxy: u64,
+    pub sustainable: u64,
+}
+
+impl FixedRates {
+    /// From `--rate A,B` (clap checks there are two).
+    pub fn given(rates: &[u64]) -> FixedRates {
+        FixedRates {
+            half_haproxy: rates[0],
+            sustainable: rates[1],
+        }
+    }
+
+    /// Half of HAProxy's and half of the slowest proxy's keep-alive req/s, rounded to 500.
+    pub fn derive(haproxy_rps: f64, slowest_rps: f64) -> FixedRates {
+        let half = |rps: f64| ((rps / 2.0 / 500.0).round() as u64).max(1) * 500;
+        FixedRates {
+            half_haproxy: half(haproxy_rps),
+            sustainable: half(slowest_rps),
+        }
+    }
+
+    /// Each rate with what it is (one, if both came out the same).
+    pub fn each(self) -> Vec<(u64, &'static str)> {
+        let mut rates = vec![(self.half_haproxy, "about half of HAProxy's most")];
+        if self.sustainable != self.half_haproxy {
+            rates.push((
+                self.sustainable,
+                "about half of the slowest proxy's most, which every proxy serves",
+            ));
+        }
+        rates
+    }
+}
+
+/// The scenario label of a fixed-rate sample.
+pub fn rate_label(rate: u64) -> String {
+    format!("{rate} req/s")
+}
+
 /// Everything measured in one run.
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
@@ -193,8 +238,8 @@ pub struct Results {
     /// (round, system, threads, KiB)
     pub rss_idle: Vec<(usize, System, usize, u64)>,
     pub rss_load: Vec<(usize, System, usize, u64)>,
-    /// The offered rate of the fixed-rate figure (half of HAProxy's most, rounded).
-    pub fixed_rate: Option<u64>,
+    /// The offered rates of the fixed-rate figure.
+    pub fixed_rates: Option<FixedRates>,
     pub propagation: Vec<Propagation>,
     pub switch_errors: Vec<SwitchErrors>,
     pub upgrade: Option<SwitchErrors>,
@@ -300,6 +345,37 @@ impl Results {
         Stat::of(&ratios)
     }
 
+    /// Figure 2's rows at one offered rate, and Drawbridge's p99 targets.
+    fn fixed_rate_table(&self, scenario: &str, body: &mut String, targets: &mut Vec<Target>) {
+        for ((threads, system), samples) in self.groups("fixed-rate", Some(scenario)) {
+            let p99 = self.ratio_to("fixed-rate", &samples, System::Haproxy, |s| Some(s.p99_ms));
+            let _ = writeln!(
+                body,
+                "| {threads} | {} | {} | {} | {} | {} | {} | {} |",
+                system.label(),
+                show(Stat::of(&collect(&samples, |s| s.p50_ms)), 2),
+                show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
+                show(
+                    Stat::of(&collect(&samples, |s| s.p999_ms.unwrap_or(f64::NAN))),
+                    2
+                ),
+                show(p99, 2),
+                show(Stat::of(&collect(&samples, |s| s.rps)), 0),
+                bad(&samples),
+            );
+            if system == System::Drawbridge {
+                if let Some(r) = p99 {
+                    targets.push(Target::at_most(
+                        format!("p99 at {scenario}, {threads} thread(s): ≤ 1.2× HAProxy"),
+                        r.median,
+                        1.2,
+                        "×",
+                    ));
+                }
+            }
+        }
+    }
+
     /// The tables, as Markdown, and the targets with their verdicts.
     pub fn tables(&self) -> (String, Vec<Target>) {
         let mut md = String::new();
@@ -358,46 +434,18 @@ impl Results {
 
         push_section(&mut md, head, &mut body);
 
-        // Figure 2.
-        let rate = self
-            .fixed_rate
-            .map(|r| format!("{r} req/s"))
-            .unwrap_or_default();
-        let head = format!(
-            "\n### 2. Latency at a fixed offered rate ({rate}, about half of HAProxy's most)\n\n\
-             oha, 64 keep-alive connections, latency corrected for coordinated omission.\n\n\
-             | threads | system | p50 ms | p99 ms | p99.9 ms | p99 × HAProxy | req/s achieved | bad |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        );
-        for ((threads, system), samples) in self.groups("fixed-rate", None) {
-            let p99 = self.ratio_to("fixed-rate", &samples, System::Haproxy, |s| Some(s.p99_ms));
-            let _ = writeln!(
-                body,
-                "| {threads} | {} | {} | {} | {} | {} | {} | {} |",
-                system.label(),
-                show(Stat::of(&collect(&samples, |s| s.p50_ms)), 2),
-                show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
-                show(
-                    Stat::of(&collect(&samples, |s| s.p999_ms.unwrap_or(f64::NAN))),
-                    2
-                ),
-                show(p99, 2),
-                show(Stat::of(&collect(&samples, |s| s.rps)), 0),
-                bad(&samples),
+        // Figure 2, once per offered rate.
+        for (rate, basis) in self.fixed_rates.map(FixedRates::each).unwrap_or_default() {
+            let scenario = rate_label(rate);
+            let head = format!(
+                "\n### 2. Latency at a fixed offered rate: {scenario} ({basis})\n\n\
+                 oha, 64 keep-alive connections, latency corrected for coordinated omission.\n\n\
+                 | threads | system | p50 ms | p99 ms | p99.9 ms | p99 × HAProxy | req/s achieved | bad |\n\
+                 | --- | --- | --- | --- | --- | --- | --- | --- |\n"
             );
-            if system == System::Drawbridge {
-                if let Some(r) = p99 {
-                    targets.push(Target::at_most(
-                        format!("p99 at a fixed rate, {threads} thread(s): ≤ 1.2× HAProxy"),
-                        r.median,
-                        1.2,
-                        "×",
-                    ));
-                }
-            }
+            self.fixed_rate_table(&scenario, &mut body, &mut targets);
+            push_section(&mut md, &head, &mut body);
         }
-
-        push_section(&mut md, &head, &mut body);
 
         // Figure 3.
         let head = "\n### 3. Maintenance answers served by the proxy itself\n\n\

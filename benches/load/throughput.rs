@@ -1,11 +1,11 @@
-//! Figures 1 to 4: proxied requests (keep-alive and a new connection per request), latency at a
-//! fixed offered rate, maintenance answers served by the proxy itself, and memory. Each round
+//! Figures 1 to 4: proxied requests (keep-alive and a new connection per request), latency at
+//! two fixed offered rates, maintenance answers served by the proxy itself, and memory. Each round
 //! and thread count starts every system afresh and measures them in turn (A B C A B C …), so
 //! drift of the machine hits all alike.
 
 use crate::load::{self, Connections, RssPeak};
 use crate::procs;
-use crate::report::{Results, Sample};
+use crate::report::{rate_label, FixedRates, Results, Sample};
 use crate::systems::{self, Cpu, Drawbridge, DrawbridgeSpec, Instance, System};
 use crate::Bench;
 use anyhow::{bail, Context};
@@ -111,39 +111,48 @@ fn block(
         }
     }
 
-    let rate = match results.fixed_rate {
-        Some(rate) => rate,
+    let rates = match results.fixed_rates {
+        Some(rates) => rates,
         None => {
-            let haproxy = results
-                .find("proxied", "keep-alive", System::Haproxy, threads, round)
-                .context("no HAProxy keep-alive figure to derive the fixed rate from")?;
-            // About half of HAProxy's most, rounded to 500 requests/s.
-            let rate = ((haproxy.rps / 2.0 / 500.0).round() as u64).max(1) * 500;
-            results.fixed_rate = Some(rate);
-            rate
+            let rps = |system| {
+                results
+                    .find("proxied", "keep-alive", system, threads, round)
+                    .map(|s| s.rps)
+            };
+            let haproxy = rps(System::Haproxy)
+                .context("no HAProxy keep-alive figure to derive the fixed rates from")?;
+            let slowest = [System::Nginx, System::PingoraFloor, System::Drawbridge]
+                .into_iter()
+                .filter_map(rps)
+                .fold(haproxy, f64::min);
+            let rates = FixedRates::derive(haproxy, slowest);
+            results.fixed_rates = Some(rates);
+            rates
         }
     };
-    for inst in &order {
-        let r = load::oha(env, inst.addr, PAGE_PATH, rate, plan.duration)?;
-        let unexpected = r.unexpected(&[200]);
-        results.push(
-            "fixed-rate",
-            Sample {
-                round,
-                system: inst.system,
-                threads,
-                scenario: format!("{rate} req/s"),
-                requests: r.requests,
-                rps: r.rps,
-                cpu_us_per_req: None,
-                p50_ms: r.p50_ms,
-                p99_ms: r.p99_ms,
-                p999_ms: Some(r.p999_ms),
-                unexpected,
-                socket_errors: r.error_count(),
-                rss_load_kib: None,
-            },
-        );
+    for (rate, _) in rates.each() {
+        for inst in &order {
+            let r = load::oha(env, inst.addr, PAGE_PATH, rate, plan.duration)?;
+            let unexpected = r.unexpected(&[200]);
+            results.push(
+                "fixed-rate",
+                Sample {
+                    round,
+                    system: inst.system,
+                    threads,
+                    scenario: rate_label(rate),
+                    requests: r.requests,
+                    rps: r.rps,
+                    cpu_us_per_req: None,
+                    p50_ms: r.p50_ms,
+                    p99_ms: r.p99_ms,
+                    p999_ms: Some(r.p999_ms),
+                    unexpected,
+                    socket_errors: r.error_count(),
+                    rss_load_kib: None,
+                },
+            );
+        }
     }
     drop(order);
     drop(proxies);
