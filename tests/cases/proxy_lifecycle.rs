@@ -11,6 +11,20 @@ use drawbridge_tests::proxy::{header, set_gate, Site, SLOW_PATH_DELAY};
 use drawbridge_tests::raw_http::RawConnection;
 use nix::sys::signal::Signal;
 
+/// How long a proxy may take to exit after SIGTERM: the scene's grace_period (2 s) plus the
+/// runtimes' shutdown timeout and slack.
+const EXIT_LIMIT: Duration = Duration::from_secs(2 + 5);
+
+/// Waits for the proxy to exit after SIGTERM, at most `EXIT_LIMIT`.
+fn exit_after_sigterm(site: &mut Site) -> std::process::ExitStatus {
+    site.edge.wait_exit(EXIT_LIMIT).unwrap_or_else(|| {
+        panic!(
+            "drawbridge still runs {EXIT_LIMIT:?} after SIGTERM\n{}",
+            site.edge.log_tail()
+        )
+    })
+}
+
 /// Starts `GET <path>` on its own task and waits until the upstream `counts` it, so the
 /// request is in flight at the proxy when this returns.
 async fn start_slow_request(
@@ -95,20 +109,14 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
         });
     assert_eq!(answer.status(), 200, "the in-flight request was cut");
 
-    let limit = Duration::from_secs(2 + 5);
-    let status = site.edge.wait_exit(limit).unwrap_or_else(|| {
-        panic!(
-            "drawbridge still runs {limit:?} after SIGTERM\n{}",
-            site.edge.log_tail()
-        )
-    });
+    let status = exit_after_sigterm(&mut site);
     assert_eq!(
         status.code(),
         Some(0),
         "exit status {status}\n{}",
         site.edge.log_tail()
     );
-    assert!(term.elapsed() <= limit);
+    assert!(term.elapsed() <= EXIT_LIMIT);
 }
 
 /// A keep-alive connection idle when SIGTERM arrives is not cut: its next request, sent after
@@ -162,15 +170,7 @@ async fn idle_keep_alive_connection_gets_its_next_answer_after_sigterm() {
         conn.closed_by_peer().await,
         "the proxy did not close the connection after its answer"
     );
-    let status = site
-        .edge
-        .wait_exit(Duration::from_secs(2 + 5))
-        .unwrap_or_else(|| {
-            panic!(
-                "drawbridge still runs after SIGTERM\n{}",
-                site.edge.log_tail()
-            )
-        });
+    let status = exit_after_sigterm(&mut site);
     assert_eq!(status.code(), Some(0), "{}", site.edge.log_tail());
 }
 
@@ -214,15 +214,7 @@ async fn proxy_registers_itself_and_deregisters_on_sigterm() {
     );
 
     site.edge.signal(Signal::SIGTERM);
-    let status = site
-        .edge
-        .wait_exit(Duration::from_secs(2 + 5))
-        .unwrap_or_else(|| {
-            panic!(
-                "drawbridge still runs after SIGTERM\n{}",
-                site.edge.log_tail()
-            )
-        });
+    let status = exit_after_sigterm(&mut site);
     assert!(
         status.success(),
         "exit status {status}\n{}",
