@@ -15,12 +15,16 @@ use drawbridge_core::bypass::Keyring;
 use drawbridge_core::consul::Consistency;
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
+use http::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The header a bypass token is read from unless `bypass.header` names another.
+const DEFAULT_BYPASS_HEADER: &str = "x-drawbridge-bypass";
 
 /// Longest blocking-query wait Consul accepts.
 const MAX_CONSUL_WAIT: Duration = Duration::from_secs(600);
@@ -223,8 +227,8 @@ pub enum CorsPolicy {
 pub struct BypassSettings {
     pub trusted_cidrs: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
-    /// Lower-case header name the token is read from.
-    pub header: String,
+    /// The header the token is read from (parsed once here, not per request).
+    pub header: HeaderName,
     pub cookie: String,
     pub environment: String,
     pub max_ttl: Duration,
@@ -608,13 +612,16 @@ fn cidrs(p: &mut Problems, key: &str, raw: &[String]) -> Vec<IpNet> {
 }
 
 fn check_bypass(b: FileBypass, p: &mut Problems) -> BypassSettings {
-    let header = b
+    let header_text = b
         .header
-        .unwrap_or_else(|| "X-Drawbridge-Bypass".to_string())
-        .to_ascii_lowercase();
-    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-        p.add("bypass.header", format!("{header:?} is not a header name"));
-    }
+        .unwrap_or_else(|| DEFAULT_BYPASS_HEADER.to_string());
+    let header = HeaderName::from_bytes(header_text.as_bytes()).unwrap_or_else(|_| {
+        p.add(
+            "bypass.header",
+            format!("{header_text:?} is not a header name"),
+        );
+        HeaderName::from_static(DEFAULT_BYPASS_HEADER)
+    });
     let cookie = b.cookie.unwrap_or_else(|| "drawbridge_bypass".to_string());
     if cookie.is_empty()
         || !cookie
@@ -883,6 +890,20 @@ mod tests {
         assert!(
             all.contains("server.listen[0]: \"localhost\" is not an \"ip:port\""),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn bypass_header_is_read_once_in_lower_case_and_a_bad_one_is_refused() {
+        let with_header = |name: &str| format!("{MINIMAL}\n[bypass]\nheader = \"{name}\"\n");
+        let c = parse(&with_header("X-Ops-Bypass")).unwrap();
+        assert_eq!(c.bypass.header, "x-ops-bypass");
+        let err = parse(&with_header("x ops")).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p == "bypass.header: \"x ops\" is not a header name"),
+            "{err}"
         );
     }
 

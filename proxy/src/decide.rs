@@ -195,7 +195,7 @@ mod tests {
         BypassSettings {
             trusted_cidrs: vec!["10.9.0.0/16".parse().unwrap()],
             trusted_proxies: vec![],
-            header: "x-drawbridge-bypass".into(),
+            header: http::HeaderName::from_static("x-drawbridge-bypass"),
             cookie: "drawbridge_bypass".into(),
             environment: "test".into(),
             max_ttl: Duration::from_secs(3600),

@@ -6,14 +6,14 @@ use crate::config::{AccessLog, BypassSettings, MaintenanceSettings, RouteSetting
 use crate::decide::{decide, BypassVia, Decision, RequestFacts, Router, WELL_KNOWN_PATH};
 use crate::facts::{client_ip, cookie_value, prefers_json};
 use crate::gate_state::GateState;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestCounters};
 use crate::pools::Pool;
 use crate::respond::{self, BYPASSED_HEADER};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use drawbridge_core::gate::Mode;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -23,6 +23,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// Where the client chain is read from and recorded (a constant, so no request parses the name).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The most request body read and dropped to keep a connection open after a maintenance answer.
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// The longest a request body is waited for before a maintenance answer.
@@ -38,6 +40,8 @@ pub struct Edge {
     pub bypass: BypassSettings,
     pub maintenance: MaintenanceSettings,
     pub metrics: Arc<Metrics>,
+    /// The request counters of `metrics`, resolved per route.
+    pub counters: RequestCounters,
     pub access_log: AccessLog,
 }
 
@@ -85,7 +89,7 @@ impl Edge {
         }
         let headers = &req.headers;
         let header_token = headers
-            .get(self.bypass.header.as_str())
+            .get(&self.bypass.header)
             .and_then(|v| v.to_str().ok());
         let cookie_token = if header_token.is_none() {
             cookie_value(
@@ -106,7 +110,7 @@ impl Edge {
                 client_ip(
                     peer,
                     headers
-                        .get_all("x-forwarded-for")
+                        .get_all(&X_FORWARDED_FOR)
                         .iter()
                         .map(HeaderValue::as_bytes),
                     &self.bypass.trusted_proxies,
@@ -263,20 +267,20 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream.remove_header(self.bypass.header.as_str());
+        upstream.remove_header(&self.bypass.header);
         if ctx.token_in_cookie {
             strip_cookie(upstream, &self.bypass.cookie)?;
         }
         if let Some(peer) = ctx.peer_ip {
             let forwarded = match upstream
                 .headers
-                .get("x-forwarded-for")
+                .get(&X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok())
             {
                 Some(previous) => format!("{previous}, {peer}"),
                 None => peer.to_string(),
             };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
         }
         Ok(())
     }
@@ -297,27 +301,19 @@ impl ProxyHttp for Edge {
     /// Counts the request and writes its access-log line.
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
-        let (route_name, kind) = match ctx.route {
-            Some(i) => (self.routes[i].name.as_str(), self.routes[i].kind.as_str()),
-            None => ("", ""),
-        };
+        let route_name = ctx.route.map_or("", |i| self.routes[i].name.as_str());
         let mode = match (&ctx.state, ctx.route) {
-            (Some(state), Some(i)) => state.mode_for(i).as_str(),
-            (Some(state), None) => state.doc.mode.as_str(),
-            _ => "",
+            (Some(state), Some(i)) => Some(state.mode_for(i)),
+            (Some(state), None) => Some(state.doc.mode),
+            _ => None,
         };
-        let status_code = http::StatusCode::from_u16(status).ok();
-        let status_label = status_code.as_ref().map_or("0", http::StatusCode::as_str);
-        self.metrics
-            .requests
-            .with_label_values(&[route_name, kind, status_label, mode])
-            .inc();
+        self.counters.request(ctx.route, mode, status);
+        let mode = mode.map_or("", Mode::as_str);
         let decision = match ctx.decision {
             Some(Decision::Maintenance(answer)) => {
-                self.metrics
-                    .maintenance_responses
-                    .with_label_values(&[route_name, kind, answer.as_str()])
-                    .inc();
+                if let Some(route) = ctx.route {
+                    self.counters.maintenance(route, answer);
+                }
                 "maintenance"
             }
             Some(Decision::Bypass(via)) => {

@@ -1,9 +1,13 @@
 //! Every metric the proxy exports, defined in one place and registered at start (a registration
 //! error fails the start instead of silently dropping a metric). Names are prefixed `drawbridge_`.
 
+use crate::config::RouteSettings;
+use crate::decide::Answer;
+use drawbridge_core::gate::Mode;
 use prometheus::{
     Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::{Arc, OnceLock};
 
 /// The proxy's metrics and the registry `/metrics` serves.
 pub struct Metrics {
@@ -124,5 +128,182 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
+    }
+}
+
+/// The statuses that get a cached counter: every status HTTP defines (100–599).
+const STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+const STATUS_SLOTS: usize = (*STATUSES.end() - *STATUSES.start()) as usize + 1;
+/// Normal, maintenance, read-only.
+const MODES: usize = 3;
+/// Page, problem.
+const ANSWERS: usize = 2;
+
+/// The per-request counters of each route, resolved on first use: a request then counts itself
+/// with one atomic add instead of a label lookup (hash, read lock, reference count) per counter.
+/// Only the label sets that occur are created, so `/metrics` shows what it showed before.
+pub struct RequestCounters {
+    metrics: Arc<Metrics>,
+    /// Route name and kind, by route index.
+    labels: Vec<(String, &'static str)>,
+    /// `requests`, by route, mode and status.
+    requests: Box<[OnceLock<IntCounter>]>,
+    /// `maintenance_responses`, by route and answer.
+    maintenance: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RequestCounters {
+    pub fn new(metrics: Arc<Metrics>, routes: &[RouteSettings]) -> RequestCounters {
+        let slots = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
+        RequestCounters {
+            metrics,
+            labels: routes
+                .iter()
+                .map(|r| (r.name.clone(), r.kind.as_str()))
+                .collect(),
+            requests: slots(routes.len() * MODES * STATUS_SLOTS),
+            maintenance: slots(routes.len() * ANSWERS),
+        }
+    }
+
+    /// Counts a request in `drawbridge_requests_total`. `route` and `mode` are `None` for a
+    /// request no route matched, or one that failed before the gate was read; `status` is 0
+    /// when no response was written.
+    pub fn request(&self, route: Option<usize>, mode: Option<Mode>, status: u16) {
+        let status_code = http::StatusCode::from_u16(status).ok();
+        let status_label = status_code.as_ref().map_or("0", http::StatusCode::as_str);
+        let mode_label = mode.map_or("", Mode::as_str);
+        let count = || {
+            let (name, kind) =
+                route.map_or(("", ""), |r| (self.labels[r].0.as_str(), self.labels[r].1));
+            self.metrics
+                .requests
+                .with_label_values(&[name, kind, status_label, mode_label])
+        };
+        match (route, mode) {
+            (Some(route), Some(mode)) if STATUSES.contains(&status) => {
+                let slot = (route * MODES + mode_index(mode)) * STATUS_SLOTS
+                    + usize::from(status - STATUSES.start());
+                self.requests[slot].get_or_init(count).inc();
+            }
+            _ => count().inc(),
+        }
+    }
+
+    /// Counts a maintenance response the proxy served on `route`.
+    pub fn maintenance(&self, route: usize, answer: Answer) {
+        let slot = route * ANSWERS
+            + match answer {
+                Answer::Page => 0,
+                Answer::Problem => 1,
+            };
+        let (name, kind) = &self.labels[route];
+        self.maintenance[slot]
+            .get_or_init(|| {
+                self.metrics.maintenance_responses.with_label_values(&[
+                    name.as_str(),
+                    kind,
+                    answer.as_str(),
+                ])
+            })
+            .inc();
+    }
+}
+
+fn mode_index(mode: Mode) -> usize {
+    match mode {
+        Mode::Normal => 0,
+        Mode::Maintenance => 1,
+        Mode::ReadOnly => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteKind;
+
+    fn route(name: &str, kind: RouteKind) -> RouteSettings {
+        RouteSettings {
+            name: name.into(),
+            hosts: Vec::new(),
+            path_prefix: "/".into(),
+            kind,
+            pool: 0,
+            exempt_paths: Vec::new(),
+        }
+    }
+
+    fn counters() -> (Arc<Metrics>, RequestCounters) {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let routes = [route("ui", RouteKind::Page), route("api", RouteKind::Api)];
+        let counters = RequestCounters::new(metrics.clone(), &routes);
+        (metrics, counters)
+    }
+
+    fn requests(metrics: &Metrics, labels: [&str; 4]) -> u64 {
+        metrics.requests.with_label_values(&labels).get()
+    }
+
+    #[test]
+    fn each_route_mode_and_status_counts_under_its_own_labels() {
+        let (metrics, counters) = counters();
+        counters.request(Some(1), Some(Mode::Maintenance), 503);
+        counters.request(Some(1), Some(Mode::Maintenance), 503);
+        counters.request(Some(0), Some(Mode::Maintenance), 503);
+        counters.request(Some(1), Some(Mode::ReadOnly), 503);
+        counters.request(Some(1), Some(Mode::Normal), 200);
+        counters.request(Some(1), Some(Mode::Normal), 599);
+        counters.request(Some(1), Some(Mode::Normal), 100);
+        assert_eq!(requests(&metrics, ["api", "api", "503", "maintenance"]), 2);
+        assert_eq!(requests(&metrics, ["ui", "page", "503", "maintenance"]), 1);
+        assert_eq!(requests(&metrics, ["api", "api", "503", "read_only"]), 1);
+        assert_eq!(requests(&metrics, ["api", "api", "200", "normal"]), 1);
+        assert_eq!(requests(&metrics, ["api", "api", "599", "normal"]), 1);
+        assert_eq!(requests(&metrics, ["api", "api", "100", "normal"]), 1);
+    }
+
+    #[test]
+    fn requests_without_route_state_or_status_count_with_empty_labels() {
+        let (metrics, counters) = counters();
+        counters.request(None, Some(Mode::Normal), 404);
+        counters.request(None, None, 0);
+        counters.request(Some(0), Some(Mode::Normal), 0);
+        assert_eq!(requests(&metrics, ["", "", "404", "normal"]), 1);
+        assert_eq!(requests(&metrics, ["", "", "0", ""]), 1);
+        assert_eq!(requests(&metrics, ["ui", "page", "0", "normal"]), 1);
+    }
+
+    #[test]
+    fn maintenance_answers_count_by_route_and_answer() {
+        let (metrics, counters) = counters();
+        counters.maintenance(0, Answer::Page);
+        counters.maintenance(1, Answer::Problem);
+        counters.maintenance(1, Answer::Problem);
+        let answers = |labels: [&str; 3]| {
+            metrics
+                .maintenance_responses
+                .with_label_values(&labels)
+                .get()
+        };
+        assert_eq!(answers(["ui", "page", "page"]), 1);
+        assert_eq!(answers(["api", "api", "problem"]), 2);
+        assert_eq!(answers(["api", "api", "page"]), 0);
+    }
+
+    #[test]
+    fn only_the_label_sets_that_occurred_are_exported() {
+        let (metrics, counters) = counters();
+        counters.request(Some(0), Some(Mode::Maintenance), 503);
+        let text = metrics.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("drawbridge_requests_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            ["drawbridge_requests_total{kind=\"page\",mode=\"maintenance\",route=\"ui\",status=\"503\"} 1"]
+        );
+        assert!(!text.contains("drawbridge_maintenance_responses_total{"));
     }
 }

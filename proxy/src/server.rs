@@ -8,7 +8,7 @@ use crate::decide::Router;
 use crate::drain::KeepAliveDrain;
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
 use crate::watcher::{GateWatcher, WatchStatus};
@@ -144,6 +144,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     let edge = Edge {
         gate,
         router: Router::new(&config.routes),
+        counters: RequestCounters::new(metrics.clone(), &config.routes),
         routes: config.routes,
         pools: pool_list,
         bypass: config.bypass,
