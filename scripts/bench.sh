@@ -5,7 +5,7 @@
 # release mode, then runs the orchestrator. Tables go to stdout; the results, raw data and setup
 # notes to benches/runs/<date>-<machine>/. Method: benches/load/README.md.
 #
-#   scripts/bench.sh            the full run (about 20 minutes)
+#   scripts/bench.sh            the full run (about 22 minutes)
 #   scripts/bench.sh --quick    a smoke run with short measurements (a few minutes)
 #   scripts/bench.sh --help     the orchestrator's options (any of them can be passed here)
 set -euo pipefail

@@ -2,19 +2,25 @@
 //! (no routing, no gate, no metrics, no headers added), run with the same threads as the proxies
 //! it is compared with, so the tables show what Drawbridge's own work costs over the framework.
 //! With `--answer-page`/`--answer-api` it answers every request itself with a fixed 503 instead,
-//! the floor for maintenance answers.
+//! the floor for maintenance answers. Adding `--session-only` writes those answers straight on
+//! Pingora's HTTP session, without the proxy framework's phases: the least any Pingora-based
+//! answer can cost.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Parser;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, Opt};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::listening::Service;
 use pingora::Result;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A bare Pingora pass-through (the bench's floor).
 #[derive(Parser, Debug)]
@@ -37,12 +43,30 @@ struct Cli {
     /// Answer requests under `/api/` with 503 and this file (application/problem+json).
     #[arg(long, requires = "answer_page")]
     answer_api: Option<PathBuf>,
+    /// Serve the answers from Pingora's HTTP session alone, not through `ProxyHttp`.
+    #[arg(long, requires = "answer_page")]
+    session_only: bool,
 }
 
 /// The two fixed answers of the maintenance floor.
 struct Answers {
     page: Bytes,
     api: Bytes,
+}
+
+impl Answers {
+    /// The 503 for `path`: its header (content type and length only) and body.
+    fn for_path(&self, path: &str) -> Result<(ResponseHeader, Bytes)> {
+        let (body, content_type) = if path.starts_with("/api/") {
+            (self.api.clone(), "application/problem+json")
+        } else {
+            (self.page.clone(), "text/html; charset=utf-8")
+        };
+        let mut header = ResponseHeader::build(503, Some(2))?;
+        header.insert_header("content-type", content_type)?;
+        header.insert_header("content-length", body.len().to_string())?;
+        Ok((header, body))
+    }
 }
 
 struct Floor {
@@ -60,14 +84,7 @@ impl ProxyHttp for Floor {
         let Some(answers) = &self.answers else {
             return Ok(false);
         };
-        let (body, content_type) = if session.req_header().uri.path().starts_with("/api/") {
-            (answers.api.clone(), "application/problem+json")
-        } else {
-            (answers.page.clone(), "text/html; charset=utf-8")
-        };
-        let mut header = ResponseHeader::build(503, Some(2))?;
-        header.insert_header("content-type", content_type)?;
-        header.insert_header("content-length", body.len().to_string())?;
+        let (header, body) = answers.for_path(session.req_header().uri.path())?;
         session
             .write_response_header(Box::new(header), false)
             .await?;
@@ -77,6 +94,29 @@ impl ProxyHttp for Floor {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.origin, false, String::new())))
+    }
+}
+
+/// The answers written on the bare HTTP session: read the request, write the 503, hand the
+/// connection back for the next request.
+struct SessionFloor(Answers);
+
+#[async_trait]
+impl HttpServerApp for SessionFloor {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !session.read_request().await.ok()? {
+            return None;
+        }
+        let (header, body) = self.0.for_path(session.req_header().uri.path()).ok()?;
+        session.write_response_header(Box::new(header)).await.ok()?;
+        session.write_response_body(body, true).await.ok()?;
+        let settings = HttpPersistentSettings::for_session(&session);
+        let stream = session.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
     }
 }
 
@@ -106,15 +146,32 @@ fn main() -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let floor = Floor {
-        origin: cli.origin,
-        answers,
-    };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, floor);
-    proxy.add_tcp(&cli.listen.to_string());
-    proxy.threads = Some(cli.threads);
-    server.add_service(proxy);
+    match answers {
+        Some(answers) if cli.session_only => {
+            let service = Service::new("session floor".to_string(), SessionFloor(answers));
+            add(&mut server, service, &cli);
+        }
+        answers => {
+            let floor = Floor {
+                origin: cli.origin,
+                answers,
+            };
+            let service = pingora::proxy::http_proxy_service(&server.configuration, floor);
+            add(&mut server, service, &cli);
+        }
+    }
     server.run_forever()
+}
+
+/// Adds `service` on the listener with the threads asked for.
+fn add<A: ServerApp + Send + Sync + 'static>(
+    server: &mut Server,
+    mut service: Service<A>,
+    cli: &Cli,
+) {
+    service.add_tcp(&cli.listen.to_string());
+    service.threads = Some(cli.threads);
+    server.add_service(service);
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Bytes> {

@@ -38,6 +38,13 @@ impl Sample {
     }
 }
 
+/// A group's CPU per request and its ratios (figures 1 and 3).
+struct CpuFigures {
+    per_request: Option<Stat>,
+    vs_haproxy: Option<Stat>,
+    vs_floor: Option<Stat>,
+}
+
 /// A median with the range it came from.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stat {
@@ -345,6 +352,16 @@ impl Results {
         Stat::of(&ratios)
     }
 
+    /// A group's CPU per request, and its per-round ratios to HAProxy and to the floor.
+    fn cpu_figures(&self, figure: &str, samples: &[&Sample]) -> CpuFigures {
+        let cpu = |s: &Sample| s.cpu_us_per_req;
+        CpuFigures {
+            per_request: Stat::of(&samples.iter().filter_map(|s| cpu(s)).collect::<Vec<_>>()),
+            vs_haproxy: self.ratio_to(figure, samples, System::Haproxy, cpu),
+            vs_floor: self.ratio_to(figure, samples, System::PingoraFloor, cpu),
+        }
+    }
+
     /// Figure 2's rows at one offered rate, and Drawbridge's p99 targets.
     fn fixed_rate_table(&self, scenario: &str, body: &mut String, targets: &mut Vec<Target>) {
         for ((threads, system), samples) in self.groups("fixed-rate", Some(scenario)) {
@@ -380,7 +397,6 @@ impl Results {
     pub fn tables(&self) -> (String, Vec<Target>) {
         let mut md = String::new();
         let mut targets = Vec::new();
-        let cpu = |s: &Sample| s.cpu_us_per_req;
 
         // Figure 1.
         let mut body = String::new();
@@ -391,19 +407,16 @@ impl Results {
                | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
         for scenario in ["keep-alive", "close"] {
             for ((threads, system), samples) in self.groups("proxied", Some(scenario)) {
-                let cpu_stat = Stat::of(
-                    &samples
-                        .iter()
-                        .filter_map(|s| s.cpu_us_per_req)
-                        .collect::<Vec<_>>(),
-                );
-                let vs_haproxy = self.ratio_to("proxied", &samples, System::Haproxy, cpu);
-                let vs_floor = self.ratio_to("proxied", &samples, System::PingoraFloor, cpu);
+                let CpuFigures {
+                    per_request,
+                    vs_haproxy,
+                    vs_floor,
+                } = self.cpu_figures("proxied", &samples);
                 let _ = writeln!(
                     body,
                     "| {threads} | {scenario} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     system.label(),
-                    show(cpu_stat, 1),
+                    show(per_request, 1),
                     show(vs_haproxy, 2),
                     show(vs_floor, 2),
                     show(Stat::of(&collect(&samples, |s| s.rps)), 0),
@@ -450,30 +463,30 @@ impl Results {
         // Figure 3.
         let head = "\n### 3. Maintenance answers served by the proxy itself\n\n\
                wrk, 64 keep-alive connections. HAProxy `http-request return`, nginx `return 503`, the floor a fixed \
-               503 from `request_filter`, Drawbridge its gate (the same bodies, byte for byte).\n\n\
-               | threads | kind | system | CPU µs/req | × HAProxy | req/s | p99 ms | bad |\n\
-               | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+               503 from `request_filter`, pingora-session the same 503 written on Pingora's HTTP session without \
+               the proxy framework, Drawbridge its gate (the same bodies, byte for byte).\n\n\
+               | threads | kind | system | CPU µs/req | × HAProxy | × floor | req/s | p99 ms | bad |\n\
+               | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
         for kind in ["page", "api"] {
             for ((threads, system), samples) in self.groups("maintenance", Some(kind)) {
-                let cpu_stat = Stat::of(
-                    &samples
-                        .iter()
-                        .filter_map(|s| s.cpu_us_per_req)
-                        .collect::<Vec<_>>(),
-                );
-                let vs = self.ratio_to("maintenance", &samples, System::Haproxy, cpu);
+                let CpuFigures {
+                    per_request,
+                    vs_haproxy,
+                    vs_floor,
+                } = self.cpu_figures("maintenance", &samples);
                 let _ = writeln!(
                     body,
-                    "| {threads} | {kind} | {} | {} | {} | {} | {} | {} |",
+                    "| {threads} | {kind} | {} | {} | {} | {} | {} | {} | {} |",
                     system.label(),
-                    show(cpu_stat, 1),
-                    show(vs, 2),
+                    show(per_request, 1),
+                    show(vs_haproxy, 2),
+                    show(vs_floor, 2),
                     show(Stat::of(&collect(&samples, |s| s.rps)), 0),
                     show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
                     bad(&samples),
                 );
                 if system == System::Drawbridge {
-                    if let Some(r) = vs {
+                    if let Some(r) = vs_haproxy {
                         targets.push(Target::at_most(
                             format!("maintenance {kind} CPU/request, {threads} thread(s): ≤ 1.0× HAProxy"),
                             r.median,

@@ -147,6 +147,8 @@ pub enum System {
     Direct,
     Haproxy,
     Nginx,
+    /// The maintenance answers written on Pingora's HTTP session alone (figure 3 only).
+    PingoraSession,
     /// The bare Pingora pass-through.
     PingoraFloor,
     Drawbridge,
@@ -158,6 +160,7 @@ impl System {
             System::Direct => "direct",
             System::Haproxy => "haproxy",
             System::Nginx => "nginx",
+            System::PingoraSession => "pingora-session",
             System::PingoraFloor => "pingora-floor",
             System::Drawbridge => "drawbridge",
         }
@@ -174,6 +177,25 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Waits until the process just started on `port` answers `/` with `status`, then hands it
+    /// out as a running `system`.
+    fn ready(
+        system: System,
+        mut proc: Proc,
+        port: u16,
+        status: u16,
+        config: Option<PathBuf>,
+    ) -> anyhow::Result<Instance> {
+        let addr = loopback(port);
+        wait_answer(&mut proc, addr, "/", status)?;
+        Ok(Instance {
+            system,
+            addr,
+            proc: Some(proc),
+            config,
+        })
+    }
+
     /// The PID whose process tree is measured.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Proc::pid)
@@ -184,6 +206,15 @@ impl Instance {
 pub struct Answers {
     pub page: PathBuf,
     pub api: PathBuf,
+}
+
+/// The status a proxy answers `/` with once it is up: 503 when it serves the maintenance answers.
+fn first_status(answers: Option<&Answers>) -> u16 {
+    if answers.is_some() {
+        503
+    } else {
+        200
+    }
 }
 
 /// The origin: nginx, one process, answering every path with the same 1 KiB.
@@ -203,15 +234,8 @@ pub fn start_origin(env: &Env) -> anyhow::Result<Instance> {
         dir = dir.display(),
         common = nginx_http_common(&dir),
     );
-    let (config, mut proc) = spawn_nginx(env, &dir, &conf, Cpu::Load, "origin")?;
-    let addr = loopback(port);
-    wait_answer(&mut proc, addr, "/", 200)?;
-    Ok(Instance {
-        system: System::Direct,
-        addr,
-        proc: Some(proc),
-        config: Some(config),
-    })
+    let (config, proc) = spawn_nginx(env, &dir, &conf, Cpu::Load, "origin")?;
+    Instance::ready(System::Direct, proc, port, 200, Some(config))
 }
 
 /// Writes `conf` as `dir/nginx.conf` and starts nginx on it, pinned to `cpu`.
@@ -276,20 +300,14 @@ pub fn start_haproxy(
     )?;
     let mut cmd = env.command(&env.tools.haproxy, Cpu::Proxy);
     cmd.arg("-db").arg("-f").arg(&config);
-    let mut proc = Proc::spawn(&format!("haproxy-t{threads}"), cmd, &env.logs)?;
-    let addr = loopback(port);
-    wait_answer(
-        &mut proc,
-        addr,
-        "/",
-        if answers.is_some() { 503 } else { 200 },
-    )?;
-    Ok(Instance {
-        system: System::Haproxy,
-        addr,
-        proc: Some(proc),
-        config: Some(config),
-    })
+    let proc = Proc::spawn(&format!("haproxy-t{threads}"), cmd, &env.logs)?;
+    Instance::ready(
+        System::Haproxy,
+        proc,
+        port,
+        first_status(answers),
+        Some(config),
+    )
 }
 
 /// The HAProxy configuration; `stats_socket` adds the master-worker socket that hands the
@@ -373,21 +391,14 @@ pub fn start_nginx(
         d = dir.display(),
         common = nginx_http_common(&dir),
     );
-    let (config, mut proc) =
-        spawn_nginx(env, &dir, &conf, Cpu::Proxy, &format!("nginx-t{threads}"))?;
-    let addr = loopback(port);
-    wait_answer(
-        &mut proc,
-        addr,
-        "/",
-        if answers.is_some() { 503 } else { 200 },
-    )?;
-    Ok(Instance {
-        system: System::Nginx,
-        addr,
-        proc: Some(proc),
-        config: Some(config),
-    })
+    let (config, proc) = spawn_nginx(env, &dir, &conf, Cpu::Proxy, &format!("nginx-t{threads}"))?;
+    Instance::ready(
+        System::Nginx,
+        proc,
+        port,
+        first_status(answers),
+        Some(config),
+    )
 }
 
 /// A file's content as a single-quoted nginx string.
@@ -411,7 +422,28 @@ pub fn start_floor(
     origin: SocketAddr,
     answers: Option<&Answers>,
 ) -> anyhow::Result<Instance> {
-    let dir = env.instance_dir("floor")?;
+    spawn_floor(env, System::PingoraFloor, threads, origin, answers)
+}
+
+/// The fixed 503 written on Pingora's HTTP session alone, without the proxy framework.
+pub fn start_session_floor(
+    env: &Env,
+    threads: usize,
+    origin: SocketAddr,
+    answers: &Answers,
+) -> anyhow::Result<Instance> {
+    spawn_floor(env, System::PingoraSession, threads, origin, Some(answers))
+}
+
+/// Starts `bare-pingora` as `system`, one of the two floors.
+fn spawn_floor(
+    env: &Env,
+    system: System,
+    threads: usize,
+    origin: SocketAddr,
+    answers: Option<&Answers>,
+) -> anyhow::Result<Instance> {
+    let dir = env.instance_dir(system.label())?;
     let port = free_port()?;
     let mut cmd = env.command(&env.tools.floor, Cpu::Proxy);
     cmd.arg("--listen")
@@ -428,20 +460,11 @@ pub fn start_floor(
             .arg("--answer-api")
             .arg(&a.api);
     }
-    let mut proc = Proc::spawn(&format!("floor-t{threads}"), cmd, &env.logs)?;
-    let addr = loopback(port);
-    wait_answer(
-        &mut proc,
-        addr,
-        "/",
-        if answers.is_some() { 503 } else { 200 },
-    )?;
-    Ok(Instance {
-        system: System::PingoraFloor,
-        addr,
-        proc: Some(proc),
-        config: None,
-    })
+    if system == System::PingoraSession {
+        cmd.arg("--session-only");
+    }
+    let proc = Proc::spawn(&format!("{}-t{threads}", system.label()), cmd, &env.logs)?;
+    Instance::ready(system, proc, port, first_status(answers), None)
 }
 
 /// The Consul dev agent (in memory), all ports on loopback, DNS and gRPC off.

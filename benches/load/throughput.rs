@@ -162,6 +162,7 @@ fn block(
         systems::start_haproxy(env, threads, o, Some(answers))?,
         systems::start_nginx(env, threads, o, Some(answers))?,
         systems::start_floor(env, threads, o, Some(answers))?,
+        systems::start_session_floor(env, threads, o, answers)?,
     ];
     if round == 1 && threads == plan.threads[0] {
         for (name, inst) in [
