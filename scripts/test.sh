@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: everything CI checks, in CI's order, stopping at the first failure.
 #
-#   scripts/test.sh
+#   scripts/test.sh                  everything
+#   scripts/test.sh --e2e FILTER     only the end-to-end tests matching FILTER (e.g. proxy_cluster),
+#                                    for the long runs whose sizes come from the environment
 #
 # Stages: setup (cmake, openssh, Consul), fmt, clippy, build the binaries, then the whole test
 # suite: unit tests (every shipped config among them), CLI contract tests, and the end-to-end
@@ -16,6 +18,18 @@ if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo"
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi
 
+e2e_filter=""
+case "${1:-}" in
+  "") ;;
+  --e2e)
+    e2e_filter="${2:?--e2e needs a test name filter, e.g. proxy_cluster}"
+    ;;
+  *)
+    echo "usage: scripts/test.sh [--e2e FILTER]" >&2
+    exit 2
+    ;;
+esac
+
 started=$SECONDS
 stage() {
   echo
@@ -27,6 +41,15 @@ scripts/setup.sh
 CONSUL_BIN="$(scripts/setup.sh --print-consul)"
 export CONSUL_BIN
 echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -n 1))"
+
+if [ -n "$e2e_filter" ]; then
+  stage "build: cargo build --workspace --bins"
+  cargo build --workspace --bins
+  stage "test: cargo test -p drawbridge-tests --test e2e $e2e_filter"
+  cargo test -p drawbridge-tests --test e2e "$e2e_filter" -- --nocapture
+  stage "the end-to-end tests matching $e2e_filter passed in $((SECONDS - started))s"
+  exit 0
+fi
 
 stage "format: cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -40,12 +40,20 @@ pub struct GateStatus {
 /// The watch on the gate key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsulStatus {
+    /// The agent the watcher reads from now.
     pub address: String,
+    /// Every configured agent, in order; the watcher moves along them when one fails.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     pub key: String,
     /// Whether the last request to Consul got an answer.
     pub reachable: bool,
-    /// True when Consul has not answered for longer than the staleness limit.
+    /// True when the watcher has had no contact with Consul for longer than the staleness
+    /// limit: no answer, and no blocking read open within its wait.
     pub stale: bool,
+    /// Seconds without contact: 0 while a blocking read is open within its wait.
+    #[serde(default)]
+    pub seconds_without_contact: Option<f64>,
     /// When Consul last answered (RFC 3339).
     pub last_answer_at: Option<String>,
     /// Seconds since Consul last answered.

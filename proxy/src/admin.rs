@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 pub struct Admin {
     pub token: Option<String>,
     pub instance: String,
-    pub consul_address: String,
+    pub consul_addresses: Vec<String>,
     pub key: String,
     pub stale_after: Duration,
     pub gate: Arc<ArcSwap<GateState>>,
@@ -38,6 +38,11 @@ impl Admin {
         let seconds_since_answer = watch
             .last_answer_at
             .map(|at| (now - at).as_seconds_f64().max(0.0));
+        let reading_from = if watch.reading_from.is_empty() {
+            self.consul_addresses.first().cloned().unwrap_or_default()
+        } else {
+            watch.reading_from.clone()
+        };
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance: self.instance.clone(),
@@ -53,10 +58,12 @@ impl Admin {
                 applied_at: rfc3339(gate.applied_at),
             },
             consul: ConsulStatus {
-                address: self.consul_address.clone(),
+                address: reading_from,
+                addresses: self.consul_addresses.clone(),
                 key: self.key.clone(),
                 reachable: watch.reachable,
-                stale: self.is_stale(seconds_since_answer),
+                stale: watch.is_stale(now, self.stale_after),
+                seconds_without_contact: watch.seconds_without_contact(now),
                 last_answer_at: watch.last_answer_at.map(rfc3339),
                 seconds_since_answer,
                 watch_index: watch.watch_index,
@@ -65,11 +72,6 @@ impl Admin {
             },
             pools: self.pools.iter().map(|p| p.status()).collect(),
         }
-    }
-
-    /// Stale when Consul has not answered for longer than `stale_after` (or never answered).
-    fn is_stale(&self, seconds_since_answer: Option<f64>) -> bool {
-        seconds_since_answer.is_none_or(|s| s > self.stale_after.as_secs_f64())
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -128,12 +130,10 @@ impl ServeHttp for Admin {
                 respond(StatusCode::OK, "application/json", body)
             }
             "/metrics" => {
-                let since_answer = self
+                let stale = self
                     .watch
                     .load()
-                    .last_answer_at
-                    .map(|at| (OffsetDateTime::now_utc() - at).as_seconds_f64());
-                let stale = self.is_stale(since_answer);
+                    .is_stale(OffsetDateTime::now_utc(), self.stale_after);
                 self.metrics.consul_stale.set(i64::from(stale));
                 respond(
                     StatusCode::OK,

@@ -12,7 +12,7 @@
 
 use crate::page::PageTemplate;
 use drawbridge_core::bypass::Keyring;
-use drawbridge_core::consul::Consistency;
+use drawbridge_core::consul::{Consistency, DEFAULT_ADDRESS};
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
 use http::HeaderName;
@@ -74,7 +74,7 @@ struct FileAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConsul {
-    address: Option<String>,
+    address: Option<OneOrMany>,
     token: Option<String>,
     token_file: Option<PathBuf>,
     key: Option<String>,
@@ -84,6 +84,14 @@ struct FileConsul {
     register: Option<bool>,
     service_name: Option<String>,
     service_id: Option<String>,
+}
+
+/// `consul.address`: one address, or a list to fail over along.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +157,9 @@ struct FileRoute {
 /// The whole validated configuration.
 #[derive(Debug)]
 pub struct Config {
+    /// Settings that were corrected rather than refused, each naming its key; logged at start
+    /// and printed by `--check`.
+    pub warnings: Vec<String>,
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub consul: ConsulSettings,
@@ -190,7 +201,8 @@ pub struct AdminSettings {
 /// The watch on the gate key and the proxy's own registration.
 #[derive(Debug)]
 pub struct ConsulSettings {
-    pub address: String,
+    /// The agents to read from, in order of preference (the first also registers the proxy).
+    pub addresses: Vec<String>,
     pub token: Option<String>,
     pub key: String,
     pub wait: Duration,
@@ -322,7 +334,8 @@ impl Config {
 fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Config {
     let server = check_server(file.server, p);
     let admin = check_admin(file.admin, p);
-    let consul = check_consul(file.consul, &server, p, env);
+    let mut warnings = Vec::new();
+    let consul = check_consul(file.consul, &server, p, &mut warnings, env);
     let maintenance = check_maintenance(file.maintenance, p);
     let bypass = check_bypass(file.bypass, p);
     let pools: Vec<PoolSettings> = file
@@ -332,6 +345,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
         .collect();
     let routes = check_routes(file.routes, &pools, p);
     Config {
+        warnings,
         server,
         admin,
         consul,
@@ -467,14 +481,24 @@ fn check_consul(
     c: FileConsul,
     server: &ServerSettings,
     p: &mut Problems,
+    warnings: &mut Vec<String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> ConsulSettings {
-    let address = c
-        .address
-        .or_else(|| env("CONSUL_HTTP_ADDR"))
-        .unwrap_or_else(|| "http://127.0.0.1:8500".to_string());
-    if let Err(e) = drawbridge_core::consul::Client::new(&address, None) {
-        p.add("consul.address", e);
+    let addresses = match c.address {
+        Some(OneOrMany::One(a)) => vec![a],
+        Some(OneOrMany::Many(list)) => list,
+        None => vec![env("CONSUL_HTTP_ADDR").unwrap_or_else(|| DEFAULT_ADDRESS.to_string())],
+    };
+    if addresses.is_empty() {
+        p.add(
+            "consul.address",
+            "the list is empty: give the local agent's address, e.g. \"http://127.0.0.1:8500\"",
+        );
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        if let Err(e) = drawbridge_core::consul::Client::new(address, None) {
+            p.add(format!("consul.address[{i}]"), e);
+        }
     }
     let token = p.consul_token("consul.token", c.token, c.token_file.as_deref(), env);
     let key = c.key.unwrap_or_default();
@@ -494,17 +518,29 @@ fn check_consul(
         p.add("consul.wait", "must be between \"1s\" and \"10m\"");
     }
     let consistency = match c.consistency.as_deref() {
-        None | Some("stale") => Consistency::Stale,
-        Some("default") => Consistency::Default,
+        Some("stale") => Consistency::Stale,
+        None | Some("default") => Consistency::Default,
         Some("consistent") => Consistency::Consistent,
         Some(other) => {
             p.add(
                 "consul.consistency",
                 format!("{other:?} is not one of \"stale\", \"default\", \"consistent\""),
             );
-            Consistency::Stale
+            Consistency::Default
         }
     };
+    // A healthy watch answers every wait + wait/16 (Consul's jitter); below that, idle proxies
+    // would be reported stale between two answers.
+    let stale_floor = wait + wait / 16;
+    let mut stale_after = p.duration("consul.stale_after", c.stale_after.as_deref(), stale_floor);
+    if stale_after < stale_floor {
+        warnings.push(format!(
+            "consul.stale_after: {} is below consul.wait + wait/16, raised to {}",
+            humantime::format_duration(stale_after),
+            humantime::format_duration(stale_floor)
+        ));
+        stale_after = stale_floor;
+    }
     let service_name = c.service_name.unwrap_or_else(|| "drawbridge".to_string());
     if service_name.is_empty() {
         p.add("consul.service_name", "is empty");
@@ -517,16 +553,12 @@ fn check_consul(
         format!("{service_name}-{host}-{port}")
     });
     ConsulSettings {
-        address,
+        addresses,
         token,
         key,
         wait,
         consistency,
-        stale_after: p.duration(
-            "consul.stale_after",
-            c.stale_after.as_deref(),
-            Duration::from_secs(30),
-        ),
+        stale_after,
         register: c.register.unwrap_or(true),
         service_name,
         service_id,
@@ -850,9 +882,11 @@ mod tests {
         assert_eq!(c.server.threads, 2);
         assert_eq!(c.server.grace_period, Duration::from_secs(10));
         assert_eq!(c.admin.listen, "127.0.0.1:9180".parse().unwrap());
-        assert_eq!(c.consul.address, "http://127.0.0.1:8500");
-        assert_eq!(c.consul.consistency, Consistency::Stale);
+        assert_eq!(c.consul.addresses, ["http://127.0.0.1:8500"]);
+        assert_eq!(c.consul.consistency, Consistency::Default);
         assert_eq!(c.consul.wait, Duration::from_secs(60));
+        assert_eq!(c.consul.stale_after, Duration::from_millis(63_750));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.maintenance.default_retry_after, Duration::from_secs(300));
         assert_eq!(c.bypass.header, "x-drawbridge-bypass");
         assert_eq!(c.routes[0].path_prefix, "/");
@@ -867,8 +901,37 @@ mod tests {
             _ => None,
         };
         let c = Config::parse(Path::new("t.toml"), MINIMAL, &env).unwrap();
-        assert_eq!(c.consul.address, "http://10.1.2.3:8500");
+        assert_eq!(c.consul.addresses, ["http://10.1.2.3:8500"]);
         assert_eq!(c.consul.token.as_deref(), Some("secret-token"));
+    }
+
+    #[test]
+    fn consul_address_may_list_agents_to_fail_over_along() {
+        let with =
+            |address: &str| MINIMAL.replace("[consul]", &format!("[consul]\naddress = {address}"));
+        let c = parse(&with(r#"["127.0.0.1:8500", "http://10.0.0.2:8500"]"#)).unwrap();
+        assert_eq!(
+            c.consul.addresses,
+            ["127.0.0.1:8500", "http://10.0.0.2:8500"]
+        );
+        let err = parse(&with("[]")).unwrap_err().problems.join("\n");
+        assert!(err.contains("consul.address: the list is empty"), "{err}");
+        let err = parse(&with(r#"["127.0.0.1:8500", "https://10.0.0.2"]"#))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(err.contains("consul.address[1]: "), "{err}");
+    }
+
+    #[test]
+    fn stale_after_below_one_wait_is_raised_with_a_warning() {
+        let text = MINIMAL.replace("[consul]", "[consul]\nwait = \"16s\"\nstale_after = \"5s\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.consul.stale_after, Duration::from_secs(17));
+        assert_eq!(
+            c.warnings,
+            ["consul.stale_after: 5s is below consul.wait + wait/16, raised to 17s"]
+        );
     }
 
     #[test]

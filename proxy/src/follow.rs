@@ -1,12 +1,28 @@
 //! The blocking-query loop shared by everything the proxy follows in Consul (the gate key, the
 //! instances of a Consul-service pool): a bounded first read before the service reports ready,
-//! then reads that block until something changes, with the index rules, a token bucket against
-//! churn and full-jitter backoff on errors, until shutdown.
+//! then reads that block until something changes, until shutdown.
+//!
+//! Which read comes next is the [`Cursor`]'s rule, kept free of I/O so it can be tested alone:
+//! - the first read, the first after any error and the first after an answer the follower
+//!   doubts (an index below what it serves) are [`ReadKind::Confirm`]: at once, confirmed by the
+//!   leader, because a server that was just restarted answers other reads from a store that is
+//!   still replaying its log (older values, or none at all);
+//! - while no leader can confirm ([`Error::NoLeader`](consul::Error::NoLeader)), reads block on
+//!   any server ([`ReadKind::Stale`]) from the index already known, so only newer data wakes them
+//!   and the first write after the election is seen as soon as a server has it;
+//! - otherwise reads block after the last index ([`ReadKind::Watch`]).
+//!
+//! A failure that says "this address cannot serve" moves to the next configured address after a
+//! short jittered pause; once every address has failed in a row, full-jitter backoff applies. A
+//! token bucket turns a churning value into polling.
 
 use async_trait::async_trait;
-use drawbridge_core::consul::{self, Backoff, TokenBucket};
+use drawbridge_core::consul::{
+    self, Backoff, Client, Consistency, Failover, QueryOptions, TokenBucket,
+};
 use pingora::server::ShutdownWatch;
 use pingora::services::ServiceReadyNotifier;
+use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// How long the first read may take before the service reports ready without it.
@@ -15,6 +31,41 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Reads go straight through while calm; under churn at most one per this interval.
 const CHURN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How one read is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// Blocking after the index, with the follower's configured consistency.
+    Watch,
+    /// At once, and confirmed by the leader with a quorum (`consistent`): the truth.
+    Confirm,
+    /// Blocking after the index on whichever server answers (`stale`), while there is no leader.
+    Stale,
+}
+
+impl ReadKind {
+    /// The query options of a read of this kind after `index`: watches wait a spread share of
+    /// `wait` (see [`spread_wait`]) with `consistency`.
+    pub fn options(self, index: u64, wait: Duration, consistency: Consistency) -> QueryOptions {
+        match self {
+            ReadKind::Watch => {
+                QueryOptions::blocking(index, spread_wait(wait)).with_consistency(consistency)
+            }
+            ReadKind::Stale => QueryOptions::blocking(index, spread_wait(wait))
+                .with_consistency(Consistency::Stale),
+            ReadKind::Confirm => QueryOptions::default().with_consistency(Consistency::Consistent),
+        }
+    }
+}
+
+/// What a follower made of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Applied, or nothing to apply.
+    Settled,
+    /// Not applied because it may be older than what is served: confirm with the leader.
+    Doubted,
+}
 
 /// Something followed with blocking queries.
 #[async_trait]
@@ -25,15 +76,142 @@ pub trait Followed: Send + Sync {
     /// What is followed, for log lines.
     fn describe(&self) -> String;
 
-    /// One read: blocking after `index`, or at once when `index` is 0. Returns the answer and
-    /// the `X-Consul-Index` it came with.
-    async fn read(&self, index: u64) -> Result<(Self::Answer, u64), consul::Error>;
+    /// The agent addresses to read from.
+    fn failover(&self) -> &Failover;
 
-    /// Takes an answer; `index` is the one the next read will send.
-    async fn take(&self, answer: Self::Answer, index: u64);
+    /// One read through `client`: blocking after `index` for [`ReadKind::Watch`] and
+    /// [`ReadKind::Stale`] (at once when `index` is 0), at once for [`ReadKind::Confirm`].
+    /// Returns the answer and the `X-Consul-Index` it came with.
+    async fn read(
+        &self,
+        client: &Client,
+        kind: ReadKind,
+        index: u64,
+    ) -> Result<(Self::Answer, u64), consul::Error>;
 
-    /// Notes a failed read (the loop itself logs it and backs off).
+    /// Takes an answer that came with `index` from a read of `kind`.
+    async fn take(&self, answer: Self::Answer, index: u64, kind: ReadKind) -> Taken;
+
+    /// Notes a failed read (the loop itself logs it and decides when to retry).
     fn failed(&self, _error: &consul::Error) {}
+}
+
+/// The blocking index and the kind of the next read, and the pause after a failure.
+#[derive(Debug)]
+pub struct Cursor {
+    index: u64,
+    next: ReadKind,
+    addresses: u32,
+    failures_in_a_row: u32,
+    backoff: Backoff,
+}
+
+impl Cursor {
+    /// A cursor before the first read, over `addresses` agent addresses.
+    pub fn new(addresses: usize) -> Cursor {
+        Cursor {
+            index: 0,
+            next: ReadKind::Confirm,
+            addresses: u32::try_from(addresses.max(1)).unwrap_or(u32::MAX),
+            failures_in_a_row: 0,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+        }
+    }
+
+    /// The next read: its kind and the index to send (0 for a confirming read).
+    pub fn next(&self) -> (ReadKind, u64) {
+        match self.next {
+            ReadKind::Confirm => (ReadKind::Confirm, 0),
+            kind => (kind, self.index),
+        }
+    }
+
+    /// After a read of `kind` answered with `answered` and the follower `taken` it.
+    pub fn answered(&mut self, kind: ReadKind, answered: u64, taken: Taken) {
+        self.failures_in_a_row = 0;
+        self.backoff.reset();
+        // An index below the one sent means another history, or a store that is behind.
+        let went_back = kind != ReadKind::Confirm && answered < self.index;
+        self.index = match kind {
+            ReadKind::Confirm => answered.max(1),
+            _ => consul::next_index(self.index, answered),
+        };
+        self.next = if went_back || taken == Taken::Doubted {
+            ReadKind::Confirm
+        } else {
+            ReadKind::Watch
+        };
+    }
+
+    /// After a read of `kind` failed with `error`; `moved` tells whether reads now go to another
+    /// address. Returns how long to pause before the next read.
+    pub fn failed(&mut self, kind: ReadKind, error: &consul::Error, moved: bool) -> Duration {
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        let no_leader = matches!(error, consul::Error::NoLeader { .. });
+        self.next = if no_leader && kind == ReadKind::Confirm {
+            ReadKind::Stale
+        } else {
+            ReadKind::Confirm
+        };
+        // Another address, or a blocking read that only newer data wakes: no reason to wait
+        // long, until every address has failed in a row.
+        let quick = (moved || no_leader) && self.failures_in_a_row <= self.addresses;
+        if quick {
+            jitter(BACKOFF_BASE)
+        } else {
+            self.backoff.next_delay()
+        }
+    }
+}
+
+/// A uniform pause in `[0, most]`.
+fn jitter(most: Duration) -> Duration {
+    let nanos = u64::try_from(most.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// A blocking read's wait, spread over `[wait - wait/8, wait]` so that proxies started or woken
+/// together do not come back to Consul in waves.
+pub fn spread_wait(wait: Duration) -> Duration {
+    wait - jitter(wait / 8)
+}
+
+/// One read and what follows from it; returns the pause before the next read.
+async fn step<F: Followed>(followed: &F, cursor: &mut Cursor) -> Duration {
+    let (kind, index) = cursor.next();
+    let failover = followed.failover();
+    let (at, client) = failover.current();
+    match followed.read(client, kind, index).await {
+        Ok((answer, answered)) => {
+            if kind != ReadKind::Confirm && answered < index {
+                tracing::info!(
+                    previous = index,
+                    answered,
+                    "Consul index of {} went backwards, confirming with the leader",
+                    followed.describe()
+                );
+            }
+            let taken = followed.take(answer, answered, kind).await;
+            cursor.answered(kind, answered, taken);
+            Duration::ZERO
+        }
+        Err(e) => {
+            followed.failed(&e);
+            let moved = failover.move_on(at, &e);
+            let pause = cursor.failed(kind, &e, moved);
+            let then = if moved {
+                format!("reading from {} next", failover.current().1.address())
+            } else {
+                "keeping what is served".to_owned()
+            };
+            tracing::warn!(
+                failures = cursor.failures_in_a_row,
+                "reading {} failed, {then}, retrying in {pause:?}: {e}",
+                followed.describe()
+            );
+            pause
+        }
+    }
 }
 
 /// Follows `followed` until `shutdown`; `ready` is notified after the first read or its timeout.
@@ -42,66 +220,129 @@ pub async fn follow<F: Followed>(
     mut shutdown: ShutdownWatch,
     ready: ServiceReadyNotifier,
 ) {
-    let mut index = 0;
-    match tokio::time::timeout(FIRST_READ_TIMEOUT, followed.read(0)).await {
-        Ok(Ok((answer, answered))) => {
-            index = consul::next_index(0, answered);
-            followed.take(answer, index).await;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!("first read of {} failed: {e}", followed.describe());
-            followed.failed(&e);
-        }
-        Err(_) => tracing::warn!(
-            "Consul did not answer the first read of {} within {FIRST_READ_TIMEOUT:?}",
-            followed.describe()
-        ),
-    }
-    ready.notify_ready();
-
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-    let mut bucket = TokenBucket::new(2, CHURN_INTERVAL, Instant::now());
-    loop {
-        if let Err(wait) = bucket.try_take(Instant::now()) {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(wait) => continue,
-            }
-        }
-        let result = tokio::select! {
-            _ = shutdown.changed() => return,
-            result = followed.read(index) => result,
-        };
-        match result {
-            Ok((answer, answered)) => {
-                backoff.reset();
-                if answered < index {
-                    tracing::info!(
-                        previous = index,
-                        answered,
-                        "Consul index of {} went backwards, reading from the start",
-                        followed.describe()
-                    );
-                }
-                index = consul::next_index(index, answered);
-                followed.take(answer, index).await;
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
+    let mut cursor = Cursor::new(followed.failover().addresses().len());
+    let mut pause =
+        match tokio::time::timeout(FIRST_READ_TIMEOUT, step(followed, &mut cursor)).await {
+            Ok(pause) => pause,
+            Err(_) => {
                 tracing::warn!(
-                    attempt = backoff.attempt(),
-                    "reading {} failed, keeping what is served, retrying in {delay:?}: {e}",
+                    "Consul did not answer the first read of {} within {FIRST_READ_TIMEOUT:?}",
                     followed.describe()
                 );
-                followed.failed(&e);
-                // After an outage the index may belong to another Consul history (a restarted dev
-                // agent, hashicorp/consul#2621): start over; the followers compare what they get.
-                index = 0;
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                Duration::ZERO
+            }
+        };
+    ready.notify_ready();
+
+    let mut bucket = TokenBucket::new(2, CHURN_INTERVAL, Instant::now());
+    loop {
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
+        if let Err(wait) = bucket.try_take(Instant::now()) {
+            pause = wait;
+            continue;
+        }
+        pause = tokio::select! {
+            _ = shutdown.changed() => return,
+            pause = step(followed, &mut cursor) => pause,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_leader() -> consul::Error {
+        consul::Error::NoLeader {
+            what: "kv get k".into(),
+            address: "http://127.0.0.1:8500".into(),
+        }
+    }
+
+    fn timeout() -> consul::Error {
+        consul::Error::Timeout {
+            what: "kv get k".into(),
+            address: "http://127.0.0.1:8500".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn first_read_is_confirmed_then_reads_block_after_its_index() {
+        let mut c = Cursor::new(1);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        c.answered(ReadKind::Confirm, 40, Taken::Settled);
+        assert_eq!(c.next(), (ReadKind::Watch, 40));
+        c.answered(ReadKind::Watch, 41, Taken::Settled);
+        assert_eq!(c.next(), (ReadKind::Watch, 41));
+    }
+
+    #[test]
+    fn an_error_a_doubt_or_an_index_going_back_is_confirmed_next() {
+        let mut c = Cursor::new(1);
+        c.answered(ReadKind::Confirm, 40, Taken::Settled);
+        c.failed(ReadKind::Watch, &timeout(), false);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        c.answered(ReadKind::Confirm, 45, Taken::Settled);
+        c.answered(ReadKind::Watch, 50, Taken::Doubted);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        c.answered(ReadKind::Confirm, 50, Taken::Settled);
+        // A restarted server answering from an empty store: index 1 after 50.
+        c.answered(ReadKind::Watch, 1, Taken::Settled);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        // The leader confirms a rebuilt cluster's low index: reads follow it from there.
+        c.answered(ReadKind::Confirm, 3, Taken::Settled);
+        assert_eq!(c.next(), (ReadKind::Watch, 3));
+    }
+
+    #[test]
+    fn without_a_leader_reads_block_on_any_server_from_the_known_index() {
+        let mut c = Cursor::new(1);
+        c.answered(ReadKind::Confirm, 40, Taken::Settled);
+        c.failed(ReadKind::Watch, &no_leader(), false);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        let pause = c.failed(ReadKind::Confirm, &no_leader(), false);
+        assert!(pause <= BACKOFF_BASE, "{pause:?}");
+        assert_eq!(c.next(), (ReadKind::Stale, 40));
+        // The first write after the election, seen on a follower.
+        c.answered(ReadKind::Stale, 44, Taken::Settled);
+        assert_eq!(c.next(), (ReadKind::Watch, 44));
+    }
+
+    #[test]
+    fn moving_on_is_quick_until_every_address_failed_then_backoff_grows() {
+        let mut c = Cursor::new(3);
+        for _ in 0..3 {
+            assert!(c.failed(ReadKind::Watch, &timeout(), true) <= BACKOFF_BASE);
+        }
+        // Every address failed in a row: the backoff's own ceiling now, and growing.
+        let mut ceilings = Vec::new();
+        for _ in 0..5 {
+            ceilings.push(c.backoff.ceiling());
+            c.failed(ReadKind::Confirm, &timeout(), true);
+        }
+        assert_eq!(ceilings[0], BACKOFF_BASE);
+        assert!(ceilings[4] > ceilings[0], "{ceilings:?}");
+        c.answered(ReadKind::Confirm, 9, Taken::Settled);
+        assert_eq!(c.backoff.ceiling(), BACKOFF_BASE);
+        assert!(c.failed(ReadKind::Watch, &timeout(), true) <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn spread_waits_stay_in_the_last_eighth_and_vary() {
+        let wait = Duration::from_secs(60);
+        let waits: Vec<Duration> = (0..200).map(|_| spread_wait(wait)).collect();
+        assert!(waits.iter().all(|w| *w <= wait && *w >= wait - wait / 8));
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "only {} distinct waits",
+            distinct.len()
+        );
     }
 }

@@ -66,6 +66,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for warning in &config.warnings {
+        if cli.check {
+            println!("warning: {warning}");
+        } else {
+            tracing::warn!("{warning}");
+        }
+    }
     if cli.check {
         println!("configuration is valid: {}", cli.config.display());
         return ExitCode::SUCCESS;

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub consul_watch_errors: IntCounterVec,
     /// Values at the gate key that were refused.
     pub gate_rejected_values: IntCounter,
+    /// Answers older than the applied gate state that were not applied (a server behind).
+    pub gate_step_backs_refused: IntCounter,
+    /// Times the watchers moved to the next Consul address.
+    pub consul_failovers: IntCounter,
     /// The Consul index of the applied gate state.
     pub gate_applied_index: IntGauge,
     /// 1 for the mode being served, 0 for the others.
@@ -35,7 +39,7 @@ pub struct Metrics {
     pub consul_watch_index: IntGauge,
     /// When Consul last answered the watcher (Unix seconds).
     pub consul_last_answer_timestamp: Gauge,
-    /// 1 when Consul has not answered for longer than `consul.stale_after`.
+    /// 1 when the watcher has had no contact with Consul for longer than `consul.stale_after`.
     pub consul_stale: IntGauge,
 }
 
@@ -61,11 +65,11 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok::<_, prometheus::Error>(g)
         };
-        let gate_rejected_values = IntCounter::new(
-            "drawbridge_gate_rejected_values_total",
-            "Values at the gate key that were refused (the gate kept its state)",
-        )?;
-        registry.register(Box::new(gate_rejected_values.clone()))?;
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
         let gate_mode = IntGaugeVec::new(
             Opts::new("drawbridge_gate_mode", "1 for the gate mode being served"),
             &["mode"],
@@ -97,7 +101,18 @@ impl Metrics {
                 "Failed requests of the gate watcher to Consul",
                 &["kind"],
             )?,
-            gate_rejected_values,
+            gate_rejected_values: counter(
+                "drawbridge_gate_rejected_values_total",
+                "Values at the gate key that were refused (the gate kept its state)",
+            )?,
+            gate_step_backs_refused: counter(
+                "drawbridge_gate_step_backs_refused_total",
+                "Answers older than the applied gate state that were not applied",
+            )?,
+            consul_failovers: counter(
+                "drawbridge_consul_failovers_total",
+                "Times the Consul watchers moved to the next configured address",
+            )?,
             gate_applied_index: int_gauge(
                 "drawbridge_gate_applied_index",
                 "Consul index of the applied gate state",
@@ -117,7 +132,7 @@ impl Metrics {
             )?,
             consul_stale: int_gauge(
                 "drawbridge_consul_stale",
-                "1 when Consul has not answered for longer than consul.stale_after",
+                "1 when the watcher has had no contact with Consul for longer than consul.stale_after",
             )?,
             registry,
         })

@@ -3,10 +3,10 @@
 //! blocking queries so a box put into Consul maintenance leaves the pool by itself.
 
 use crate::config::{HealthCheckSettings, PoolSettings, PoolSource};
-use crate::follow::{follow, Followed};
+use crate::follow::{follow, Followed, ReadKind, Taken};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use drawbridge_core::consul::{self, Client, QueryOptions};
+use drawbridge_core::consul::{self, Client, Consistency, Failover};
 use drawbridge_core::status::{PoolStatus, ServerStatus};
 use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
@@ -63,8 +63,8 @@ pub struct BuiltPool {
     pub services: Vec<Box<dyn ServiceWithDependents>>,
 }
 
-/// Builds a pool; `consul` is the client for Consul-service pools.
-pub fn build(settings: &PoolSettings, consul: &Client) -> BuiltPool {
+/// Builds a pool; `consul` holds the agents Consul-service pools read from.
+pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
     let (discovery, source, watch): (Box<dyn ServiceDiscovery + Send + Sync>, String, _) =
         match &settings.source {
             PoolSource::Static(addrs) => {
@@ -118,7 +118,7 @@ pub fn build(settings: &PoolSettings, consul: &Client) -> BuiltPool {
         services.push(Box::new(background_service(
             &format!("pool {} consul watch", settings.name),
             ConsulPoolWatcher {
-                client: consul.clone(),
+                consul: consul.clone(),
                 service,
                 discovery,
                 lb: lb.clone(),
@@ -164,7 +164,7 @@ impl ServiceDiscovery for ConsulDiscoveryHandle {
 
 /// Follows the passing instances of a Consul service and rebuilds the pool on every change.
 struct ConsulPoolWatcher {
-    client: Client,
+    consul: Arc<Failover>,
     service: String,
     discovery: Arc<ConsulDiscovery>,
     lb: Arc<LoadBalancer<RoundRobin>>,
@@ -178,12 +178,18 @@ impl Followed for ConsulPoolWatcher {
         format!("the passing instances of Consul service {}", self.service)
     }
 
-    async fn read(&self, index: u64) -> Result<(BTreeSet<Backend>, u64), consul::Error> {
-        let options = QueryOptions::blocking(index, POOL_WATCH_WAIT);
-        let (entries, meta) = self
-            .client
-            .health_service(&self.service, true, &options)
-            .await?;
+    fn failover(&self) -> &Failover {
+        &self.consul
+    }
+
+    async fn read(
+        &self,
+        client: &Client,
+        kind: ReadKind,
+        index: u64,
+    ) -> Result<(BTreeSet<Backend>, u64), consul::Error> {
+        let options = kind.options(index, POOL_WATCH_WAIT, Consistency::Default);
+        let (entries, meta) = client.health_service(&self.service, true, &options).await?;
         let mut backends = BTreeSet::new();
         for entry in &entries {
             let text = format!("{}:{}", entry.address(), entry.service.port);
@@ -201,9 +207,9 @@ impl Followed for ConsulPoolWatcher {
         Ok((backends, meta.index))
     }
 
-    async fn take(&self, backends: BTreeSet<Backend>, _index: u64) {
+    async fn take(&self, backends: BTreeSet<Backend>, _index: u64, _kind: ReadKind) -> Taken {
         if **self.discovery.backends.load() == backends {
-            return;
+            return Taken::Settled;
         }
         tracing::info!(
             service = %self.service,
@@ -214,6 +220,7 @@ impl Followed for ConsulPoolWatcher {
         if let Err(e) = self.lb.update().await {
             tracing::error!(service = %self.service, "rebuilding the pool failed: {e}");
         }
+        Taken::Settled
     }
 }
 

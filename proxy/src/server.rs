@@ -14,7 +14,7 @@ use crate::registration::Registration;
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use drawbridge_core::consul::Client;
+use drawbridge_core::consul::Failover;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::{background_service, Opt};
@@ -75,8 +75,10 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
-    let consul = Client::new(&config.consul.address, config.consul.token.clone())
-        .context("building the Consul client")?;
+    let consul = Arc::new(
+        Failover::new(&config.consul.addresses, config.consul.token.clone())
+            .context("building the Consul client")?,
+    );
     let builder = StateBuilder::new(&config);
     let gate = Arc::new(ArcSwap::from_pointee(builder.initial()));
     let watch = Arc::new(ArcSwap::from_pointee(WatchStatus::default()));
@@ -84,7 +86,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     let watcher = server.add_service(background_service(
         "gate watcher",
         GateWatcher {
-            client: consul.clone(),
+            consul: consul.clone(),
             key: config.consul.key.clone(),
             wait: config.consul.wait,
             consistency: config.consul.consistency,
@@ -111,7 +113,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         server.add_service(background_service(
             "consul registration",
             Registration::new(
-                consul.clone(),
+                consul.first().clone(),
                 &config.consul.service_id,
                 &config.consul.service_name,
                 port,
@@ -126,7 +128,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         HttpServer::new_app(Admin {
             token: config.admin.token.clone(),
             instance: config.consul.service_id.clone(),
-            consul_address: config.consul.address.clone(),
+            consul_addresses: consul.addresses(),
             key: config.consul.key.clone(),
             stale_after: config.consul.stale_after,
             gate: gate.clone(),

@@ -1,18 +1,22 @@
 //! The gate watcher: a background service that follows the gate key with blocking queries and
-//! swaps a new, fully built gate state in whenever a valid value with a new index appears.
+//! swaps a new, fully built gate state in whenever a valid value with a newer index appears.
 //!
-//! An error, a timeout, an unchanged index or a value that does not parse never changes the served
-//! state (the loop itself, with its index and backoff rules, is `follow`). The last applied state
-//! is saved locally and restored at start, so a proxy that starts while Consul does not answer
+//! The served state never steps back: an answer whose index is below the applied one (a server
+//! restarted a moment ago answers from a store that is still replaying its log, even "key
+//! missing") is refused, counted and confirmed with the leader first; only the leader's word
+//! moves the state to a lower index (a cluster that was really rebuilt). An error, a timeout, an
+//! unchanged index or a value that does not parse never changes the served state either (the
+//! loop itself, with its read kinds and retry rules, is `follow`). The last applied state is
+//! saved locally and restored at start, so a proxy that starts while Consul does not answer
 //! serves what it served before.
 
-use crate::follow::{follow, Followed};
+use crate::follow::{follow, Followed, ReadKind, Taken};
 use crate::gate_state::{rfc3339, GateState, StateBuilder, StateSource};
 use crate::metrics::Metrics;
 use crate::state_file::{self, SavedState};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use drawbridge_core::consul::{self, Client, Consistency, KvRead, QueryOptions};
+use drawbridge_core::consul::{self, Client, Consistency, Failover, KvRead};
 use drawbridge_core::gate::{GateDoc, Mode};
 use drawbridge_core::status::RejectedValue;
 use pingora::server::ShutdownWatch;
@@ -23,19 +27,45 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// How long a read that does not block counts as contact while it is open.
+const PROMPT_READ_CONTACT: Duration = Duration::from_secs(1);
+
 /// What the watcher knows about its connection to Consul, for `/status`.
 #[derive(Debug, Clone, Default)]
 pub struct WatchStatus {
     pub reachable: bool,
     pub last_answer_at: Option<OffsetDateTime>,
+    /// Until when the read now open counts as contact: a blocking query that is open and within
+    /// its wait is a healthy watch, however long ago the last answer came.
+    pub open_read_until: Option<OffsetDateTime>,
+    /// The address the watcher reads from now.
+    pub reading_from: String,
     pub watch_index: u64,
     pub last_error: Option<String>,
     pub last_rejected: Option<RejectedValue>,
 }
 
+impl WatchStatus {
+    /// Seconds without contact at `now`: 0 while a read is open within its expected time, else
+    /// since the last answer; `None` before the first answer.
+    pub fn seconds_without_contact(&self, now: OffsetDateTime) -> Option<f64> {
+        if self.open_read_until.is_some_and(|until| now <= until) {
+            return Some(0.0);
+        }
+        self.last_answer_at
+            .map(|at| (now - at).as_seconds_f64().max(0.0))
+    }
+
+    /// Stale when there has been no contact for longer than `stale_after`, or never any.
+    pub fn is_stale(&self, now: OffsetDateTime, stale_after: Duration) -> bool {
+        self.seconds_without_contact(now)
+            .is_none_or(|s| s > stale_after.as_secs_f64())
+    }
+}
+
 /// Everything the watcher shares with the rest of the proxy.
 pub struct GateWatcher {
-    pub client: Client,
+    pub consul: Arc<Failover>,
     pub key: String,
     pub wait: Duration,
     pub consistency: Consistency,
@@ -46,12 +76,51 @@ pub struct GateWatcher {
     pub metrics: Arc<Metrics>,
 }
 
-/// The outcome of one answer from Consul.
+/// What one answer means for the served state.
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Applied,
+enum Judgement {
+    /// The served state already stands for it.
     Unchanged,
-    Rejected,
+    /// Older than the served state and not confirmed by the leader.
+    StepBack,
+    /// A value refused before, at the same index.
+    RejectedBefore,
+    /// A newer value, or the leader's word: build and apply it.
+    New,
+}
+
+/// Judges an answer against the served state; `confirmed` when the leader gave it.
+fn judge(
+    current: &GateState,
+    read: &KvRead,
+    confirmed: bool,
+    last_rejected: Option<&RejectedValue>,
+) -> Judgement {
+    let index = answer_index(read);
+    let already_served = current.source == StateSource::Consul
+        && match &read.entry {
+            Some(_) => current.applied_index == index,
+            // A missing key keeps being missing while unrelated keys change the index.
+            None => current.from_missing_key,
+        };
+    if already_served {
+        return Judgement::Unchanged;
+    }
+    if !confirmed && current.source != StateSource::Default && index < current.applied_index {
+        return Judgement::StepBack;
+    }
+    if read.entry.is_some() && last_rejected.is_some_and(|r| r.modify_index == index) {
+        return Judgement::RejectedBefore;
+    }
+    Judgement::New
+}
+
+/// The index an answer stands for: the key's ModifyIndex, or Consul's index for a missing key.
+fn answer_index(read: &KvRead) -> u64 {
+    match &read.entry {
+        Some(entry) => entry.modify_index,
+        None => read.meta.index,
+    }
 }
 
 impl GateWatcher {
@@ -99,37 +168,35 @@ impl GateWatcher {
         self.gate.store(Arc::new(state));
     }
 
-    /// Applies one answer: a new value with a new index replaces the state, anything else keeps it.
-    fn apply(&self, read: KvRead) -> Outcome {
+    /// Takes one answer; `confirmed` when the leader gave it. A newer valid value replaces the
+    /// state; an older one is refused and doubted, anything else keeps the state.
+    fn apply(&self, read: KvRead, confirmed: bool) -> Taken {
         let current = self.gate.load();
-        let (raw, index) = match &read.entry {
-            Some(entry) => (entry.value.as_deref(), entry.modify_index),
-            None => (None, read.meta.index),
-        };
-        let already_served = current.source == StateSource::Consul
-            && match &read.entry {
-                Some(_) => current.applied_index == index,
-                // A missing key keeps being missing while unrelated keys change the index.
-                None => current.from_missing_key,
-            };
-        if already_served {
-            return Outcome::Unchanged;
+        let index = answer_index(&read);
+        let status = self.status.load();
+        match judge(&current, &read, confirmed, status.last_rejected.as_ref()) {
+            Judgement::Unchanged | Judgement::RejectedBefore => return Taken::Settled,
+            Judgement::StepBack => {
+                self.metrics.gate_step_backs_refused.inc();
+                tracing::warn!(
+                    key = %self.key,
+                    applied = current.applied_index,
+                    answered = index,
+                    answer = if read.entry.is_some() { "a value" } else { "missing key" },
+                    address = %status.reading_from,
+                    "refused to step back to an older gate state, confirming with the leader"
+                );
+                return Taken::Doubted;
+            }
+            Judgement::New => {}
         }
-        if self
-            .status
-            .load()
-            .last_rejected
-            .as_ref()
-            .is_some_and(|r| read.entry.is_some() && r.modify_index == index)
-        {
-            return Outcome::Rejected;
-        }
+        let key_missing = read.entry.is_none();
         let doc = match read.entry {
             None => Ok(GateDoc::normal()),
-            Some(_) => GateDoc::parse(raw.unwrap_or_default()).map_err(|e| e.to_string()),
+            Some(entry) => GateDoc::parse(entry.value.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string()),
         };
         let now = OffsetDateTime::now_utc();
-        let key_missing = read.entry.is_none();
         let built = doc.and_then(|doc| self.builder.build(doc, index, StateSource::Consul, now));
         match built {
             Ok(mut state) => {
@@ -137,6 +204,7 @@ impl GateWatcher {
                 tracing::info!(
                     mode = %state.doc.mode,
                     index,
+                    confirmed,
                     reason = state.doc.reason.as_deref().unwrap_or(""),
                     "gate state applied"
                 );
@@ -152,7 +220,6 @@ impl GateWatcher {
                         "cannot save the gate state (a restart during a Consul outage would start normal): {e}"
                     );
                 }
-                Outcome::Applied
             }
             Err(error) => {
                 tracing::error!(
@@ -169,15 +236,34 @@ impl GateWatcher {
                         at: rfc3339(now),
                     })
                 });
-                Outcome::Rejected
             }
         }
+        Taken::Settled
     }
 
     fn update_status(&self, change: impl Fn(&mut WatchStatus)) {
         let mut next = WatchStatus::clone(&self.status.load());
         change(&mut next);
         self.status.store(Arc::new(next));
+    }
+
+    /// Notes a read about to be sent through `client`, open until `contact_for` has passed.
+    fn record_read(&self, client: &Client, contact_for: Duration) {
+        let address = client.address();
+        let now = OffsetDateTime::now_utc();
+        let moved = {
+            let status = self.status.load();
+            !status.reading_from.is_empty() && status.reading_from != address
+        };
+        if moved {
+            self.metrics.consul_failovers.inc();
+        }
+        self.update_status(|s| {
+            if s.reading_from != address {
+                s.reading_from = address.to_owned();
+            }
+            s.open_read_until = Some(now + contact_for);
+        });
     }
 
     fn record_answer(&self, index: u64) {
@@ -191,6 +277,7 @@ impl GateWatcher {
         self.update_status(|s| {
             s.reachable = true;
             s.last_answer_at = Some(now);
+            s.open_read_until = None;
             s.watch_index = index;
             s.last_error = None;
         });
@@ -204,6 +291,7 @@ impl GateWatcher {
         let text = error.to_string();
         self.update_status(|s| {
             s.reachable = false;
+            s.open_read_until = None;
             s.last_error = Some(text.clone());
         });
     }
@@ -231,16 +319,30 @@ impl Followed for GateWatcher {
         format!("the gate key {}", self.key)
     }
 
-    async fn read(&self, index: u64) -> Result<(KvRead, u64), consul::Error> {
-        let options = QueryOptions::blocking(index, self.wait).with_consistency(self.consistency);
-        let read = self.client.kv_get(&self.key, &options).await?;
+    fn failover(&self) -> &Failover {
+        &self.consul
+    }
+
+    async fn read(
+        &self,
+        client: &Client,
+        kind: ReadKind,
+        index: u64,
+    ) -> Result<(KvRead, u64), consul::Error> {
+        let options = kind.options(index, self.wait, self.consistency);
+        // Consul answers a blocking read within wait + wait/16; a prompt read at once.
+        let contact_for = options
+            .effective_wait()
+            .map_or(PROMPT_READ_CONTACT, |w| w + w / 16 + PROMPT_READ_CONTACT);
+        self.record_read(client, contact_for);
+        let read = client.kv_get(&self.key, &options).await?;
         let answered = read.meta.index;
         Ok((read, answered))
     }
 
-    async fn take(&self, read: KvRead, index: u64) {
+    async fn take(&self, read: KvRead, index: u64, kind: ReadKind) -> Taken {
         self.record_answer(index);
-        self.apply(read);
+        self.apply(read, kind == ReadKind::Confirm)
     }
 
     fn failed(&self, error: &consul::Error) {
@@ -257,5 +359,194 @@ impl BackgroundService for GateWatcher {
     ) {
         self.restore_saved_state();
         follow(self, shutdown, ready).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::follow::Cursor;
+    use crate::page::PageTemplate;
+    use drawbridge_core::consul::{KvEntry, QueryMeta};
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("drawbridge-watcher-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn watcher(dir: &std::path::Path) -> GateWatcher {
+        let builder = StateBuilder::for_test(
+            vec!["ui".into()],
+            PageTemplate::parse("<p>{{reason}}</p>").unwrap(),
+            "back soon".into(),
+        );
+        GateWatcher {
+            consul: Arc::new(Failover::new(&["http://127.0.0.1:1".into()], None).unwrap()),
+            key: "gate".into(),
+            wait: Duration::from_secs(60),
+            consistency: Consistency::Default,
+            state_file: dir.join("state.json"),
+            gate: Arc::new(ArcSwap::from_pointee(builder.initial())),
+            builder,
+            status: Arc::new(ArcSwap::from_pointee(WatchStatus::default())),
+            metrics: Arc::new(Metrics::new().unwrap()),
+        }
+    }
+
+    fn value(mode: &str, modify_index: u64, index: u64) -> KvRead {
+        KvRead {
+            entry: Some(KvEntry {
+                key: "gate".into(),
+                value: Some(format!(r#"{{"mode":"{mode}"}}"#).into_bytes()),
+                create_index: 1,
+                modify_index,
+                lock_index: 0,
+                flags: 0,
+                session: None,
+            }),
+            meta: QueryMeta {
+                index,
+                known_leader: true,
+                last_contact: Duration::ZERO,
+            },
+        }
+    }
+
+    fn missing(index: u64) -> KvRead {
+        KvRead {
+            entry: None,
+            meta: QueryMeta {
+                index,
+                known_leader: true,
+                last_contact: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Feeds one answer through the watcher and the loop's cursor, as `follow` does.
+    async fn feed(w: &GateWatcher, cursor: &mut Cursor, read: KvRead) -> (Mode, u64, ReadKind) {
+        let (kind, _) = cursor.next();
+        let answered = read.meta.index;
+        let taken = w.take(read, answered, kind).await;
+        cursor.answered(kind, answered, taken);
+        let served = w.gate.load();
+        (served.doc.mode, served.applied_index, cursor.next().0)
+    }
+
+    #[tokio::test]
+    async fn the_served_state_never_steps_back_without_the_leaders_word() {
+        let w = watcher(&test_dir("step-back"));
+        let mut c = Cursor::new(1);
+        use Mode::{Maintenance, Normal};
+        use ReadKind::{Confirm, Watch};
+        // Start: the leader says maintenance at 100.
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 100, 100)).await,
+            (Maintenance, 100, Watch)
+        );
+        // A restarted server, its store still empty: "missing key" at index 1. Refused.
+        assert_eq!(
+            feed(&w, &mut c, missing(1)).await,
+            (Maintenance, 100, Confirm)
+        );
+        // The leader confirms maintenance at 100.
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 100, 130)).await,
+            (Maintenance, 100, Watch)
+        );
+        // A server half-way through its log: an older normal value at 60. Refused.
+        assert_eq!(
+            feed(&w, &mut c, value("normal", 60, 131)).await,
+            (Maintenance, 100, Confirm)
+        );
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 100, 131)).await,
+            (Maintenance, 100, Watch)
+        );
+        // A real write: normal at 140.
+        assert_eq!(
+            feed(&w, &mut c, value("normal", 140, 140)).await,
+            (Normal, 140, Watch)
+        );
+        // The key deleted at 150, then unrelated writes move a missing key's index.
+        assert_eq!(feed(&w, &mut c, missing(150)).await, (Normal, 150, Watch));
+        assert_eq!(feed(&w, &mut c, missing(170)).await, (Normal, 150, Watch));
+        // A server behind still has the old value at 140: refused, although it is normal too.
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 120, 171)).await,
+            (Normal, 150, Confirm)
+        );
+        assert_eq!(feed(&w, &mut c, missing(171)).await, (Normal, 150, Watch));
+        // The cluster was rebuilt: indexes start over. Refused unconfirmed, applied confirmed.
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 7, 7)).await,
+            (Normal, 150, Confirm)
+        );
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 7, 7)).await,
+            (Maintenance, 7, Watch)
+        );
+        assert_eq!(
+            feed(&w, &mut c, value("normal", 9, 9)).await,
+            (Normal, 9, Watch)
+        );
+        assert_eq!(w.metrics.gate_step_backs_refused.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_state_restored_from_the_file_is_not_stepped_back_either() {
+        let w = watcher(&test_dir("restored"));
+        let saved = SavedState {
+            key: "gate".into(),
+            doc: GateDoc::parse(br#"{"mode":"maintenance"}"#).unwrap(),
+            applied_index: 100,
+        };
+        state_file::save(&w.state_file, &saved).unwrap();
+        w.restore_saved_state();
+        assert_eq!(w.gate.load().source, StateSource::StateFile);
+        let mut c = Cursor::new(1);
+        // Without a leader the first read falls back to any server: an empty store is refused.
+        c.failed(
+            ReadKind::Confirm,
+            &consul::Error::NoLeader {
+                what: "kv get gate".into(),
+                address: "a".into(),
+            },
+            false,
+        );
+        assert_eq!(
+            feed(&w, &mut c, missing(1)).await,
+            (Mode::Maintenance, 100, ReadKind::Confirm)
+        );
+        assert_eq!(w.gate.load().source, StateSource::StateFile);
+        assert_eq!(
+            feed(&w, &mut c, value("maintenance", 100, 100)).await,
+            (Mode::Maintenance, 100, ReadKind::Watch)
+        );
+        assert_eq!(w.gate.load().source, StateSource::Consul);
+    }
+
+    #[test]
+    fn an_open_blocking_read_is_contact_however_long_ago_the_last_answer_came() {
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let limit = Duration::from_secs(30);
+        let mut status = WatchStatus::default();
+        assert!(status.is_stale(t0, limit), "never answered");
+        status.last_answer_at = Some(t0);
+        status.open_read_until = Some(t0 + Duration::from_secs(65));
+        let idle = t0 + Duration::from_secs(59);
+        assert_eq!(status.seconds_without_contact(idle), Some(0.0));
+        assert!(!status.is_stale(idle, limit));
+        // The read is overdue: counted from the last answer again.
+        let overdue = t0 + Duration::from_secs(66);
+        assert_eq!(status.seconds_without_contact(overdue), Some(66.0));
+        assert!(status.is_stale(overdue, limit));
+        status.open_read_until = None;
+        assert!(
+            status.is_stale(idle, limit),
+            "no read open: 59 s since the answer"
+        );
     }
 }

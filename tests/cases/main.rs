@@ -2,6 +2,8 @@
 
 // The Consul client against real agents.
 mod consul_client;
+// The 3-server Consul cluster: restarts, leader loss and re-election.
+mod consul_cluster;
 // The sshd and service fixtures themselves.
 mod fixtures_smoke;
 // /healthz, /status, /metrics and the admin token.
@@ -12,6 +14,8 @@ mod proxy_bypass;
 mod proxy_config;
 // In-flight requests, SIGTERM, registration.
 mod proxy_lifecycle;
+// A three-server cluster: no step back through server restarts, failover, idle staleness.
+mod proxy_cluster;
 // Consul down: last state kept, restart from the state file.
 mod proxy_outage;
 // Health checks and Consul-service pools.
@@ -26,5 +30,7 @@ mod maintctl_cycle;
 mod maintctl_guards;
 // maintctl SIGKILLed mid-step, then resumed.
 mod maintctl_kill;
+// maintctl when a gate write's answer is lost (500 or timeout) although Consul applied it.
+mod maintctl_ambiguous;
 // maintctl with part of the fleet failing: a lost box, a failed smoke test, undo of a partial down.
 mod maintctl_partial;

@@ -12,12 +12,13 @@ use drawbridge_tests::proxy::{clear_gate, Ready, Site};
 const RECOVERY: Duration = Duration::from_secs(40);
 
 /// Consul SIGKILLed while the gate is closed: requests keep getting 503; `/status` says
-/// unreachable, then stale after `stale_after`, and the metrics agree. After Consul returns the
+/// unreachable, then stale after `stale_after` (raised to one wait, 2 s + 1/16), and the metrics
+/// agree. After Consul returns the
 /// gate is opened, Consul is killed again, and requests keep passing.
 #[tokio::test]
 async fn consul_stopped_keeps_the_last_state() {
     let mut site = Site::start_with("consul_stopped_keeps_the_last_state", |b| {
-        b.stale_after("1s")
+        b.consul_wait("2s").stale_after("1s")
     })
     .await;
     site.put_gate(r#"{"mode":"maintenance","reason":"kept"}"#)

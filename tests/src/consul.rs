@@ -1,20 +1,29 @@
-//! Real Consul 1.8.7 agents for e2e tests: a single-node server on 127.0.0.1 and client agents
-//! ("boxes") on 127.0.0.2, 127.0.0.3, …, every port from [`crate::ports`], all on loopback.
+//! Real Consul 1.8.7 agents for e2e tests: a single-node server on 127.0.0.1, client agents
+//! ("boxes") on 127.0.0.2, 127.0.0.3, …, and a 3-server cluster on 127.0.1.1–127.0.1.3 for
+//! leader elections and server restarts; every port from [`crate::ports`], all on loopback.
 //!
 //! ```ignore
 //! let dir = TestDir::new("my_test");
 //! let server = ConsulServer::start(&dir).await;          // waits for a leader
 //! let api1 = ConsulClientAgent::start(&dir, &server, "api1", Ipv4Addr::new(127, 0, 0, 2)).await;
 //! server.stop();  server.restart().await;                 // outage: SIGKILL, same ports and data
+//!
+//! let mut cluster = ConsulCluster::start(&dir).await;    // 3 voters and a leader
+//! let old = cluster.kill_leader().await;                  // waits for a new leader
+//! cluster.restart(old).await;                             // back as a healthy voter
 //! ```
 
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use drawbridge_core::consul::Client;
+use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::eventually::try_eventually;
 use crate::ports::ConsulPorts;
@@ -23,8 +32,23 @@ use crate::process::{ChildGuard, TestDir, TAIL_LINES};
 /// The server's node name.
 pub const SERVER_NODE: &str = "consul-server";
 
-/// How long an agent may take to be ready (leader elected, node registered).
+/// How long an agent may take to be ready (leader elected, node registered), and a
+/// [`ConsulCluster`] to form or to elect a new leader.
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The number of servers in a [`ConsulCluster`].
+pub const CLUSTER_SIZE: usize = 3;
+
+/// How long a restarted [`ConsulCluster`] server may take to be a healthy voter again. Most
+/// restarts take under 4 s; one that autopilot removed during its outage comes back as a
+/// non-voter and is promoted at the first 10 s autopilot tick after 10 s of stability (~22 s).
+pub const REJOIN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Pause between two tries of a readiness check.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The KV prefix a [`ConsulCluster`] writes its readiness probes under.
+const PROBE_PREFIX: &str = "drawbridge-tests/cluster-probe/";
 
 /// Settings for a fast cluster: short gossip intervals so joins and failures show in
 /// milliseconds, no update check. `leave_on_terminate` is off so SIGTERM stops an agent at once
@@ -76,11 +100,18 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// Whether this is the server or a client agent, and what a client joins.
+/// Whether this is a server or a client agent, and what it joins.
 #[derive(Debug, Clone)]
 enum Role {
-    Server,
-    Client { join: String },
+    /// A server that waits for `expect` servers before bootstrapping raft, and joins the serf
+    /// LAN addresses in `join` (the other servers of its cluster; none for a single server).
+    Server {
+        expect: usize,
+        join: Vec<String>,
+    },
+    Client {
+        join: String,
+    },
 }
 
 /// One agent process with everything needed to restart it identically.
@@ -93,6 +124,8 @@ struct Agent {
     home: PathBuf,
     logs: PathBuf,
     child: Option<ChildGuard>,
+    /// Spawned and not stopped on purpose: a cluster waits only on running agents.
+    running: bool,
 }
 
 impl Agent {
@@ -110,6 +143,7 @@ impl Agent {
             home,
             logs: dir.path().to_path_buf(),
             child: None,
+            running: false,
         }
     }
 
@@ -140,8 +174,15 @@ impl Agent {
             .env_remove("CONSUL_HTTP_TOKEN")
             .env_remove("CONSUL_HTTP_TOKEN_FILE");
         match &self.role {
-            Role::Server => {
-                cmd.arg("-server").arg("-bootstrap-expect=1");
+            Role::Server { expect, join } => {
+                cmd.arg("-server")
+                    .arg(format!("-bootstrap-expect={expect}"));
+                for addr in join {
+                    cmd.arg(format!("-retry-join={addr}"));
+                }
+                if !join.is_empty() {
+                    cmd.arg("-retry-interval=200ms");
+                }
             }
             Role::Client { join } => {
                 cmd.arg(format!("-retry-join={join}"))
@@ -154,10 +195,21 @@ impl Agent {
     fn spawn(&mut self) {
         let name = format!("consul-{}", self.node);
         self.child = Some(ChildGuard::spawn(&name, self.command(), &self.logs));
+        self.running = true;
     }
 
     fn http_addr(&self) -> String {
         format!("http://{}:{}", self.ip, self.ports.http)
+    }
+
+    /// The serf LAN address other agents join, e.g. `127.0.0.1:25011`.
+    fn serf_lan_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.ports.serf_lan)
+    }
+
+    /// The server RPC address, as `/v1/status/leader` and `/v1/status/peers` name servers.
+    fn server_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.ports.server)
     }
 
     fn client(&self) -> Client {
@@ -172,12 +224,14 @@ impl Agent {
     }
 
     fn stop(&mut self) {
+        self.running = false;
         if let Some(child) = self.child.as_mut() {
             child.kill_hard();
         }
     }
 
     fn terminate(&mut self) {
+        self.running = false;
         if let Some(child) = self.child.as_mut() {
             child.terminate();
         }
@@ -199,31 +253,10 @@ impl Agent {
     async fn wait<F, Fut>(&mut self, what: &str, mut check: F)
     where
         F: FnMut(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: Future<Output = Result<(), String>>,
     {
         let client = self.client();
-        let result = {
-            let this = &mut *self;
-            try_eventually(READY_DEADLINE, Duration::from_millis(50), || {
-                let alive = this.check_alive();
-                let fut = check(client.clone());
-                async move {
-                    if let Err(dead) = alive {
-                        // A dead agent never becomes ready: report at once, with its log.
-                        panic!("{dead}");
-                    }
-                    fut.await
-                }
-            })
-            .await
-        };
-        if let Err(last) = result {
-            panic!(
-                "consul {}: {what} not within {READY_DEADLINE:?}; last: {last}\n{}",
-                self.node,
-                self.log_tail()
-            );
-        }
+        wait_for(&mut [self], READY_DEADLINE, what, || check(client.clone())).await
     }
 
     /// Leader elected and this node's `serfHealth` passing in the catalog.
@@ -245,14 +278,78 @@ impl Agent {
     }
 }
 
-/// A bare PUT to the agent API (for endpoints the core client does not need, like join).
-async fn put(url: &str) -> Result<(), String> {
-    let http = reqwest::Client::builder()
+/// Waits until `check` holds (up to `deadline`) and returns its value.
+///
+/// # Panics
+/// At once, with its log, when one of `agents` exits (a dead agent never becomes ready); on
+/// timeout, with the last failure and the log tail of every agent.
+async fn wait_for<T, F, Fut>(
+    agents: &mut [&mut Agent],
+    deadline: Duration,
+    what: &str,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let result = {
+        let agents = &mut *agents;
+        try_eventually(deadline, POLL, || {
+            let alive = agents.iter_mut().try_for_each(|a| a.check_alive());
+            let fut = check();
+            async move {
+                if let Err(dead) = alive {
+                    panic!("{dead}");
+                }
+                fut.await
+            }
+        })
+        .await
+    };
+    match result {
+        Ok(value) => value,
+        Err(last) => {
+            let nodes: Vec<&str> = agents.iter().map(|a| a.node.as_str()).collect();
+            let tails: String = agents.iter().map(|a| a.log_tail()).collect();
+            panic!(
+                "consul {}: {what} not within {deadline:?}; last: {last}\n{tails}",
+                nodes.join(", ")
+            )
+        }
+    }
+}
+
+/// A plain HTTP client for the agent endpoints the core client does not cover.
+fn http() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| e.to_string())?;
-    let response = http
+        .map_err(|e| e.to_string())
+}
+
+/// A bare GET of a JSON answer, accepted with one of the `ok` statuses.
+async fn get_json<T: DeserializeOwned>(url: &str, ok: &[u16]) -> Result<T, String> {
+    let response = http()?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !ok.contains(&status.as_u16()) {
+        return Err(format!("GET {url}: {status}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("GET {url}: {e}: {body}"))
+}
+
+/// A bare PUT to the agent API (for endpoints the core client does not need, like join).
+async fn put(url: &str) -> Result<(), String> {
+    let response = http()?
         .put(url)
         .send()
         .await
@@ -296,7 +393,11 @@ impl ConsulServer {
     /// # Panics
     /// When consul is missing, or not ready within [`READY_DEADLINE`] (with its log).
     pub async fn start(dir: &TestDir) -> ConsulServer {
-        let mut agent = Agent::new(dir, Role::Server, SERVER_NODE, Ipv4Addr::LOCALHOST);
+        let role = Role::Server {
+            expect: 1,
+            join: Vec::new(),
+        };
+        let mut agent = Agent::new(dir, role, SERVER_NODE, Ipv4Addr::LOCALHOST);
         agent.spawn();
         let http = agent.http_addr();
         agent.wait_ready(&http).await;
@@ -313,7 +414,7 @@ impl ConsulServer {
 
     /// The serf LAN address client agents join, e.g. `127.0.0.1:25011`.
     pub fn serf_lan_addr(&self) -> String {
-        format!("{}:{}", self.agent.ip, self.agent.ports.serf_lan)
+        self.agent.serf_lan_addr()
     }
 
     /// The node name (`consul-server`).
@@ -481,5 +582,496 @@ impl ConsulClientAgent {
         self.agent.spawn();
         let server_http = self.server_http.clone();
         self.agent.wait_ready(&server_http).await;
+    }
+}
+
+/// The loopback address of cluster server `i`: 127.0.1.(i+1), apart from 127.0.0.x, where
+/// [`ConsulServer`] and the boxes of other tests in the same process live.
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    let last = u8::try_from(i + 1).expect("a cluster has few servers");
+    Ipv4Addr::new(127, 0, 1, last)
+}
+
+/// What a readiness check needs to know about one running server, apart from its process.
+#[derive(Debug, Clone)]
+struct Member {
+    index: usize,
+    node: String,
+    /// `ip:server-port`, as `/v1/status/leader` names the leader.
+    server: String,
+    /// `ip:serf-lan-port`, what other agents join.
+    serf: String,
+    client: Client,
+}
+
+/// One agent in the answer of `/v1/agent/members` (the fields used here).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LanMember {
+    name: String,
+    /// Serf's member status: 1 alive, 2 leaving, 3 left, 4 failed.
+    status: u8,
+}
+
+/// One server in the answer of `/v1/operator/autopilot/health` (the fields used here).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServerHealth {
+    name: String,
+    serf_status: String,
+    healthy: bool,
+    voter: bool,
+}
+
+/// The answer of `/v1/operator/autopilot/health`: the leader's view of every server.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AutopilotHealth {
+    servers: Vec<ServerHealth>,
+}
+
+/// The leader's autopilot view, asked through `member` (it forwards to the leader). Consul
+/// answers 429 with the same body while any server is unhealthy.
+async fn autopilot_health(member: &Member) -> Result<AutopilotHealth, String> {
+    let url = format!("{}/v1/operator/autopilot/health", member.client.address());
+    get_json(&url, &[200, 429]).await
+}
+
+/// The index of the leader that every one of `members` names; it must be one of them.
+async fn agreed_leader(members: &[Member]) -> Result<usize, String> {
+    let mut agreed: Option<(String, &str)> = None;
+    for m in members {
+        let leader = m
+            .client
+            .status_leader()
+            .await
+            .map_err(|e| format!("{}: status/leader: {e:#}", m.node))?;
+        if leader.is_empty() {
+            return Err(format!("{} knows no leader", m.node));
+        }
+        match &agreed {
+            Some((first, by)) if *first != leader => {
+                return Err(format!(
+                    "{by} names leader {first}, {} names {leader}",
+                    m.node
+                ));
+            }
+            Some(_) => {}
+            None => agreed = Some((leader, &m.node)),
+        }
+    }
+    let (leader, _) = agreed.ok_or("no server is running")?;
+    members
+        .iter()
+        .find(|m| m.server == leader)
+        .map(|m| m.index)
+        .ok_or_else(|| format!("the leader {leader} is not a running server"))
+}
+
+/// The voters in the `latest_configuration` string of `/v1/agent/self` (`Stats.raft`), e.g.
+/// `[{Suffrage:Voter ID:2fbe… Address:127.0.1.1:24001} …]`, as `ip:port`, sorted.
+fn voters_in(configuration: &str) -> Vec<String> {
+    let mut voters: Vec<String> = configuration
+        .split('{')
+        .filter(|server| server.starts_with("Suffrage:Voter "))
+        .filter_map(|server| server.split("Address:").nth(1)?.split('}').next())
+        .map(str::to_owned)
+        .collect();
+    voters.sort();
+    voters
+}
+
+/// Every one of `members` but `me` sees `me` alive in its LAN gossip; one that does not is
+/// asked to join `me` (and the check fails, to be tried again).
+///
+/// Why: a restarted agent comes back with a fresh serf incarnation, lower than the one the
+/// others hold it "failed" under. It refutes that by gossip (UDP), and a server that misses it
+/// keeps it failed until serf's 30 s reconnect. Autopilot on the leader removes a failed server
+/// from raft at its next 10 s tick (1 of 3 may go), even when that server runs and replicates
+/// again; seen in 1 run of 6. A join is a TCP push-pull that carries the refuted incarnation.
+async fn seen_alive_by_others(members: &[Member], me: &Member) -> Result<(), String> {
+    for m in members.iter().filter(|m| m.index != me.index) {
+        let url = format!("{}/v1/agent/members", m.client.address());
+        let lan: Vec<LanMember> = get_json(&url, &[200]).await?;
+        let status = lan.iter().find(|l| l.name == me.node).map(|l| l.status);
+        if status != Some(1) {
+            put(&format!("{}/v1/agent/join/{}", m.client.address(), me.serf)).await?;
+            return Err(format!(
+                "{} has {} in serf status {status:?}, not alive (1); asked it to join",
+                m.node, me.node
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `member` itself, as its process sees it now: a raft follower (that has heard from the
+/// leader) or the leader, with exactly `servers` as voters in its raft configuration.
+///
+/// Why its own view: the leader's autopilot refreshes every 2 s, so right after a quick
+/// restart it still shows the state from before the kill.
+async fn raft_self_view(member: &Member, servers: &[String]) -> Result<(), String> {
+    let url = format!("{}/v1/agent/self", member.client.address());
+    let me: serde_json::Value = get_json(&url, &[200]).await?;
+    let raft = &me["Stats"]["raft"];
+    let field = |name: &str| raft[name].as_str().unwrap_or("").to_owned();
+    let (state, contact) = (field("state"), field("last_contact"));
+    match state.as_str() {
+        "Leader" => {}
+        "Follower" if contact != "never" => {}
+        _ => {
+            return Err(format!(
+                "{}: raft state {state:?}, last contact {contact:?}",
+                member.node
+            ))
+        }
+    }
+    let voters = voters_in(&field("latest_configuration"));
+    let mut want = servers.to_vec();
+    want.sort();
+    if voters != want {
+        return Err(format!(
+            "{} has raft voters {voters:?}, want {want:?}",
+            member.node
+        ));
+    }
+    Ok(())
+}
+
+/// `member` has all of `servers` as voters in its own raft configuration, follows the leader
+/// (or is it), and the leader's autopilot counts it as a healthy voter (serf alive, in contact
+/// with the leader, log caught up).
+async fn is_healthy_voter(member: &Member, servers: &[String]) -> Result<(), String> {
+    let url = format!("{}/v1/status/peers", member.client.address());
+    let mut peers: Vec<String> = get_json(&url, &[200]).await?;
+    peers.sort();
+    let mut want = servers.to_vec();
+    want.sort();
+    if peers != want {
+        return Err(format!(
+            "{} has raft peers {peers:?}, want {want:?}",
+            member.node
+        ));
+    }
+    raft_self_view(member, servers).await?;
+    let health = autopilot_health(member).await?;
+    match health.servers.iter().find(|s| s.name == member.node) {
+        Some(s) if s.voter && s.healthy => Ok(()),
+        Some(s) => Err(format!(
+            "autopilot: {} voter={} healthy={} serf={}",
+            s.name, s.voter, s.healthy, s.serf_status
+        )),
+        None => Err(format!("autopilot does not list {}", member.node)),
+    }
+}
+
+/// A KV write through `member`, then a `?consistent` read through it, round-trips: the write
+/// reached a quorum, and the leader still holds one.
+async fn kv_round_trip(member: &Member) -> Result<(), String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = format!("{PROBE_PREFIX}{}", member.node);
+    let value = NEXT.fetch_add(1, Ordering::Relaxed).to_string();
+    let wrote = member
+        .client
+        .kv_put(&key, value.as_bytes(), PutMode::Always)
+        .await
+        .map_err(|e| format!("{}: PUT {key}: {e:#}", member.node))?;
+    if !wrote {
+        return Err(format!("{}: PUT {key} answered false", member.node));
+    }
+    let q = QueryOptions::default().with_consistency(Consistency::Consistent);
+    let read = member
+        .client
+        .kv_get(&key, &q)
+        .await
+        .map_err(|e| format!("{}: consistent GET {key}: {e:#}", member.node))?;
+    let got = read.entry.and_then(|e| e.value);
+    if got.as_deref() == Some(value.as_bytes()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: consistent GET {key} read {got:?}, wrote {value}",
+            member.node
+        ))
+    }
+}
+
+/// The leader all `members` agree on, once a KV write plus a `?consistent` read has
+/// round-tripped through each of them and the leader is still the same.
+async fn commits_writes(members: &[Member]) -> Result<usize, String> {
+    let leader = agreed_leader(members).await?;
+    for m in members {
+        kv_round_trip(m).await?;
+    }
+    match agreed_leader(members).await? {
+        again if again == leader => Ok(leader),
+        again => Err(format!("the leader changed from {leader} to {again}")),
+    }
+}
+
+/// A real 3-server Consul cluster (`-bootstrap-expect=3`, each server `-retry-join`ing the
+/// other two) on 127.0.1.1–127.0.1.3, with production raft timing (`raft_multiplier = 1`), for
+/// leader elections and server restarts. Server `i` is node `server-{i+1}`; each keeps its
+/// ports and data directory across [`ConsulCluster::restart`]. SIGTERM, then SIGKILL, on drop.
+///
+/// Autopilot keeps Consul's defaults (`cleanup_dead_servers`, 10 s stabilization): a server
+/// that is down long enough to be marked failed *and* spans an autopilot tick (every 10 s) is
+/// removed from raft, and on restart comes back as a non-voter, promoted after 10 s.
+/// [`ConsulCluster::restart`] waits for that too (within [`REJOIN_DEADLINE`]).
+#[derive(Debug)]
+pub struct ConsulCluster {
+    servers: Vec<Agent>,
+}
+
+impl ConsulCluster {
+    /// Starts three servers in `dir` and waits until they agree on a leader, each has all three
+    /// in its raft configuration and is a healthy voter for autopilot, and a KV write plus a
+    /// `?consistent` read round-trips through each.
+    ///
+    /// # Panics
+    /// When consul is missing, or the cluster is not formed within [`READY_DEADLINE`] (with
+    /// every server's log).
+    pub async fn start(dir: &TestDir) -> ConsulCluster {
+        let mut servers: Vec<Agent> = (0..CLUSTER_SIZE)
+            .map(|i| {
+                let role = Role::Server {
+                    expect: CLUSTER_SIZE,
+                    join: Vec::new(),
+                };
+                Agent::new(dir, role, &format!("server-{}", i + 1), cluster_ip(i))
+            })
+            .collect();
+        // The join list needs every server's serf port, known only once all are allocated.
+        let serf: Vec<String> = servers.iter().map(Agent::serf_lan_addr).collect();
+        for (i, agent) in servers.iter_mut().enumerate() {
+            let join = serf
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, addr)| addr.clone())
+                .collect();
+            agent.role = Role::Server {
+                expect: CLUSTER_SIZE,
+                join,
+            };
+            agent.spawn();
+        }
+        let mut cluster = ConsulCluster { servers };
+        let members = cluster.members();
+        let all = cluster.server_addrs();
+        cluster
+            .wait(READY_DEADLINE, "3 healthy voters and a leader", || {
+                let members = members.clone();
+                let all = all.clone();
+                async move {
+                    for m in &members {
+                        is_healthy_voter(m, &all).await?;
+                    }
+                    commits_writes(&members).await.map(drop)
+                }
+            })
+            .await;
+        cluster
+    }
+
+    /// The HTTP API address of each server, e.g. `http://127.0.1.1:24817`, by index.
+    pub fn http_addrs(&self) -> Vec<String> {
+        self.servers.iter().map(Agent::http_addr).collect()
+    }
+
+    /// A client for the HTTP API of server `i`.
+    ///
+    /// # Panics
+    /// When `i` is not below [`CLUSTER_SIZE`].
+    pub fn client(&self, i: usize) -> Client {
+        self.servers[i].client()
+    }
+
+    /// The node name of server `i` (`server-{i+1}`).
+    ///
+    /// # Panics
+    /// When `i` is not below [`CLUSTER_SIZE`].
+    pub fn node_name(&self, i: usize) -> &str {
+        &self.servers[i].node
+    }
+
+    /// The log tails of all servers, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.servers.iter().map(Agent::log_tail).collect()
+    }
+
+    /// Which server leads now: waits until every running server names the same leader, one of
+    /// them.
+    ///
+    /// # Panics
+    /// When they do not agree within [`READY_DEADLINE`].
+    pub async fn leader_index(&mut self) -> usize {
+        let members = self.members();
+        self.wait(READY_DEADLINE, "running servers agree on a leader", || {
+            let members = members.clone();
+            async move { agreed_leader(&members).await }
+        })
+        .await
+    }
+
+    /// Indexes of the servers the leader's autopilot counts as healthy voters, ascending (asked
+    /// through the first running server).
+    ///
+    /// # Errors
+    /// When no server is running, or the request fails (no leader, for one).
+    pub async fn healthy_voters(&self) -> Result<Vec<usize>, String> {
+        let members = self.members();
+        let via = members.first().ok_or("no server is running")?;
+        let health = autopilot_health(via).await?;
+        let mut voters: Vec<usize> = health
+            .servers
+            .iter()
+            .filter(|s| s.voter && s.healthy)
+            .filter_map(|s| self.servers.iter().position(|a| a.node == s.name))
+            .collect();
+        voters.sort_unstable();
+        Ok(voters)
+    }
+
+    /// Indexes of the servers in the raft configuration (voters or not), ascending, as the
+    /// first running server has it (`/v1/status/peers`).
+    ///
+    /// # Errors
+    /// When no server is running, or the request fails.
+    pub async fn raft_members(&self) -> Result<Vec<usize>, String> {
+        let members = self.members();
+        let via = members.first().ok_or("no server is running")?;
+        let url = format!("{}/v1/status/peers", via.client.address());
+        let peers: Vec<String> = get_json(&url, &[200]).await?;
+        let mut indexes: Vec<usize> = peers
+            .iter()
+            .filter_map(|p| self.servers.iter().position(|a| a.server_addr() == *p))
+            .collect();
+        indexes.sort_unstable();
+        Ok(indexes)
+    }
+
+    /// Kills server `i` with SIGKILL, as in a crash; its raft state stays on disk.
+    ///
+    /// # Panics
+    /// When `i` is not below [`CLUSTER_SIZE`].
+    pub fn stop(&mut self, i: usize) {
+        self.servers[i].stop();
+    }
+
+    /// Starts server `i` again on the same ports and data directory (stopping it first if it
+    /// still runs) and waits until it has rejoined: every running server sees it alive in its
+    /// LAN gossip (joining it where not, see `seen_alive_by_others`), it has all three as
+    /// voters in its raft configuration, is a healthy voter for the leader's autopilot, and
+    /// the cluster commits writes through every running server (as in
+    /// [`ConsulCluster::wait_for_leader`]).
+    ///
+    /// # Panics
+    /// When `i` is not below [`CLUSTER_SIZE`], or it has not rejoined within
+    /// [`REJOIN_DEADLINE`].
+    pub async fn restart(&mut self, i: usize) {
+        self.servers[i].stop();
+        self.servers[i].spawn();
+        let members = self.members();
+        let all = self.server_addrs();
+        let node = self.servers[i].node.clone();
+        self.wait(
+            REJOIN_DEADLINE,
+            &format!("{node} rejoined as a voter"),
+            || {
+                let members = members.clone();
+                let all = all.clone();
+                async move {
+                    let me = members
+                        .iter()
+                        .find(|m| m.index == i)
+                        .expect("a restarted server is running");
+                    seen_alive_by_others(&members, me).await?;
+                    is_healthy_voter(me, &all).await?;
+                    commits_writes(&members).await.map(drop)
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the running servers agree on a leader and commit writes again: a KV write
+    /// plus a `?consistent` read round-trips through each of them, and the leader is the same
+    /// after; returns its index. Use it after [`ConsulCluster::stop`]: the moment both
+    /// survivors name a new leader, a write forwarded to it can still fail (seen: HTTP 500
+    /// "rpc error making call: stream closed" 14 ms after the election).
+    ///
+    /// # Panics
+    /// When not within [`READY_DEADLINE`].
+    pub async fn wait_for_leader(&mut self) -> usize {
+        let members = self.members();
+        self.wait(READY_DEADLINE, "a leader that commits writes", || {
+            let members = members.clone();
+            async move { commits_writes(&members).await }
+        })
+        .await
+    }
+
+    /// Kills the leader with SIGKILL and waits until the two others have elected a new one
+    /// that commits writes ([`ConsulCluster::wait_for_leader`]); returns the index of the
+    /// killed leader.
+    ///
+    /// # Panics
+    /// When there is no leader, or no new one within [`READY_DEADLINE`].
+    pub async fn kill_leader(&mut self) -> usize {
+        let old = self.leader_index().await;
+        self.stop(old);
+        self.wait_for_leader().await;
+        old
+    }
+
+    /// The running servers, as the readiness checks see them.
+    fn members(&self) -> Vec<Member> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.running)
+            .map(|(index, a)| Member {
+                index,
+                node: a.node.clone(),
+                server: a.server_addr(),
+                serf: a.serf_lan_addr(),
+                client: a.client(),
+            })
+            .collect()
+    }
+
+    /// The server RPC address of every server, running or not: the full raft configuration.
+    fn server_addrs(&self) -> Vec<String> {
+        self.servers.iter().map(Agent::server_addr).collect()
+    }
+
+    /// Waits until `check` holds; a running server that exits fails the wait at once.
+    async fn wait<T, F, Fut>(&mut self, deadline: Duration, what: &str, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let mut running: Vec<&mut Agent> = self.servers.iter_mut().filter(|a| a.running).collect();
+        wait_for(&mut running, deadline, what, check).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_are_read_from_the_raft_configuration_string() {
+        // As Consul 1.8.7 prints it in `/v1/agent/self` (`Stats.raft.latest_configuration`).
+        let config = "[{Suffrage:Voter ID:2fbe0e80-a4e1 Address:127.0.1.2:21460} \
+                      {Suffrage:Nonvoter ID:9c1d Address:127.0.1.3:21461} \
+                      {Suffrage:Voter ID:77aa Address:127.0.1.1:21462}]";
+        assert_eq!(
+            voters_in(config),
+            vec!["127.0.1.1:21462".to_owned(), "127.0.1.2:21460".to_owned()]
+        );
+        assert!(voters_in("[]").is_empty());
+        assert!(voters_in("").is_empty());
     }
 }

@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //! * `ports`, `process`, `eventually`: ports, process guards and test folders, waiting.
-//! * `consul`: a Consul server and one client agent per "box" on its own loopback address.
+//! * `consul`: a Consul server and one client agent per "box" on its own loopback address;
+//!   a 3-server cluster for leader elections and server restarts.
 //! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
 //!   `raw_http`: one HTTP/1.1 connection driven by hand.
 //! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
+//! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them.
 
 pub mod consul;
 pub mod eventually;
+pub mod fault_relay;
 pub mod maintctl;
 pub mod ports;
 pub mod process;

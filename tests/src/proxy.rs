@@ -187,7 +187,8 @@ pub struct DrawbridgeBuilder {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
-    pub consul_address: String,
+    /// `consul.address`: one address is written as a string, several as a list.
+    pub consul_addresses: Vec<String>,
     pub key: String,
     pub consul_wait: String,
     pub stale_after: String,
@@ -295,6 +296,18 @@ impl DrawbridgeBuilder {
         self
     }
 
+    /// `consul.address` as a list of agents to fail over along.
+    pub fn consul_addresses(mut self, addresses: &[String]) -> Self {
+        self.consul_addresses = addresses.to_vec();
+        self
+    }
+
+    /// `consul.wait`: how long one blocking read waits.
+    pub fn consul_wait(mut self, wait: &str) -> Self {
+        self.consul_wait = wait.to_string();
+        self
+    }
+
     /// `consul.stale_after`.
     pub fn stale_after(mut self, stale_after: &str) -> Self {
         self.stale_after = stale_after.to_string();
@@ -346,7 +359,10 @@ impl DrawbridgeBuilder {
         }
 
         let mut consul = toml::Table::new();
-        consul.insert("address".into(), self.consul_address.as_str().into());
+        match self.consul_addresses.as_slice() {
+            [one] => consul.insert("address".into(), one.as_str().into()),
+            many => consul.insert("address".into(), many.to_vec().into()),
+        };
         consul.insert("key".into(), self.key.as_str().into());
         consul.insert("wait".into(), self.consul_wait.as_str().into());
         consul.insert("stale_after".into(), self.stale_after.as_str().into());
@@ -512,10 +528,10 @@ impl Drawbridge {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin_token: None,
-            consul_address: consul_address.to_string(),
+            consul_addresses: vec![consul_address.to_string()],
             key: key.to_string(),
             consul_wait: "10s".to_string(),
-            stale_after: "5s".to_string(),
+            stale_after: "11s".to_string(),
             register: false,
             service_name: None,
             service_id: None,
@@ -782,6 +798,35 @@ impl Drawbridge {
             r.gate.mode == mode
         })
         .await
+    }
+
+    /// Every gate state the running process applied, in order, as `(mode, index)`, read from
+    /// its "gate state applied" log lines.
+    ///
+    /// # Panics
+    /// When the log cannot be read.
+    pub fn applied_states(&self) -> Vec<(String, u64)> {
+        let Some(child) = &self.child else {
+            return Vec::new();
+        };
+        let path = child.stderr_path();
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let field = |line: &str, name: &str| -> Option<String> {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            let rest = &line[start..];
+            Some(rest.split(' ').next().unwrap_or("").to_string())
+        };
+        text.lines()
+            .filter(|line| line.contains("gate state applied"))
+            .map(|line| {
+                let mode = field(line, "mode").unwrap_or_default();
+                let index = field(line, "index")
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("no index in the log line {line:?}"));
+                (mode, index)
+            })
+            .collect()
     }
 
     /// The tail of the proxy's logs.

@@ -11,11 +11,13 @@
 //! * `agent`: the endpoints that act on the agent called: self, maintenance, service (de)registration.
 //! * `health`: service and node health, the leader.
 //! * `blocking`: the index rules and the backoff a watch loop needs.
+//! * `failover`: several agent addresses for one follower, moving on when one cannot serve.
 
 mod agent;
 pub mod blocking;
 mod duration;
 mod error;
+mod failover;
 mod health;
 mod kv;
 mod session;
@@ -29,6 +31,7 @@ use reqwest::{Method, StatusCode};
 pub use agent::{AgentSelf, CheckTarget, ServiceCheck, ServiceRegistration};
 pub use blocking::{next_index, Backoff, TokenBucket};
 pub use error::{DecodeSource, Error};
+pub use failover::Failover;
 pub use health::{CheckStatus, HealthCheck, ServiceEntry, ServiceInstance, ServiceNode};
 pub use kv::{KvEntry, KvRead, PutMode};
 pub use session::{SessionBehavior, SessionInfo, SessionRequest};
