@@ -21,6 +21,18 @@ pub enum RunStatus {
     Interrupted,
 }
 
+impl RunStatus {
+    /// The status as the journal writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// How a step stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,6 +41,18 @@ pub enum StepStatus {
     Running,
     Done,
     Failed,
+}
+
+impl StepStatus {
+    /// The status as the journal writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Done => "done",
+            StepStatus::Failed => "failed",
+        }
+    }
 }
 
 /// How one target of a step stands.
@@ -42,6 +66,19 @@ pub enum TargetStatus {
     /// Already in the wanted state before this run touched it: not undone by `up`.
     Skipped,
     Failed,
+}
+
+impl TargetStatus {
+    /// The status as the journal writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetStatus::Pending => "pending",
+            TargetStatus::Intent => "intent",
+            TargetStatus::Done => "done",
+            TargetStatus::Skipped => "skipped",
+            TargetStatus::Failed => "failed",
+        }
+    }
 }
 
 /// One target of a step in the journal.
@@ -89,8 +126,9 @@ pub struct Run {
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub ended_at: Option<OffsetDateTime>,
-    /// The `down` run this `up` undoes.
-    pub undoes: Option<String>,
+    /// The `down` runs whose changes this `up` restores.
+    #[serde(default)]
+    pub restores: Vec<String>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -116,7 +154,7 @@ impl Run {
             status: RunStatus::Running,
             started_at: OffsetDateTime::now_utc(),
             ended_at: None,
-            undoes: None,
+            restores: Vec::new(),
             steps: plan
                 .steps
                 .iter()
@@ -177,14 +215,83 @@ impl Run {
             .iter_mut()
             .find(|t| t.target == target)
     }
+}
 
-    /// Whether a target was recorded done.
-    pub fn is_done(&self, step: &str, target: &str) -> bool {
-        self.steps
+/// The runs of the current maintenance: every run since the last `up` that ended done, oldest
+/// first. What `up` restores and which extra steps were already done come from here.
+#[derive(Debug, Clone, Default)]
+pub struct Maintenance {
+    pub runs: Vec<Run>,
+}
+
+/// `(step id, target)` pairs.
+pub type Touched = std::collections::BTreeSet<(String, String)>;
+
+impl Maintenance {
+    /// The current maintenance among `runs` (any order).
+    pub fn from_runs(mut runs: Vec<Run>) -> Maintenance {
+        runs.sort_by_key(|r| r.started_at);
+        let after_last_up = runs
             .iter()
-            .filter(|s| s.id == step)
-            .flat_map(|s| &s.targets)
-            .any(|t| t.target == target && t.status == TargetStatus::Done)
+            .rposition(|r| r.direction == Direction::Up && r.status == RunStatus::Done)
+            .map_or(0, |i| i + 1);
+        Maintenance {
+            runs: runs.split_off(after_last_up),
+        }
+    }
+
+    /// Reads every run of the environment and keeps the current maintenance.
+    ///
+    /// # Errors
+    /// Consul failures or a damaged journal.
+    pub async fn read(client: &Client, prefix: &str) -> Result<Maintenance, JournalError> {
+        Ok(Maintenance::from_runs(all_runs(client, prefix).await?))
+    }
+
+    /// The latest run, if any since the last completed `up`.
+    pub fn latest(&self) -> Option<&Run> {
+        self.runs.last()
+    }
+
+    /// The ids of its `down` runs.
+    pub fn downs(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|r| r.direction == Direction::Down)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// Every target a `down` may have changed (acted on: intent, done or failed; not the ones
+    /// found already so), whichever `down` it was: what `up` restores.
+    pub fn changed_by_downs(&self) -> Touched {
+        self.runs
+            .iter()
+            .filter(|r| r.direction == Direction::Down)
+            .flat_map(|r| &r.steps)
+            .flat_map(|s| s.targets.iter().map(move |t| (s, t)))
+            .filter(|(_, t)| {
+                matches!(
+                    t.status,
+                    TargetStatus::Intent | TargetStatus::Done | TargetStatus::Failed
+                )
+            })
+            .map(|(s, t)| (s.id.clone(), t.target.clone()))
+            .collect()
+    }
+
+    /// The run that did each step in this maintenance, by step id (the first one that did).
+    pub fn done_steps(&self) -> std::collections::HashMap<String, String> {
+        let mut done = std::collections::HashMap::new();
+        for run in &self.runs {
+            for step in &run.steps {
+                if step.targets.iter().any(|t| t.status == TargetStatus::Done) {
+                    done.entry(step.id.clone())
+                        .or_insert_with(|| run.id.clone());
+                }
+            }
+        }
+        done
     }
 }
 

@@ -5,14 +5,17 @@
 //! * `config`: the inventory file: environments, their Consul, proxies, public URLs, smoke
 //!   tests, boxes by role and extra steps.
 //! * `plan`: the procedure as data (steps and targets; the undo of a partial `down`).
-//! * `runner`: check, act, verify for every target, journalled; stops at step boundaries.
+//! * `runner`: the run loop: every target journalled, stops at step boundaries.
+//! * `steps`: check, act, verify per step kind; `gate_write`: gate writes whose answer was lost.
 //! * `journal`, `lock`: the run's record and the one-run-per-environment lock, in Consul.
+//! * `survey`: the environment as seen from outside (status, and the end of every run).
 //! * `remote`, `proxies`: reaching boxes (ssh, HTTP, Consul agents) and the edge.
 //! * `probe`: keeps requesting URLs and reports every unexpected answer (`maintctl probe`).
 //! * `commands`, `output`: the subcommands and how they report.
 
 pub mod commands;
 pub mod config;
+mod gate_write;
 pub mod journal;
 pub mod lock;
 pub mod output;
@@ -21,3 +24,5 @@ pub mod probe;
 pub mod proxies;
 pub mod remote;
 pub mod runner;
+pub mod steps;
+pub mod survey;

@@ -42,6 +42,12 @@ impl Holder {
     pub fn by(&self) -> String {
         format!("{}@{}", self.user, self.host)
     }
+
+    /// Whether the holder was a process on this host that is gone (e.g. SIGKILLed): its lock is
+    /// taken over at once instead of waiting for its session to expire.
+    pub fn died_here(&self) -> bool {
+        self.host == hostname() && !process_alive(self.pid)
+    }
 }
 
 /// Who runs this process: the operator behind sudo, else the login name, else the name of the
@@ -82,7 +88,7 @@ pub fn hostname() -> String {
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another maintctl run holds the lock of this environment: {action} by {user}@{host} (pid {pid}) since {since}; wait for it, or if that run is dead, its session expires within {ttl}s", action = .0.action, user = .0.user, host = .0.host, pid = .0.pid, since = .0.since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), ttl = SESSION_TTL.as_secs() * 2)]
+    #[error("another maintctl run holds the lock of this environment: {action} by {user}@{host} (pid {pid}) since {since}; wait for it, or if that run is dead, its session expires within {ttl}s", action = .0.action, user = .0.user, host = .0.host, pid = .0.pid, since = .0.since.replace_nanosecond(0).unwrap_or(.0.since).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), ttl = SESSION_TTL.as_secs() * 2)]
     Held(Holder),
     #[error(transparent)]
     Consul(#[from] consul::Error),
@@ -138,7 +144,7 @@ impl Lock {
                 .and_then(|v| serde_json::from_slice(v).ok());
             match (other, entry.session) {
                 (Some(other), Some(other_session)) => {
-                    if attempt == 0 && other.host == holder.host && !process_alive(other.pid) {
+                    if attempt == 0 && other.died_here() {
                         // The holder died on this machine (e.g. SIGKILL): its session would
                         // outlive it for up to twice the TTL. Ending it is safe.
                         client.session_destroy(&other_session).await?;

@@ -2,7 +2,7 @@
 //! exits with its documented code.
 
 use clap::{Parser, Subcommand};
-use maintctl::commands::{self, exit, CommandResult, Failure, RunRequest};
+use maintctl::commands::{self, CommandResult, Failure, RunRequest};
 use maintctl::config::Config;
 use maintctl::output::Format;
 use maintctl::output::Output;
@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 #[command(
     name = "maintctl",
     version,
-    after_help = "Exit codes:\n  0    done and verified\n  1    a step failed (the journal says where; `resume` continues, `up` undoes)\n  \
+    after_help = "Exit codes:\n  0    done, and the end state seen from outside\n  1    a step failed (the journal says where; `resume` continues, `up` restores)\n  \
                   2    usage or configuration error; nothing was done\n  3    a verification did not succeed in time\n  \
                   4    another run holds the environment's lock\n  5    pre-flight found problems; nothing was done\n  \
                   130  stopped at a step boundary (Ctrl-C or lost lock); `resume` continues\n\n\
@@ -64,13 +64,18 @@ enum Command {
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Send webhooks and run commands again even when a run of this maintenance did.
+        #[arg(long)]
+        repeat_steps: bool,
     },
-    /// Bring it back: undo what the last `down` did, smoke-test through the gate, open traffic.
+    /// Bring it back: restore everything any `down` since the last completed `up` changed,
+    /// smoke-test through the gate, open traffic, then check the whole environment is up.
     Up {
         /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
-        /// With no `down` in the journal, restore every step.
+        /// Restore every step, whatever the journal says (each checks first and skips what is
+        /// already up): for an environment taken down by hand.
         #[arg(long)]
         all: bool,
         /// Do not ask for confirmation (environments with `confirm = true`).
@@ -79,6 +84,9 @@ enum Command {
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Send webhooks and run commands again even when a run of this maintenance did.
+        #[arg(long)]
+        repeat_steps: bool,
     },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
@@ -91,6 +99,9 @@ enum Command {
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Send webhooks and run commands again even when a run of this maintenance did.
+        #[arg(long)]
+        repeat_steps: bool,
     },
     /// Print the exact steps and targets of `down` or `up`; touches nothing.
     Plan {
@@ -99,7 +110,7 @@ enum Command {
         /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
-        /// For `up` with no `down` in the journal: every step.
+        /// For `up`: every step, whatever the journal says.
         #[arg(long)]
         all: bool,
     },
@@ -176,9 +187,43 @@ fn parse_until(raw: &str) -> Result<OffsetDateTime, String> {
         })
 }
 
+/// Parses the command line; with `--output json` anywhere in it, a usage error is one JSON object
+/// too (exit 2), so automation never parses text.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.use_stderr() && wants_json(std::env::args()) => {
+            let out = commands::output(Format::Json);
+            let message = e.kind().to_string();
+            let detail = e.to_string();
+            let detail = detail
+                .lines()
+                .next()
+                .unwrap_or(&message)
+                .trim_start_matches("error: ");
+            Err(ExitCode::from(commands::report(
+                &out,
+                Failure::usage(detail),
+            )))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+fn wants_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().any(|a| a == "--output=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--output" && w[1] == "json")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     drawbridge_core::install_crypto_provider();
     let out = commands::output(cli.output);
     let result = dispatch(cli.command, &cli.config, out).await;
@@ -188,12 +233,13 @@ async fn main() -> ExitCode {
 /// Runs one command; all but `probe` read the inventory at `path` first.
 async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
     let inventory = || Config::load(path).map_err(Failure::usage);
-    let run = |reason, until, yes, dry_run, all| RunRequest {
+    let run = |reason, until, yes, dry_run, all, repeat_steps| RunRequest {
         reason,
         until,
         yes,
         dry_run,
         all,
+        repeat_steps,
     };
     match command {
         Command::Down {
@@ -202,8 +248,9 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             until,
             yes,
             dry_run,
+            repeat_steps,
         } => {
-            let request = run(reason, until, yes, dry_run, false);
+            let request = run(reason, until, yes, dry_run, false, repeat_steps);
             commands::down(&inventory()?, &env, request, out).await
         }
         Command::Up {
@@ -211,9 +258,18 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             all,
             yes,
             dry_run,
-        } => commands::up(&inventory()?, &env, run(None, None, yes, dry_run, all), out).await,
-        Command::Resume { env, yes, dry_run } => {
-            let request = run(None, None, yes, dry_run, false);
+            repeat_steps,
+        } => {
+            let request = run(None, None, yes, dry_run, all, repeat_steps);
+            commands::up(&inventory()?, &env, request, out).await
+        }
+        Command::Resume {
+            env,
+            yes,
+            dry_run,
+            repeat_steps,
+        } => {
+            let request = run(None, None, yes, dry_run, false, repeat_steps);
             commands::resume(&inventory()?, &env, request, out).await
         }
         Command::Plan {
@@ -248,10 +304,6 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             };
             commands::probe(&options, out).await
         }
-        Command::CheckConfig => {
-            inventory()?;
-            println!("configuration is valid: {}", path.display());
-            Ok(exit::OK)
-        }
+        Command::CheckConfig => commands::check_config(path, out),
     }
 }

@@ -1,11 +1,12 @@
 //! The procedure as data: the ordered steps of `down` and `up` with their targets, built from the
-//! environment, and for `up` after a partial `down`, only the inverses of what its journal says
-//! was done. `maintctl plan` prints it; nothing here touches anything.
+//! environment, and for `up` only the inverses of what the `down` runs of the maintenance changed.
+//! Both end with a check of the whole environment from outside. `maintctl plan` prints it;
+//! nothing here touches anything.
 
 use crate::config::{Environment, ExtraAction, Role, When};
-use crate::journal::{Run, TargetStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 /// Which way a run goes.
@@ -46,6 +47,9 @@ pub enum StepKind {
     Smoke,
     /// Delete the gate key; verify every proxy and public URL is open.
     ClearKey,
+    /// Observe the whole environment from outside (key, proxies, public URLs, every box) until it
+    /// is all down, or all up.
+    Verify { want: Direction },
 }
 
 /// One step with its targets.
@@ -99,6 +103,21 @@ fn extras(env: &Environment, when: When) -> Vec<Step> {
         .collect()
 }
 
+/// The last step of every plan: the whole environment observed as `want`.
+fn verify(env: &Environment, want: Direction) -> Step {
+    let (id, title) = match want {
+        Direction::Down => (
+            "verify_down",
+            "check from outside: the key, every proxy and public URL in maintenance, every box down",
+        ),
+        Direction::Up => (
+            "verify_up",
+            "check from outside: no maintenance at the key, every proxy and public URL open, every box serving",
+        ),
+    };
+    step(id, title, StepKind::Verify { want }, vec![env.name.clone()])
+}
+
 fn step(id: &str, title: &str, kind: StepKind, targets: Vec<String>) -> Step {
     Step {
         id: id.to_string(),
@@ -148,6 +167,7 @@ impl Plan {
             boxes(env, Role::Scheduler),
         ));
         steps.extend(extras(env, When::AfterDown));
+        steps.push(verify(env, Direction::Down));
         Plan {
             direction: Direction::Down,
             steps: steps
@@ -191,6 +211,7 @@ impl Plan {
             vec![env.key.clone()],
         ));
         steps.extend(extras(env, When::AfterUp));
+        steps.push(verify(env, Direction::Up));
         Plan {
             direction: Direction::Up,
             steps: steps
@@ -200,47 +221,38 @@ impl Plan {
         }
     }
 
-    /// The restore that undoes exactly what the `down` run recorded as done (or started: every
-    /// step checks before it acts), in reverse order. Smoke tests run only when the key will be
-    /// cleared.
-    pub fn undo(env: &Environment, down: &Run) -> Plan {
-        let touched = |down_id: &str| -> Vec<String> {
-            down.steps
-                .iter()
-                .filter(|s| s.id == down_id)
-                .flat_map(|s| &s.targets)
-                .filter(|t| {
-                    matches!(
-                        t.status,
-                        TargetStatus::Intent | TargetStatus::Done | TargetStatus::Failed
-                    )
-                })
-                .map(|t| t.target.clone())
-                .collect()
+    /// The restore of exactly what `down` runs changed (`(step id, target)` pairs, see
+    /// `Maintenance::changed_by_downs`), in reverse order; every step checks before it acts.
+    /// Smoke tests run only when the key will be cleared. Empty when nothing was changed.
+    pub fn restore(env: &Environment, changed: &BTreeSet<(String, String)>) -> Plan {
+        let was_changed = |down_id: &str, target: &str| {
+            changed.contains(&(down_id.to_string(), target.to_string()))
         };
-        let full = Plan::up(env);
-        let key_was_set = !touched("set_key").is_empty();
-        let steps = full
+        let key_was_set = changed.iter().any(|(step, _)| step == "set_key");
+        let mut steps: Vec<Step> = Plan::up(env)
             .steps
             .into_iter()
             .filter_map(|mut s| {
                 if let Some(down_id) = inverse_of(&s.id) {
-                    let done = touched(down_id);
-                    s.targets.retain(|t| done.contains(t));
+                    s.targets.retain(|t| was_changed(down_id, t));
                 } else if s.kind == StepKind::Smoke && !key_was_set {
                     s.targets.clear();
                 }
                 (!s.targets.is_empty()).then_some(s)
             })
             .collect();
+        // Extra steps and the final check alone restore nothing.
+        if !steps.iter().any(|s| inverse_of(&s.id).is_some()) {
+            steps.clear();
+        }
         Plan {
             direction: Direction::Up,
             steps,
         }
     }
 
-    /// A short hash of the steps and targets, stored with the run so a resume can tell whether
-    /// the inventory changed under it.
+    /// A short hash of the steps and targets, shown with the plan and stored with the run, so
+    /// two prints of a plan can be compared at a glance.
     pub fn hash(&self) -> String {
         let mut h = Sha256::new();
         for s in &self.steps {
@@ -280,7 +292,6 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::journal::{RunStatus, StepRecord, StepStatus, TargetRecord};
     use std::path::Path;
 
     fn env() -> Environment {
@@ -321,7 +332,8 @@ mod tests {
                 "before_down:partners",
                 "set_key",
                 "node_maintenance_on",
-                "stop_workers"
+                "stop_workers",
+                "verify_down"
             ]
         );
         assert_eq!(plan.steps[2].targets, ["api1", "api2"]);
@@ -330,41 +342,33 @@ mod tests {
     #[test]
     fn up_is_the_reverse() {
         let ids: Vec<_> = Plan::up(&env()).steps.into_iter().map(|s| s.id).collect();
-        assert_eq!(ids, ["start_workers", "node_maintenance_off", "clear_key"]);
+        assert_eq!(
+            ids,
+            [
+                "start_workers",
+                "node_maintenance_off",
+                "clear_key",
+                "verify_up"
+            ]
+        );
     }
 
     #[test]
-    fn undo_reverses_only_what_the_down_run_touched() {
+    fn restore_reverses_only_what_downs_changed() {
         let env = env();
-        let down = Plan::down(&env);
-        let mut run = Run::new("r1", &env, &down, "test", None, "me");
-        let mark = |run: &mut Run, step: &str, target: &str, status: TargetStatus| {
-            let s: &mut StepRecord = run.steps.iter_mut().find(|s| s.id == step).unwrap();
-            s.status = StepStatus::Running;
-            let t: &mut TargetRecord = s.targets.iter_mut().find(|t| t.target == target).unwrap();
-            t.status = status;
-        };
-        mark(
-            &mut run,
-            "set_key",
-            "drawbridge/mock/gate",
-            TargetStatus::Done,
-        );
-        mark(&mut run, "node_maintenance_on", "api1", TargetStatus::Done);
-        mark(
-            &mut run,
-            "node_maintenance_on",
-            "api2",
-            TargetStatus::Failed,
-        );
-        run.status = RunStatus::Failed;
-        let undo = Plan::undo(&env, &run);
-        let ids: Vec<_> = undo.steps.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["node_maintenance_off", "clear_key"]);
-        assert_eq!(undo.steps[0].targets, ["api1", "api2"]);
-
-        let nothing = Run::new("r2", &env, &down, "test", None, "me");
-        assert!(Plan::undo(&env, &nothing).steps.is_empty());
+        let changed: BTreeSet<(String, String)> = [
+            ("set_key", "drawbridge/mock/gate"),
+            ("node_maintenance_on", "api1"),
+            ("node_maintenance_on", "api2"),
+        ]
+        .iter()
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .collect();
+        let restore = Plan::restore(&env, &changed);
+        let ids: Vec<_> = restore.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["node_maintenance_off", "clear_key", "verify_up"]);
+        assert_eq!(restore.steps[0].targets, ["api1", "api2"]);
+        assert!(Plan::restore(&env, &BTreeSet::new()).steps.is_empty());
     }
 
     #[test]

@@ -32,5 +32,7 @@ mod maintctl_guards;
 mod maintctl_kill;
 // maintctl when a gate write's answer is lost (500 or timeout) although Consul applied it.
 mod maintctl_ambiguous;
+// maintctl run twice, two at once, an environment down by hand, JSON from every subcommand.
+mod maintctl_rerun;
 // maintctl with part of the fleet failing: a lost box, a failed smoke test, undo of a partial down.
 mod maintctl_partial;

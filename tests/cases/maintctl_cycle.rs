@@ -10,18 +10,20 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-const DOWN_STEPS: [&str; 4] = [
+const DOWN_STEPS: [&str; 5] = [
     "set_key",
     "node_maintenance_on",
     "stop_workers",
     "disable_jobs",
+    "verify_down",
 ];
-const UP_STEPS: [&str; 5] = [
+const UP_STEPS: [&str; 6] = [
     "enable_jobs",
     "start_workers",
     "node_maintenance_off",
     "smoke_tests",
     "clear_key",
+    "verify_up",
 ];
 
 fn down_args(reason: &str) -> Vec<String> {
@@ -159,7 +161,11 @@ async fn down_then_up_takes_the_fleet_down_and_brings_it_back() {
     assert_eq!(up_run.direction(), "up", "{up_run}");
     assert_eq!(up_run.status(), "done", "{up_run}");
     assert_eq!(up_run.step_ids(), UP_STEPS, "{up_run}");
-    assert_eq!(up_run.0["undoes"], down_run.id(), "{up_run}");
+    assert_eq!(
+        up_run.0["restores"],
+        serde_json::json!([down_run.id()]),
+        "{up_run}"
+    );
     assert_all_targets(&up_run, "done");
     assert!(
         at(&up_run, "smoke_tests", "ended_at") <= at(&up_run, "clear_key", "started_at"),

@@ -81,13 +81,15 @@ async fn plan_and_dry_run_touch_nothing() {
         ("node_maintenance_on", vec!["api1", "api2"]),
         ("stop_workers", vec!["worker1", "worker2"]),
         ("disable_jobs", vec!["sched1"]),
+        ("verify_down", vec![ENV]),
     ]
     .into_iter()
     .map(|(id, t)| (id.to_owned(), t.into_iter().map(str::to_owned).collect()))
     .collect();
     assert_eq!(steps, want, "{json_plan}");
 
-    // The restore, with nothing to undo: every step with --all (plan and dry run alike).
+    // The restore, with nothing to undo: every step with --all (plan and dry run alike); the
+    // smoke tests only behind a closed gate, and this one is open.
     let plan_up = scene.run(&["plan", "up", "--env", ENV, "--all"]).await;
     plan_up.assert_success();
     let dry_up = scene.run(&["up", "--env", ENV, "--all", "--dry-run"]).await;
@@ -97,11 +99,12 @@ async fn plan_and_dry_run_touch_nothing() {
             "enable_jobs",
             "start_workers",
             "node_maintenance_off",
-            "smoke_tests",
             "clear_key",
+            "verify_up",
         ] {
             out.assert_mentions(needle);
         }
+        assert!(!out.stdout.contains("smoke_tests"), "{out}");
     }
 
     // Nothing changed: no KV write at all (the journal, the lock, the key), no box touched
@@ -211,8 +214,13 @@ async fn pre_flight_refuses_an_unreachable_box_and_changes_nothing() {
     out.assert_code(5);
     out.assert_mentions("worker2");
 
-    assert_eq!(scene.kv_index().await, kv_before, "a KV write happened");
-    assert_eq!(scene.journal().keys().await, Vec::<String>::new());
+    // No journal, no key: only the lock was taken (so that a second operator is told at once)
+    // and released.
+    assert!(scene.kv_index().await > kv_before, "the lock was not taken");
+    let lock_key = format!("{PREFIX}/lock");
+    assert_eq!(scene.journal().keys().await, vec![lock_key]);
+    let (_, held_by) = scene.journal().lock().await.expect("the lock key");
+    assert_eq!(held_by, None, "the lock is still held");
     scene.assert_untouched().await;
     scene.assert_open().await;
     // The reachable boxes were only checked; the unreachable one saw nothing.

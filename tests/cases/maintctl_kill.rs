@@ -1,6 +1,7 @@
 //! `maintctl` SIGKILLed in the middle of a step (as in a crash of the operator's machine): the
 //! journal says `intent` for what was in flight, the lock is left behind, and `resume` on the
-//! same host takes the lock over at once and finishes the run.
+//! same host takes the lock over at once and finishes the run; a `down` run again after it
+//! finds everything already so, and `up` restores what both changed.
 
 use std::time::Duration;
 
@@ -98,6 +99,44 @@ async fn maintctl_killed_mid_step_is_finished_by_resume() {
     // And the lock is free again.
     let (_, session) = journal.lock().await.expect("the lock key");
     assert!(session.is_none(), "the lock is still held after resume");
+
+    // The operator, unsure, runs `down` once more: everything is already so.
+    let again = scene
+        .run(&["down", "--env", ENV, "--reason", "crash test", "--yes"])
+        .await;
+    again.assert_success();
+    let rerun = journal.latest().await.expect("the re-run");
+    assert_ne!(rerun.id(), run.id(), "{rerun}");
+    for (step, target) in [
+        ("node_maintenance_on", "api1"),
+        ("stop_workers", "worker1"),
+        ("disable_jobs", "sched1"),
+    ] {
+        assert_eq!(
+            rerun.target_status(step, target).as_deref(),
+            Some("skipped"),
+            "{rerun}"
+        );
+    }
+
+    // `up` restores what the killed-and-resumed run changed, not only the last run (which
+    // changed nothing).
+    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
+    up.assert_success();
+    let restored = journal.latest().await.expect("the up run");
+    assert_eq!(restored.direction(), "up", "{restored}");
+    assert_eq!(
+        restored.0["restores"],
+        serde_json::json!([run.id(), rerun.id()]),
+        "{restored}"
+    );
+    assert!(scene.gate_entry().await.is_none());
+    scene.assert_open().await;
+    assert!(!scene.node_in_maintenance("api1").await);
+    assert!(!scene.node_in_maintenance("api2").await);
+    assert_eq!(scene.worker1.running_count(), WORKER_PROCESSES);
+    assert_eq!(scene.worker2.running_count(), WORKER_PROCESSES);
+    assert_eq!(scene.sched1.state(), SchedulerState::Enabled);
 }
 
 fn stop_calls(scene: &MaintScene) -> usize {

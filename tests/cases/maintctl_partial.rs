@@ -1,6 +1,6 @@
 //! `maintctl` when part of the fleet fails: a box lost in the middle of `down` (the run stops
 //! after that step, `resume` finishes it), a smoke test that fails (the page stays up), and
-//! `up` after a partial `down` (it undoes exactly what was done).
+//! `up` after a partial `down` (it restores exactly what was changed).
 
 use std::time::Duration;
 
@@ -35,11 +35,11 @@ async fn a_box_lost_mid_run_stops_the_run_and_resume_finishes_it() {
     // A first step that leaves time to pull worker2's plug after pre-flight (which would
     // refuse an unreachable box), and records each time it runs.
     let ran = scene.dir.join("hold.log");
-    scene.inventory.steps.push(ExtraStep {
-        name: "hold".to_owned(),
-        when: "before_down".to_owned(),
-        command: format!("echo ran >> '{}'; sleep 2", ran.display()),
-    });
+    scene.inventory.steps.push(ExtraStep::command(
+        "hold",
+        "before_down",
+        &format!("echo ran >> '{}'; sleep 2", ran.display()),
+    ));
     scene.rewrite_inventory();
     let sched_calls = scene.sched1.calls().len();
 
@@ -181,7 +181,7 @@ async fn a_failing_smoke_test_keeps_the_page_up() {
 }
 
 #[tokio::test]
-async fn up_after_a_partial_down_undoes_exactly_what_was_done() {
+async fn up_after_a_partial_down_restores_exactly_what_was_changed() {
     let scene = MaintScene::start("maintctl_partial_undo").await;
     scene.worker2.fail_script("stop", Some("disk full"));
     let worker2_pids = scene.worker2.pids();
@@ -223,7 +223,11 @@ async fn up_after_a_partial_down_undoes_exactly_what_was_done() {
     let up_run = scene.journal().latest().await.expect("the up run");
     assert_eq!(up_run.direction(), "up", "{up_run}");
     assert_eq!(up_run.status(), "done", "{up_run}");
-    assert_eq!(up_run.0["undoes"], down_run.id(), "{up_run}");
+    assert_eq!(
+        up_run.0["restores"],
+        serde_json::json!([down_run.id()]),
+        "{up_run}"
+    );
     // In reverse order of the down, and nothing for the scheduler it never reached.
     assert_eq!(
         up_run.step_ids(),
@@ -231,7 +235,8 @@ async fn up_after_a_partial_down_undoes_exactly_what_was_done() {
             "start_workers",
             "node_maintenance_off",
             "smoke_tests",
-            "clear_key"
+            "clear_key",
+            "verify_up"
         ],
         "{up_run}"
     );

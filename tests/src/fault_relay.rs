@@ -15,15 +15,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
+use crate::http_thread::ServerThread;
 use crate::ports::free_port;
 
 /// Longest a relay serves, whatever the test does.
@@ -81,8 +78,7 @@ struct Shared {
 pub struct FaultRelay {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl FaultRelay {
@@ -120,17 +116,18 @@ impl FaultRelay {
                 .build()
                 .expect("a client with these settings always builds"),
         });
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("fault-relay".to_owned())
-            .spawn(move || serve(listener, thread_shared, stop_rx))
-            .expect("the relay thread starts");
+        let server = ServerThread::spawn(
+            "fault-relay",
+            listener,
+            Some(RELAY_LIFETIME),
+            Arc::clone(&shared),
+            handle,
+        )
+        .expect("the relay thread starts");
         FaultRelay {
             addr,
             shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -166,52 +163,8 @@ impl FaultRelay {
 
     /// Stops serving: closes the port and every connection (also on drop).
     pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.server.stop();
     }
-}
-
-impl Drop for FaultRelay {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The relay thread: accepts until told to stop or its lifetime ends, then drops the runtime,
-/// which cancels the connection tasks and so closes their sockets too.
-fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds with the default settings");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .expect("the listener is non-blocking and the runtime has IO enabled");
-        let lifetime = tokio::time::sleep(RELAY_LIFETIME);
-        tokio::pin!(lifetime);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = &mut lifetime => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _peer)) = accepted else { continue };
-                    let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    drop(runtime);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -6,13 +6,16 @@
 //! * `consul`: a Consul server and one client agent per "box" on its own loopback address;
 //!   a 3-server cluster for leader elections and server restarts.
 //! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
-//!   `raw_http`: one HTTP/1.1 connection driven by hand.
+//!   `raw_http`: one HTTP/1.1 connection driven by hand; `http_thread`: the server thread both
+//!   the upstreams and the fault relay run on.
 //! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
-//! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them.
+//! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them,
+//!   and answers chosen reads like a server that is behind.
 
 pub mod consul;
 pub mod eventually;
 pub mod fault_relay;
+pub mod http_thread;
 pub mod maintctl;
 pub mod ports;
 pub mod process;

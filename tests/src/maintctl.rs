@@ -133,13 +133,38 @@ impl InventoryBox {
     }
 }
 
-/// One `[[environments.NAME.steps]]` entry (only `command` steps are needed here).
+/// One `[[environments.NAME.steps]]` entry: a command or a webhook.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtraStep {
     pub name: String,
     /// `before_down`, `after_down`, `before_up` or `after_up`.
     pub when: String,
-    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+impl ExtraStep {
+    /// A step that runs `command` with `sh -c`.
+    pub fn command(name: &str, when: &str, command: &str) -> ExtraStep {
+        ExtraStep {
+            name: name.to_owned(),
+            when: when.to_owned(),
+            command: Some(command.to_owned()),
+            webhook: None,
+        }
+    }
+
+    /// A step that POSTs the run's details to `url`.
+    pub fn webhook(name: &str, when: &str, url: &str) -> ExtraStep {
+        ExtraStep {
+            name: name.to_owned(),
+            when: when.to_owned(),
+            command: None,
+            webhook: Some(url.to_owned()),
+        }
+    }
 }
 
 /// `[[environments.NAME.bypass.keys]]`.

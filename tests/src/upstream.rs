@@ -4,20 +4,17 @@
 //! runtime, so it serves sync and async tests alike and dropping it closes every connection.
 //! It names itself in `X-Upstream` and in the body, counts requests and records the last one.
 
+use crate::http_thread::ServerThread;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// The path the proxy's health checks probe; it is not recorded as the last request.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -94,16 +91,17 @@ impl UpstreamBuilder {
             by_path: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
         });
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("upstream-{}", self.name))
-            .spawn(move || serve(listener, thread_shared, stop_rx))?;
+        let server = ServerThread::spawn(
+            &format!("upstream-{}", self.name),
+            listener,
+            None,
+            Arc::clone(&shared),
+            handle,
+        )?;
         Ok(Upstream {
             addr,
             shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         })
     }
 
@@ -123,8 +121,7 @@ impl UpstreamBuilder {
 pub struct Upstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: ServerThread,
 }
 
 #[derive(Debug)]
@@ -205,57 +202,13 @@ impl Upstream {
 
     /// Closes the listener and every open connection; the port refuses connections afterwards.
     pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.server.stop();
     }
 
     /// Serves until the process is killed (for the demo origin).
-    pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn wait(self) {
+        self.server.wait();
     }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The server thread: accepts until told to stop, then drops the runtime, which cancels the
-/// connection tasks and so closes their sockets too.
-fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds with the default settings");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .expect("the listener is non-blocking and the runtime has IO enabled");
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _peer)) = accepted else { continue };
-                    let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    // Dropping the runtime here cancels every connection task before the thread ends.
-    drop(runtime);
 }
 
 async fn handle(
