@@ -3,8 +3,8 @@
 //! `StateBuilder`, as the proxy holds them on the request path.
 
 use drawbridge::config::Config;
-use drawbridge::decide::Router;
 use drawbridge::gate_state::{GateState, StateBuilder, StateSource};
+use drawbridge::router::Router;
 use drawbridge_core::gate::GateDoc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -69,10 +69,14 @@ kind = "page"
 pool = "ui"
 "#
         );
-        let config = Config::parse(&dir.join("drawbridge.toml"), &text, &|_| None)
-            .unwrap_or_else(|e| panic!("the bench config is invalid: {e}"));
+        let parse = || {
+            Config::parse(&dir.join("drawbridge.toml"), &text, &|_| None)
+                .unwrap_or_else(|e| panic!("the bench config is invalid: {e}"))
+        };
+        let config = parse();
+        // The router owns its routes, which are not `Clone`: it gets those of a second parse.
+        let router = Router::new(parse().routes);
         let _ = std::fs::remove_dir_all(&dir);
-        let router = Router::new(&config.routes);
         let token = config
             .bypass
             .keyring

@@ -5,7 +5,7 @@
 //! Consul's address and token come from the file, else from `CONSUL_HTTP_ADDR`,
 //! `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE`, as the consul CLI reads them.
 
-use drawbridge_core::bypass::Keyring;
+use drawbridge_core::bypass::{self, Keyring};
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
 use serde::Deserialize;
@@ -376,8 +376,10 @@ fn check_environment(
             environment: b.environment,
             header: b
                 .header
-                .unwrap_or_else(|| "X-Drawbridge-Bypass".to_string()),
-            cookie: b.cookie.unwrap_or_else(|| "drawbridge_bypass".to_string()),
+                .unwrap_or_else(|| bypass::DEFAULT_HEADER.to_string()),
+            cookie: b
+                .cookie
+                .unwrap_or_else(|| bypass::DEFAULT_COOKIE.to_string()),
             ttl: p.duration(&k("bypass.ttl"), b.ttl.as_deref(), Duration::from_secs(600)),
             keyring: keyring?,
         })

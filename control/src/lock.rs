@@ -88,7 +88,7 @@ pub fn hostname() -> String {
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another maintctl run holds the lock of this environment: {action} by {user}@{host} (pid {pid}) since {since}; wait for it, or if that run is dead, its session expires within {ttl}s", action = .0.action, user = .0.user, host = .0.host, pid = .0.pid, since = .0.since.replace_nanosecond(0).unwrap_or(.0.since).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), ttl = SESSION_TTL.as_secs() * 2)]
+    #[error("another maintctl run holds the lock of this environment: {action} by {user}@{host} (pid {pid}) since {since}; wait for it, or if that run is dead, its session expires within {ttl}s", action = .0.action, user = .0.user, host = .0.host, pid = .0.pid, since = drawbridge_core::timestamp::seconds(.0.since), ttl = SESSION_TTL.as_secs() * 2)]
     Held(Holder),
     #[error(transparent)]
     Consul(#[from] consul::Error),

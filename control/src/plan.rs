@@ -4,6 +4,7 @@
 //! nothing here touches anything.
 
 use crate::config::{Environment, ExtraAction, Role, When};
+use crate::remote::BoxState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -31,18 +32,19 @@ impl Direction {
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", from = "JournalledKind")]
 pub enum StepKind {
     /// A step from the config (`steps`), by name.
     Extra { name: String },
     /// Write the gate document; verify every proxy and public URL shows maintenance.
     SetKey,
-    /// Consul node maintenance on (`enable`) or off for the api_ui boxes.
-    NodeMaintenance { enable: bool },
+    /// Consul node maintenance on (`stopped`: out of traffic) or off (`running`) for the
+    /// api_ui boxes.
+    NodeMaintenance { want: BoxState },
     /// Stop or start the worker services.
-    Workers { start: bool },
-    /// Disable or enable the scheduled jobs.
-    Jobs { enable: bool },
+    Workers { want: BoxState },
+    /// Disable (`stopped`) or enable (`running`) the scheduled jobs.
+    Jobs { want: BoxState },
     /// Requests through the proxy with a bypass token while the public still sees the page.
     Smoke,
     /// Delete the gate key; verify every proxy and public URL is open.
@@ -50,6 +52,63 @@ pub enum StepKind {
     /// Observe the whole environment from outside (key, proxies, public URLs, every box) until it
     /// is all down, or all up.
     Verify { want: Direction },
+}
+
+/// A step kind as journals have it: today's `want`, or the direction flags journals written
+/// before it carry (`enable` meant down for node maintenance but up for jobs), so older runs
+/// still read.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+enum JournalledKind {
+    Extra {
+        name: String,
+    },
+    SetKey,
+    NodeMaintenance {
+        want: Option<BoxState>,
+        enable: Option<bool>,
+    },
+    Workers {
+        want: Option<BoxState>,
+        start: Option<bool>,
+    },
+    Jobs {
+        want: Option<BoxState>,
+        enable: Option<bool>,
+    },
+    Smoke,
+    ClearKey,
+    Verify {
+        want: Direction,
+    },
+}
+
+impl From<JournalledKind> for StepKind {
+    fn from(kind: JournalledKind) -> StepKind {
+        let state = |up: Option<bool>| {
+            if up == Some(true) {
+                BoxState::Running
+            } else {
+                BoxState::Stopped
+            }
+        };
+        match kind {
+            JournalledKind::Extra { name } => StepKind::Extra { name },
+            JournalledKind::SetKey => StepKind::SetKey,
+            JournalledKind::NodeMaintenance { want, enable } => StepKind::NodeMaintenance {
+                want: want.unwrap_or_else(|| state(enable.map(|on| !on))),
+            },
+            JournalledKind::Workers { want, start } => StepKind::Workers {
+                want: want.unwrap_or_else(|| state(start)),
+            },
+            JournalledKind::Jobs { want, enable } => StepKind::Jobs {
+                want: want.unwrap_or_else(|| state(enable)),
+            },
+            JournalledKind::Smoke => StepKind::Smoke,
+            JournalledKind::ClearKey => StepKind::ClearKey,
+            JournalledKind::Verify { want } => StepKind::Verify { want },
+        }
+    }
 }
 
 /// One step with its targets.
@@ -151,19 +210,25 @@ impl Plan {
         steps.push(step(
             "node_maintenance_on",
             "put the API/UI boxes into Consul node maintenance",
-            StepKind::NodeMaintenance { enable: true },
+            StepKind::NodeMaintenance {
+                want: BoxState::Stopped,
+            },
             boxes(env, Role::ApiUi),
         ));
         steps.push(step(
             "stop_workers",
             "stop the worker services",
-            StepKind::Workers { start: false },
+            StepKind::Workers {
+                want: BoxState::Stopped,
+            },
             boxes(env, Role::Worker),
         ));
         steps.push(step(
             "disable_jobs",
             "disable the scheduled jobs",
-            StepKind::Jobs { enable: false },
+            StepKind::Jobs {
+                want: BoxState::Stopped,
+            },
             boxes(env, Role::Scheduler),
         ));
         steps.extend(extras(env, When::AfterDown));
@@ -183,19 +248,25 @@ impl Plan {
         steps.push(step(
             "enable_jobs",
             "enable the scheduled jobs",
-            StepKind::Jobs { enable: true },
+            StepKind::Jobs {
+                want: BoxState::Running,
+            },
             boxes(env, Role::Scheduler),
         ));
         steps.push(step(
             "start_workers",
             "start the worker services",
-            StepKind::Workers { start: true },
+            StepKind::Workers {
+                want: BoxState::Running,
+            },
             boxes(env, Role::Worker),
         ));
         steps.push(step(
             "node_maintenance_off",
             "take the API/UI boxes out of Consul node maintenance",
-            StepKind::NodeMaintenance { enable: false },
+            StepKind::NodeMaintenance {
+                want: BoxState::Running,
+            },
             boxes(env, Role::ApiUi),
         ));
         steps.push(step(
@@ -248,6 +319,15 @@ impl Plan {
         Plan {
             direction: Direction::Up,
             steps,
+        }
+    }
+
+    /// Only the final check that the environment is up: what closes a maintenance whose downs
+    /// changed nothing that is still down.
+    pub fn check_up(env: &Environment) -> Plan {
+        Plan {
+            direction: Direction::Up,
+            steps: vec![verify(env, Direction::Up)],
         }
     }
 
@@ -369,6 +449,31 @@ mod tests {
         assert_eq!(ids, ["node_maintenance_off", "clear_key", "verify_up"]);
         assert_eq!(restore.steps[0].targets, ["api1", "api2"]);
         assert!(Plan::restore(&env, &BTreeSet::new()).steps.is_empty());
+    }
+
+    #[test]
+    fn step_kinds_of_older_journals_still_read() {
+        let read = |json: &str| serde_json::from_str::<StepKind>(json).unwrap();
+        let stopped = BoxState::Stopped;
+        let running = BoxState::Running;
+        assert_eq!(
+            read(r#"{"kind":"node_maintenance","enable":true}"#),
+            StepKind::NodeMaintenance { want: stopped }
+        );
+        assert_eq!(
+            read(r#"{"kind":"node_maintenance","enable":false}"#),
+            StepKind::NodeMaintenance { want: running }
+        );
+        assert_eq!(
+            read(r#"{"kind":"workers","start":false}"#),
+            StepKind::Workers { want: stopped }
+        );
+        assert_eq!(
+            read(r#"{"kind":"jobs","enable":true}"#),
+            StepKind::Jobs { want: running }
+        );
+        let today = StepKind::Jobs { want: stopped };
+        assert_eq!(read(&serde_json::to_string(&today).unwrap()), today);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
+use drawbridge_core::timestamp;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -208,15 +209,20 @@ impl ProbeReport {
         if !self.unexpected.is_empty() {
             out.push_str(&format!("unexpected results: {}\n", self.unexpected.len()));
             for u in &self.unexpected {
-                out.push_str(&format!("  {}  {}  {}\n", rfc3339(u.at), u.url, u.what));
+                out.push_str(&format!(
+                    "  {}  {}  {}\n",
+                    timestamp::millis(u.at),
+                    u.url,
+                    u.what
+                ));
             }
         }
         if let Some(run) = &self.longest_unexpected_run {
             out.push_str(&format!(
                 "longest unexpected run: {} in a row, from {} to {} ({})\n",
                 run.count,
-                rfc3339(run.start),
-                rfc3339(run.end),
+                timestamp::millis(run.start),
+                timestamp::millis(run.end),
                 seconds((run.end - run.start).try_into().unwrap_or_default())
             ));
         }
@@ -250,12 +256,12 @@ impl ProbeReport {
         let unexpected: Vec<Value> = self
             .unexpected
             .iter()
-            .map(|u| json!({"at": rfc3339(u.at), "url": u.url, "what": u.what}))
+            .map(|u| json!({"at": timestamp::millis(u.at), "url": u.url, "what": u.what}))
             .collect();
         let run = self
             .longest_unexpected_run
             .as_ref()
-            .map(|r| json!({"start": rfc3339(r.start), "end": rfc3339(r.end), "count": r.count}));
+            .map(|r| json!({"start": timestamp::millis(r.start), "end": timestamp::millis(r.end), "count": r.count}));
         json!({
             "clean": self.is_clean(),
             "total": self.total,
@@ -563,22 +569,6 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         last = next;
     }
     last.to_string()
-}
-
-/// RFC 3339 in UTC with milliseconds, e.g. `2025-06-01T10:00:00.250Z`: one fixed width, so
-/// the lines of a report align.
-fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
 }
 
 /// `1.250s`-style seconds with milliseconds.

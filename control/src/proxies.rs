@@ -3,13 +3,12 @@
 //! through the proxy with a bypass token.
 
 use crate::config::{BypassSettings, Environment, ProxyDiscovery, SmokeTest};
+use drawbridge_core::bypass::BYPASSED_HEADER;
 use drawbridge_core::consul::{Client, QueryOptions};
 use drawbridge_core::gate::Mode;
-use drawbridge_core::status::StatusReport;
+use drawbridge_core::status::{StatusReport, ADMIN_URL_META};
 use std::time::Duration;
 
-/// The service meta key a proxy publishes its admin URL under.
-const ADMIN_URL_META: &str = "admin_url";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One proxy of the fleet.
@@ -182,7 +181,7 @@ pub async fn smoke(
         .await
         .map_err(|e| format!("{}: {} {}: {e}", test.name, test.method, test.url))?;
     let code = resp.status().as_u16();
-    let bypassed = resp.headers().contains_key("x-drawbridge-bypassed");
+    let bypassed = resp.headers().contains_key(BYPASSED_HEADER);
     let body = resp.text().await.unwrap_or_default();
     if code != test.expect_status {
         return Err(format!(

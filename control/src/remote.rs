@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// What a box's check says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a box's check says, and what a step wants a box to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BoxState {
     /// Serving: services running, jobs enabled, node not in maintenance.
     Running,

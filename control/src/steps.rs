@@ -288,16 +288,18 @@ impl Context {
         settle(key, &self.env.name, write, &error, reread, within).map_err(TargetError::Failed)
     }
 
-    /// Node maintenance through the box's Consul agent, verified in the catalog.
-    async fn node_maintenance(&self, b: &BoxSettings, enable: bool, resumed: bool) -> TargetResult {
+    /// Node maintenance through the box's Consul agent, verified in the catalog: on when `want`
+    /// is stopped (out of traffic), off when running.
+    async fn node_maintenance(
+        &self,
+        b: &BoxSettings,
+        want: BoxState,
+        resumed: bool,
+    ) -> TargetResult {
         let BoxAccess::ConsulAgent(agent) = &b.access else {
-            let want = if enable {
-                BoxState::Stopped
-            } else {
-                BoxState::Running
-            };
             return self.box_state(b, want, resumed).await;
         };
+        let enable = want == BoxState::Stopped;
         let agent = Client::new(agent, self.env.consul_token.clone())?;
         let is_on = |checks: &std::collections::HashMap<String, _>| {
             checks.contains_key(NODE_MAINTENANCE_CHECK)
@@ -550,18 +552,13 @@ impl Context {
             StepKind::Verify { want } => self.verify_end(*want).await,
             StepKind::SetKey => self.set_key(resumed).await,
             StepKind::ClearKey => self.clear_key(resumed).await,
-            StepKind::NodeMaintenance { enable } => {
+            StepKind::NodeMaintenance { want } => {
                 let b = self.find_box(target)?;
-                self.node_maintenance(b, *enable, resumed).await
+                self.node_maintenance(b, *want, resumed).await
             }
-            StepKind::Workers { start: up } | StepKind::Jobs { enable: up } => {
+            StepKind::Workers { want } | StepKind::Jobs { want } => {
                 let b = self.find_box(target)?;
-                let want = if *up {
-                    BoxState::Running
-                } else {
-                    BoxState::Stopped
-                };
-                self.box_state(b, want, resumed).await
+                self.box_state(b, *want, resumed).await
             }
             StepKind::Smoke => self.smoke(target).await,
             StepKind::Extra { name } => self.extra(step_id, name, direction).await,

@@ -19,6 +19,13 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 pub const MIN_SECRET_LEN: usize = 32;
 /// Clock difference tolerated between the signer and the proxy.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The request header a token is sent in unless configured otherwise (lower case, as HTTP/2
+/// sends it).
+pub const DEFAULT_HEADER: &str = "x-drawbridge-bypass";
+/// The cookie a token is sent in unless configured otherwise.
+pub const DEFAULT_COOKIE: &str = "drawbridge_bypass";
+/// The answer header a proxy adds when a request passed a closed gate.
+pub const BYPASSED_HEADER: &str = "x-drawbridge-bypassed";
 
 /// One signing key.
 #[derive(Clone)]

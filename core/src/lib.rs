@@ -8,6 +8,7 @@
 //! * `bypass`: the signed bypass token that lets operators through a closed gate.
 //! * `consul`: a thin client for exactly the Consul endpoints both binaries use.
 //! * `settings`: how both config files are checked (problems with their keys, durations, secrets).
+//! * `timestamp`: RFC 3339 timestamps, to the precision their reader needs.
 //!
 //! # Glossary
 //! * *gate*: the switch in front of a service; *mode*: `normal`, `maintenance` or `read_only`.
@@ -20,6 +21,7 @@ pub mod consul;
 pub mod gate;
 pub mod settings;
 pub mod status;
+pub mod timestamp;
 
 /// Installs ring as the process's TLS crypto provider, once: every rustls user in either binary
 /// (Pingora, reqwest for HTTPS) then uses the same one, and none has to pick one at random.

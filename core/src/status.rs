@@ -3,6 +3,10 @@
 use crate::gate::Mode;
 use serde::{Deserialize, Serialize};
 
+/// The Consul service meta key under which a proxy publishes its admin URL (`/status` and
+/// `/metrics` live there), so `maintctl` finds every proxy of a fleet.
+pub const ADMIN_URL_META: &str = "admin_url";
+
 /// Everything `/status` tells about one proxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {

@@ -2,13 +2,14 @@
 //! `/status` (the gate state, the Consul watch, the pools) and `/metrics` (Prometheus text).
 //! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`.
 
-use crate::gate_state::{rfc3339, GateState};
+use crate::gate_state::GateState;
 use crate::metrics::Metrics;
 use crate::pools::Pool;
 use crate::watcher::WatchStatus;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drawbridge_core::status::{ConsulStatus, GateStatus, StatusReport};
+use drawbridge_core::timestamp;
 use http::{header, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -50,12 +51,12 @@ impl Admin {
                 mode: gate.doc.mode,
                 reason: gate.doc.reason.clone(),
                 message: gate.doc.message.clone(),
-                until: gate.doc.until.map(rfc3339),
+                until: gate.doc.until.map(timestamp::full),
                 by: gate.doc.by.clone(),
                 scope: gate.doc.scope.clone(),
                 source: gate.source.as_str().to_string(),
                 applied_index: gate.applied_index,
-                applied_at: rfc3339(gate.applied_at),
+                applied_at: timestamp::full(gate.applied_at),
             },
             consul: ConsulStatus {
                 address: reading_from,
@@ -64,7 +65,7 @@ impl Admin {
                 reachable: watch.reachable,
                 stale: watch.is_stale(now, self.stale_after),
                 seconds_without_contact: watch.seconds_without_contact(now),
-                last_answer_at: watch.last_answer_at.map(rfc3339),
+                last_answer_at: watch.last_answer_at.map(timestamp::full),
                 seconds_since_answer,
                 watch_index: watch.watch_index,
                 last_error: watch.last_error.clone(),

@@ -1,16 +1,19 @@
-//! The gate's decision for one request, as a pure function of the gate state, the route and the
-//! request's facts: pass, bypass, or answer with the maintenance response.
+//! The gate's decision for one request, as a pure function of the gate state, the routes and the
+//! request's facts: an answer from the proxy (no route, the well-known document, a preflight, the
+//! maintenance response), or pass and bypass to the route's pool.
 
-use crate::config::{BypassSettings, RouteKind, RouteSettings};
-use crate::facts::is_in;
+use crate::config::{BypassSettings, CorsPolicy, RouteKind};
+use crate::facts::{allowed_origin, is_in, RequestFacts};
+use crate::gate_state::GateState;
+use crate::router::Router;
 use drawbridge_core::gate::Mode;
 use http::Method;
-use std::net::IpAddr;
 
 /// The path every route answers with the gate state.
 pub const WELL_KNOWN_PATH: &str = "/.well-known/maintenance";
 
-/// What happens to a request.
+/// What happens to a request. Once a route matches, the decision names it (its index in the
+/// `Router`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// No route matches: 404 from the proxy.
@@ -18,14 +21,50 @@ pub enum Decision {
     /// `GET /.well-known/maintenance`: the gate state as JSON, from the proxy.
     WellKnown,
     /// The gate is open for this request: proxy it.
-    Pass,
+    Pass { route: usize },
     /// The gate is closed but this client may pass.
-    Bypass(BypassVia),
-    /// A CORS preflight while closed: answered by the proxy so browser code can read the 503;
-    /// for an origin CORS does not allow, the maintenance response in this form.
-    Preflight(Answer),
+    Bypass { route: usize, via: BypassVia },
+    /// A CORS preflight from an allowed origin while closed: answered by the proxy so browser
+    /// code can read the 503.
+    Preflight { route: usize },
+    /// A CORS preflight from an origin CORS does not allow while closed: the maintenance response
+    /// in this form (counted as a preflight, not as a maintenance response).
+    RefusedPreflight { route: usize, answer: Answer },
     /// The gate is closed: the maintenance response in this form.
-    Maintenance(Answer),
+    Maintenance { route: usize, answer: Answer },
+}
+
+impl Decision {
+    /// The route the decision was made for, if one matched.
+    pub fn route(self) -> Option<usize> {
+        match self {
+            Decision::NoRoute | Decision::WellKnown => None,
+            Decision::Pass { route }
+            | Decision::Bypass { route, .. }
+            | Decision::Preflight { route }
+            | Decision::RefusedPreflight { route, .. }
+            | Decision::Maintenance { route, .. } => Some(route),
+        }
+    }
+
+    /// The name used in access logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::NoRoute => "no_route",
+            Decision::WellKnown => "well_known",
+            Decision::Pass { .. } => "pass",
+            Decision::Bypass {
+                via: BypassVia::Cidr,
+                ..
+            } => "bypass_cidr",
+            Decision::Bypass {
+                via: BypassVia::Token,
+                ..
+            } => "bypass_token",
+            Decision::Preflight { .. } | Decision::RefusedPreflight { .. } => "preflight",
+            Decision::Maintenance { .. } => "maintenance",
+        }
+    }
 }
 
 /// Why a closed gate let a request through.
@@ -66,152 +105,143 @@ impl Answer {
     }
 }
 
-/// What the gate looks at in a request.
-#[derive(Debug)]
-pub struct RequestFacts<'a> {
-    pub method: &'a Method,
-    pub path: &'a str,
-    /// `None` when a trusted proxy forwarded an address that does not parse.
-    pub client_ip: Option<IpAddr>,
-    pub prefers_json: bool,
-    /// An OPTIONS request with `Origin` and `Access-Control-Request-Method`.
-    pub is_preflight: bool,
-    /// The bypass token from the header or the cookie.
-    pub token: Option<&'a str>,
-}
-
-/// The routes, matched most specific first.
-#[derive(Debug)]
-pub struct Router {
-    /// Route indexes, most specific first: routes naming hosts before any-host routes, then by
-    /// longer path prefix.
-    order: Vec<usize>,
-}
-
-impl Router {
-    /// Orders the routes once.
-    pub fn new(routes: &[RouteSettings]) -> Router {
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| {
-            let r = &routes[i];
-            (
-                r.hosts.is_empty(),
-                std::cmp::Reverse(r.path_prefix.len()),
-                i,
-            )
-        });
-        Router { order }
-    }
-
-    /// The index of the route for this host (port ignored) and path.
-    pub fn find(&self, routes: &[RouteSettings], host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(strip_port);
-        self.order.iter().copied().find(|&i| {
-            let r = &routes[i];
-            let host_ok = r.hosts.is_empty()
-                || host.is_some_and(|h| r.hosts.iter().any(|rh| rh.eq_ignore_ascii_case(h)));
-            host_ok && path.starts_with(&r.path_prefix)
-        })
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
-}
-
 /// Whether a method only reads (passes a read-only gate).
 pub fn is_safe_method(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Decides what happens to a request on `route` while the route's gate `mode` applies.
+/// Decides what happens to a request under gate `state`.
 ///
+/// The facts that cost something are read only as far as the decision needs them, and
 /// `token_is_valid` is asked only when the gate is closed and no address bypass applies, so open
-/// gates never pay for token verification.
+/// gates never pay for them.
 pub fn decide(
-    mode: Mode,
-    route: &RouteSettings,
+    state: &GateState,
+    router: &Router,
     facts: &RequestFacts<'_>,
     bypass: &BypassSettings,
+    cors: &CorsPolicy,
     token_is_valid: impl FnOnce(&str) -> bool,
 ) -> Decision {
-    let closed = match mode {
+    if facts.path == WELL_KNOWN_PATH && matches!(*facts.method, Method::GET | Method::HEAD) {
+        return Decision::WellKnown;
+    }
+    let Some(route) = router.find(facts.host, facts.path) else {
+        return Decision::NoRoute;
+    };
+    let settings = router.route(route);
+    let closed = match state.mode_for(route) {
         Mode::Normal => false,
         Mode::Maintenance => true,
         Mode::ReadOnly => !is_safe_method(facts.method),
     };
     if !closed
-        || route
+        || settings
             .exempt_paths
             .iter()
             .any(|p| facts.path.starts_with(p.as_str()))
     {
-        return Decision::Pass;
+        return Decision::Pass { route };
     }
     if facts
-        .client_ip
+        .client_ip(&bypass.trusted_proxies)
         .is_some_and(|ip| is_in(ip, &bypass.trusted_cidrs))
     {
-        return Decision::Bypass(BypassVia::Cidr);
+        return Decision::Bypass {
+            route,
+            via: BypassVia::Cidr,
+        };
     }
-    if facts.token.is_some_and(token_is_valid) {
-        return Decision::Bypass(BypassVia::Token);
+    if facts
+        .token(bypass)
+        .is_some_and(|token| token_is_valid(token.value))
+    {
+        return Decision::Bypass {
+            route,
+            via: BypassVia::Token,
+        };
     }
-    let answer = if route.kind == RouteKind::Api || facts.prefers_json {
+    let answer = if settings.kind == RouteKind::Api || facts.prefers_json() {
         Answer::Problem
     } else {
         Answer::Page
     };
-    if facts.is_preflight {
-        return Decision::Preflight(answer);
+    if facts.is_preflight() {
+        return if allowed_origin(cors, facts.origin()).is_some() {
+            Decision::Preflight { route }
+        } else {
+            Decision::RefusedPreflight { route, answer }
+        };
     }
-    Decision::Maintenance(answer)
+    Decision::Maintenance { route, answer }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::config::RouteSettings;
+    use crate::facts::tests::{bypass, request};
+    use crate::respond::tests::state;
+    use pingora::http::RequestHeader;
+    use std::net::IpAddr;
+    use Decision::*;
 
-    fn route(name: &str, hosts: &[&str], prefix: &str, kind: RouteKind) -> RouteSettings {
-        RouteSettings {
+    const UI: usize = 0;
+    const API: usize = 1;
+
+    fn router() -> Router {
+        let route = |name: &str, prefix: &str, kind| RouteSettings {
             name: name.into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            hosts: Vec::new(),
             path_prefix: prefix.into(),
             kind,
             pool: 0,
             exempt_paths: vec!["/.well-known/acme-challenge/".into()],
+        };
+        Router::new(vec![
+            route("ui", "/", RouteKind::Page),
+            route("api", "/api/", RouteKind::Api),
+        ])
+    }
+
+    /// The gate state in `mode`.
+    fn gate(mode: &str) -> GateState {
+        state(&format!(r#"{{"mode":"{mode}"}}"#))
+    }
+
+    /// The maintenance response on `route` as the page, or as the problem.
+    fn page(route: usize) -> Decision {
+        Maintenance {
+            route,
+            answer: Answer::Page,
         }
     }
 
-    fn bypass() -> BypassSettings {
-        BypassSettings {
-            trusted_cidrs: vec!["10.9.0.0/16".parse().unwrap()],
-            trusted_proxies: vec![],
-            header: http::HeaderName::from_static("x-drawbridge-bypass"),
-            cookie: "drawbridge_bypass".into(),
-            environment: "test".into(),
-            max_ttl: Duration::from_secs(3600),
-            keyring: None,
+    fn problem(route: usize) -> Decision {
+        Maintenance {
+            route,
+            answer: Answer::Problem,
         }
     }
 
-    fn facts<'a>(method: &'a Method, path: &'a str) -> RequestFacts<'a> {
-        RequestFacts {
-            method,
-            path,
-            client_ip: Some("192.0.2.1".parse().unwrap()),
-            prefers_json: false,
-            is_preflight: false,
-            token: None,
-        }
+    /// The decision for `req` from client `client`, with tokens valid when `token_is_valid`.
+    fn decide_for(
+        mode: &str,
+        req: &RequestHeader,
+        client: Option<&str>,
+        token_is_valid: impl FnOnce(&str) -> bool,
+    ) -> Decision {
+        let peer = client.map(|c| c.parse::<IpAddr>().unwrap());
+        let facts = RequestFacts::from_request(req, peer);
+        let cors = CorsPolicy::Origins(vec!["https://partner.test".into()]);
+        decide(
+            &gate(mode),
+            &router(),
+            &facts,
+            &bypass(),
+            &cors,
+            token_is_valid,
+        )
     }
 
     fn never(_: &str) -> bool {
@@ -219,138 +249,142 @@ mod tests {
     }
 
     #[test]
-    fn most_specific_route_wins() {
-        let routes = vec![
-            route("ui", &[], "/", RouteKind::Page),
-            route("api", &[], "/api/", RouteKind::Api),
-            route("admin", &["www.example.com"], "/", RouteKind::Page),
-        ];
-        let router = Router::new(&routes);
-        assert_eq!(router.find(&routes, Some("x.test"), "/api/v1"), Some(1));
-        assert_eq!(router.find(&routes, Some("x.test"), "/home"), Some(0));
-        assert_eq!(
-            router.find(&routes, Some("WWW.example.com:8443"), "/api/v1"),
-            Some(2)
-        );
-        assert_eq!(router.find(&routes, None, "/api/v1"), Some(1));
-        let only_api = vec![route("api", &["api.test"], "/v1/", RouteKind::Api)];
-        assert_eq!(
-            Router::new(&only_api).find(&only_api, Some("api.test"), "/"),
-            None
-        );
-    }
-
-    #[test]
     fn decisions_by_mode_method_and_route_kind() {
-        let page = route("ui", &[], "/", RouteKind::Page);
-        let api = route("api", &[], "/api/", RouteKind::Api);
-        let b = bypass();
-        let get = Method::GET;
-        let post = Method::POST;
-        use Decision::*;
         let cases = [
-            (Mode::Normal, &page, &post, "/x", Pass),
+            ("normal", Method::POST, "/x", Pass { route: UI }),
+            ("maintenance", Method::GET, "/x", page(UI)),
+            ("maintenance", Method::GET, "/api/x", problem(API)),
+            ("read_only", Method::GET, "/api/x", Pass { route: API }),
+            ("read_only", Method::POST, "/api/x", problem(API)),
             (
-                Mode::Maintenance,
-                &page,
-                &get,
-                "/x",
-                Maintenance(Answer::Page),
-            ),
-            (
-                Mode::Maintenance,
-                &api,
-                &get,
-                "/api/x",
-                Maintenance(Answer::Problem),
-            ),
-            (Mode::ReadOnly, &api, &get, "/api/x", Pass),
-            (
-                Mode::ReadOnly,
-                &api,
-                &post,
-                "/api/x",
-                Maintenance(Answer::Problem),
-            ),
-            (
-                Mode::Maintenance,
-                &page,
-                &get,
+                "maintenance",
+                Method::GET,
                 "/.well-known/acme-challenge/t",
-                Pass,
+                Pass { route: UI },
             ),
+            ("maintenance", Method::GET, WELL_KNOWN_PATH, WellKnown),
+            ("normal", Method::HEAD, WELL_KNOWN_PATH, WellKnown),
+            ("maintenance", Method::POST, WELL_KNOWN_PATH, page(UI)),
         ];
-        for (mode, route, method, path, expected) in cases {
+        for (mode, method, path, expected) in cases {
+            let req = request(method.clone(), path, &[]);
             assert_eq!(
-                decide(mode, route, &facts(method, path), &b, never),
+                decide_for(mode, &req, Some("192.0.2.1"), never),
                 expected,
-                "{mode:?} {method} {path}"
+                "{mode} {method} {path}"
             );
         }
     }
 
     #[test]
+    fn requests_no_route_matches_are_decided_before_the_gate() {
+        let router = Router::new(Vec::new());
+        let req = request(Method::GET, "/x", &[]);
+        let facts = RequestFacts::from_request(&req, None);
+        let decision = decide(
+            &gate("maintenance"),
+            &router,
+            &facts,
+            &bypass(),
+            &CorsPolicy::None,
+            never,
+        );
+        assert_eq!(decision, NoRoute);
+        assert_eq!(decision.route(), None);
+    }
+
+    #[test]
     fn page_routes_answer_json_to_clients_that_prefer_it() {
-        let page = route("ui", &[], "/", RouteKind::Page);
-        let get = Method::GET;
-        let f = RequestFacts {
-            prefers_json: true,
-            ..facts(&get, "/x")
-        };
+        let req = request(Method::GET, "/x", &[("accept", "application/json")]);
         assert_eq!(
-            decide(Mode::Maintenance, &page, &f, &bypass(), never),
-            Decision::Maintenance(Answer::Problem)
+            decide_for("maintenance", &req, Some("192.0.2.1"), never),
+            problem(UI)
         );
     }
 
     #[test]
     fn trusted_addresses_and_valid_tokens_bypass() {
-        let page = route("ui", &[], "/", RouteKind::Page);
-        let get = Method::GET;
-        let trusted = RequestFacts {
-            client_ip: Some("10.9.1.1".parse().unwrap()),
-            ..facts(&get, "/")
-        };
+        let plain = request(Method::GET, "/", &[]);
         assert_eq!(
-            decide(Mode::Maintenance, &page, &trusted, &bypass(), never),
-            Decision::Bypass(BypassVia::Cidr)
+            decide_for("maintenance", &plain, Some("10.9.1.1"), never),
+            Bypass {
+                route: UI,
+                via: BypassVia::Cidr
+            }
         );
-        let unknown = RequestFacts {
-            client_ip: None,
-            ..facts(&get, "/")
-        };
+        assert_eq!(decide_for("maintenance", &plain, None, never), page(UI));
+        let with_token = request(Method::GET, "/", &[("x-drawbridge-bypass", "t")]);
         assert_eq!(
-            decide(Mode::Maintenance, &page, &unknown, &bypass(), never),
-            Decision::Maintenance(Answer::Page)
-        );
-        let with_token = RequestFacts {
-            token: Some("t"),
-            ..facts(&get, "/")
-        };
-        assert_eq!(
-            decide(Mode::Maintenance, &page, &with_token, &bypass(), |t| t
-                == "t"),
-            Decision::Bypass(BypassVia::Token)
+            decide_for("maintenance", &with_token, Some("192.0.2.1"), |t| t == "t"),
+            Bypass {
+                route: UI,
+                via: BypassVia::Token
+            }
         );
         assert_eq!(
-            decide(Mode::Maintenance, &page, &with_token, &bypass(), never),
-            Decision::Maintenance(Answer::Page)
+            decide_for("maintenance", &with_token, Some("192.0.2.1"), never),
+            page(UI)
         );
     }
 
     #[test]
     fn open_gates_never_check_tokens() {
-        let page = route("ui", &[], "/", RouteKind::Page);
-        let get = Method::GET;
-        let f = RequestFacts {
-            token: Some("t"),
-            ..facts(&get, "/")
-        };
+        let req = request(Method::GET, "/", &[("x-drawbridge-bypass", "t")]);
         let checked = std::cell::Cell::new(false);
-        decide(Mode::Normal, &page, &f, &bypass(), |_| {
+        decide_for("normal", &req, Some("192.0.2.1"), |_| {
             checked.set(true);
             true
         });
         assert!(!checked.get());
+    }
+
+    #[test]
+    fn preflights_from_allowed_origins_are_answered_others_get_the_maintenance_response() {
+        let preflight = |origin| {
+            request(
+                Method::OPTIONS,
+                "/api/x",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+            )
+        };
+        let allowed = preflight("https://partner.test");
+        assert_eq!(
+            decide_for("maintenance", &allowed, Some("192.0.2.1"), never),
+            Preflight { route: API }
+        );
+        let other = preflight("https://evil.test");
+        let refused = decide_for("maintenance", &other, Some("192.0.2.1"), never);
+        assert_eq!(
+            refused,
+            RefusedPreflight {
+                route: API,
+                answer: Answer::Problem
+            }
+        );
+        assert_eq!(refused.label(), "preflight");
+        assert_eq!(
+            decide_for("read_only", &other, Some("192.0.2.1"), never),
+            Pass { route: API }
+        );
+    }
+
+    #[test]
+    fn labels_name_each_decision() {
+        let via = |via| Bypass { route: UI, via };
+        let labels = [
+            (NoRoute, "no_route"),
+            (WellKnown, "well_known"),
+            (Pass { route: UI }, "pass"),
+            (via(BypassVia::Cidr), "bypass_cidr"),
+            (via(BypassVia::Token), "bypass_token"),
+            (Preflight { route: UI }, "preflight"),
+            (page(UI), "maintenance"),
+        ];
+        for (decision, label) in labels {
+            assert_eq!(decision.label(), label);
+        }
     }
 }

@@ -1,8 +1,114 @@
-//! What the gate needs to know about a request, pulled from its header once: the client address
-//! (with the X-Forwarded-For trust rules), the bypass token, and whether the client wants JSON.
+//! What the gate reads from a request: `RequestFacts`, a view of its header. Method, path and host
+//! are read at once; the client address (with the X-Forwarded-For trust rules), the bypass token,
+//! the `Accept` preference and the CORS headers only when asked, so an open gate pays for none.
 
+use crate::config::{BypassSettings, CorsPolicy};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Method;
 use ipnet::IpNet;
+use pingora::http::RequestHeader;
 use std::net::{IpAddr, SocketAddr};
+
+/// Where the client chain is read from and recorded (a constant, so no request parses the name).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What the gate looks at in a request.
+#[derive(Debug)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// The URI's host, or else the `Host` header's.
+    pub host: Option<&'a str>,
+    /// The TCP peer; `None` when the client is not on TCP/IP.
+    peer: Option<IpAddr>,
+    headers: &'a HeaderMap,
+}
+
+/// A bypass token and where it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    pub value: &'a str,
+    /// Read from the cookie, because the request has no token header.
+    pub in_cookie: bool,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// The facts of `req`, from the TCP peer `peer`.
+    pub fn from_request(req: &'a RequestHeader, peer: Option<IpAddr>) -> RequestFacts<'a> {
+        let headers = &req.headers;
+        RequestFacts {
+            method: &req.method,
+            path: req.uri.path(),
+            host: req
+                .uri
+                .host()
+                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok())),
+            peer,
+            headers,
+        }
+    }
+
+    /// The client's address by the X-Forwarded-For trust rules ([`client_ip`]); `None` when it
+    /// cannot be known.
+    pub fn client_ip(&self, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+        self.peer.and_then(|peer| {
+            client_ip(
+                peer,
+                self.headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+                trusted_proxies,
+            )
+        })
+    }
+
+    /// The bypass token: from the token header, or else from the cookie.
+    pub fn token(&self, bypass: &BypassSettings) -> Option<Token<'a>> {
+        if let Some(header) = self.headers.get(&bypass.header) {
+            if let Ok(value) = header.to_str() {
+                return Some(Token {
+                    value,
+                    in_cookie: false,
+                });
+            }
+        }
+        let cookies = self.headers.get_all(header::COOKIE).iter();
+        cookie_value(cookies.map(HeaderValue::as_bytes), &bypass.cookie).map(|value| Token {
+            value,
+            in_cookie: true,
+        })
+    }
+
+    /// Whether the client prefers JSON to HTML ([`prefers_json`]).
+    pub fn prefers_json(&self) -> bool {
+        prefers_json(self.headers.get(header::ACCEPT).map(HeaderValue::as_bytes))
+    }
+
+    /// The `Origin` header, which answers with CORS headers echo when the policy allows it.
+    pub fn origin(&self) -> Option<&'a HeaderValue> {
+        self.headers.get(header::ORIGIN)
+    }
+
+    /// Whether this is a CORS preflight: OPTIONS with `Origin` and
+    /// `Access-Control-Request-Method`.
+    pub fn is_preflight(&self) -> bool {
+        *self.method == Method::OPTIONS
+            && self.headers.contains_key(header::ORIGIN)
+            && self
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// What a preflight asks to use: `Access-Control-Request-Method` and
+    /// `Access-Control-Request-Headers`.
+    pub fn preflight_asks(&self) -> (Option<&'a HeaderValue>, Option<&'a HeaderValue>) {
+        (
+            self.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD),
+            self.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+        )
+    }
+}
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the rightmost
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
@@ -106,9 +212,28 @@ pub fn prefers_json(accept: Option<&[u8]>) -> bool {
     }
 }
 
+/// The request's origin when the CORS policy allows it.
+pub fn allowed_origin<'a>(
+    policy: &CorsPolicy,
+    origin: Option<&'a HeaderValue>,
+) -> Option<&'a HeaderValue> {
+    let origin = origin?;
+    match policy {
+        CorsPolicy::None => None,
+        CorsPolicy::AnyOrigin => Some(origin),
+        CorsPolicy::Origins(list) => {
+            let text = origin.to_str().ok()?;
+            list.iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(text))
+                .then_some(origin)
+        }
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use drawbridge_core::bypass;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()
@@ -209,5 +334,99 @@ mod tests {
         ] {
             assert_eq!(prefers_json(accept.map(str::as_bytes)), json, "{accept:?}");
         }
+    }
+
+    /// Bypass settings with the default header and cookie, 10.9.0.0/16 trusted, and no keys.
+    pub(crate) fn bypass() -> BypassSettings {
+        BypassSettings {
+            trusted_cidrs: nets(&["10.9.0.0/16"]),
+            trusted_proxies: vec![],
+            header: HeaderName::from_static(bypass::DEFAULT_HEADER),
+            cookie: bypass::DEFAULT_COOKIE.into(),
+            environment: "test".into(),
+            max_ttl: std::time::Duration::from_secs(3600),
+            keyring: None,
+        }
+    }
+
+    /// A request `method` `path` with these header lines.
+    pub(crate) fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn the_host_comes_from_the_uri_or_else_the_header() {
+        let req = request(Method::GET, "/a", &[("host", "shop.test:8080")]);
+        let facts = RequestFacts::from_request(&req, None);
+        assert_eq!((facts.host, facts.path), (Some("shop.test:8080"), "/a"));
+        let mut req = request(Method::GET, "/b", &[("host", "shop.test")]);
+        req.set_uri("http://api.test/b".parse().unwrap());
+        assert_eq!(
+            RequestFacts::from_request(&req, None).host,
+            Some("api.test")
+        );
+    }
+
+    #[test]
+    fn the_token_header_wins_over_the_cookie() {
+        let cookie = ("cookie", "a=1; drawbridge_bypass=from-cookie");
+        let both = request(
+            Method::GET,
+            "/",
+            &[("x-drawbridge-bypass", "from-header"), cookie],
+        );
+        assert_eq!(
+            RequestFacts::from_request(&both, None).token(&bypass()),
+            Some(Token {
+                value: "from-header",
+                in_cookie: false
+            })
+        );
+        let only_cookie = request(Method::GET, "/", &[cookie]);
+        assert_eq!(
+            RequestFacts::from_request(&only_cookie, None).token(&bypass()),
+            Some(Token {
+                value: "from-cookie",
+                in_cookie: true
+            })
+        );
+        let none = request(Method::GET, "/", &[]);
+        assert_eq!(
+            RequestFacts::from_request(&none, None).token(&bypass()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_preflight_needs_options_origin_and_a_requested_method() {
+        let asks = [
+            ("origin", "https://a.test"),
+            ("access-control-request-method", "POST"),
+        ];
+        let is_preflight = |method, headers| {
+            RequestFacts::from_request(&request(method, "/", headers), None).is_preflight()
+        };
+        assert!(is_preflight(Method::OPTIONS, &asks));
+        assert!(!is_preflight(Method::GET, &asks));
+        assert!(!is_preflight(Method::OPTIONS, &asks[..1]));
+    }
+
+    #[test]
+    fn origins_are_allowed_by_the_policy() {
+        let origin = HeaderValue::from_static("https://Partner.test");
+        let listed = CorsPolicy::Origins(vec!["https://partner.test".into()]);
+        assert_eq!(allowed_origin(&listed, Some(&origin)), Some(&origin));
+        assert_eq!(
+            allowed_origin(&CorsPolicy::AnyOrigin, Some(&origin)),
+            Some(&origin)
+        );
+        assert_eq!(allowed_origin(&CorsPolicy::None, Some(&origin)), None);
+        let other = HeaderValue::from_static("https://evil.test");
+        assert_eq!(allowed_origin(&listed, Some(&other)), None);
+        assert_eq!(allowed_origin(&CorsPolicy::AnyOrigin, None), None);
     }
 }

@@ -7,14 +7,15 @@
 //!   doubts (an index below what it serves) are [`ReadKind::Confirm`]: at once, confirmed by the
 //!   leader, because a server that was just restarted answers other reads from a store that is
 //!   still replaying its log (older values, or none at all);
-//! - while no leader can confirm ([`Error::NoLeader`](consul::Error::NoLeader)), reads block on
-//!   any server ([`ReadKind::Stale`]) from the index already known, so only newer data wakes them
-//!   and the first write after the election is seen as soon as a server has it;
+//! - while no leader can confirm (no leader, or a 5xx from a server whose leader just died),
+//!   reads block on the same server ([`ReadKind::Stale`]) from the index already known, so only
+//!   newer data wakes them and the first write after the election is seen as soon as that
+//!   server has it;
 //! - otherwise reads block after the last index ([`ReadKind::Watch`]).
 //!
-//! A failure that says "this address cannot serve" moves to the next configured address after a
-//! short jittered pause; once every address has failed in a row, full-jitter backoff applies. A
-//! token bucket turns a churning value into polling.
+//! A failure that says "this address cannot serve" (no connection, no answer) moves to the next
+//! configured address after a short jittered pause; once every address has failed in a row,
+//! full-jitter backoff applies. A token bucket turns a churning value into polling.
 
 use async_trait::async_trait;
 use drawbridge_core::consul::{
@@ -147,20 +148,32 @@ impl Cursor {
     /// address. Returns how long to pause before the next read.
     pub fn failed(&mut self, kind: ReadKind, error: &consul::Error, moved: bool) -> Duration {
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        let no_leader = matches!(error, consul::Error::NoLeader { .. });
-        self.next = if no_leader && kind == ReadKind::Confirm {
+        let leader_trouble = !moved && is_leader_trouble(error);
+        self.next = if leader_trouble && kind == ReadKind::Confirm {
             ReadKind::Stale
         } else {
             ReadKind::Confirm
         };
-        // Another address, or a blocking read that only newer data wakes: no reason to wait
-        // long, until every address has failed in a row.
-        let quick = (moved || no_leader) && self.failures_in_a_row <= self.addresses;
+        // Another address, or on to a blocking read that only newer data wakes: no reason to
+        // wait long, until every address has failed in a row (and, for a leader in trouble,
+        // the confirmation after the failed watch too).
+        let quick = (moved && self.failures_in_a_row <= self.addresses)
+            || (leader_trouble && self.failures_in_a_row <= self.addresses + 1);
         if quick {
             jitter(BACKOFF_BASE)
         } else {
             self.backoff.next_delay()
         }
+    }
+}
+
+/// Whether a server answered that the cluster cannot lead now: no leader, or a 5xx such as a
+/// follower failing to reach a leader that just died. Any server still answers stale reads.
+fn is_leader_trouble(error: &consul::Error) -> bool {
+    match error {
+        consul::Error::NoLeader { .. } => true,
+        consul::Error::Status { code, .. } => *code >= 500,
+        _ => false,
     }
 }
 
@@ -312,6 +325,22 @@ mod tests {
         // The first write after the election, seen on a follower.
         c.answered(ReadKind::Stale, 44, Taken::Settled);
         assert_eq!(c.next(), (ReadKind::Watch, 44));
+    }
+
+    #[test]
+    fn a_follower_that_lost_its_leader_is_read_stale_from_the_known_index() {
+        let mut c = Cursor::new(3);
+        c.answered(ReadKind::Confirm, 40, Taken::Settled);
+        let lost = consul::Error::Status {
+            what: "kv get k".into(),
+            address: "http://127.0.0.1:8500".into(),
+            code: 500,
+            body: "rpc error getting client: failed to get conn".into(),
+        };
+        assert!(c.failed(ReadKind::Watch, &lost, false) <= BACKOFF_BASE);
+        assert_eq!(c.next(), (ReadKind::Confirm, 0));
+        assert!(c.failed(ReadKind::Confirm, &lost, false) <= BACKOFF_BASE);
+        assert_eq!(c.next(), (ReadKind::Stale, 40));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use crate::config::Config;
 use crate::page::{PageFields, PageTemplate};
 use bytes::Bytes;
 use drawbridge_core::gate::{GateDoc, Mode};
+use drawbridge_core::timestamp;
 use serde_json::json;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// Where the served state came from.
@@ -113,7 +113,7 @@ impl StateBuilder {
                     .collect()
             }
         };
-        let until_rfc3339 = doc.until.map(rfc3339);
+        let until_rfc3339 = doc.until.map(timestamp::full);
         let message = doc.message.as_deref().unwrap_or(&self.default_message);
         let reason = doc.reason.as_deref().unwrap_or("Planned maintenance");
         let until_sentence = doc.until.map(|u| {
@@ -149,7 +149,7 @@ impl StateBuilder {
             "reason": doc.reason,
             "message": doc.message,
             "until": until_rfc3339,
-            "started_at": doc.started_at.map(rfc3339),
+            "started_at": doc.started_at.map(timestamp::full),
             "scope": doc.scope,
         });
         Ok(GateState {
@@ -193,12 +193,6 @@ impl GateState {
             _ => default_secs,
         }
     }
-}
-
-/// RFC 3339 text of a timestamp.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .expect("RFC 3339 formats every timestamp of years 0-9999")
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! maintenance by one Consul key.
 //!
 //! # Layout
-//! * `config`: the TOML file, checked into `Config` with errors that name the key.
+//! * `config`: the TOML file, checked section by section into `Config` with errors that name the
+//!   key; pool host names and the host name are looked up only when it is finished.
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
 //! * `follow`: the blocking-query loop (index rules, rate limit, backoff) both watchers share.
 //! * `watcher`: follows the gate key; saves and restores `state_file`.
-//! * `facts`, `decide`, `respond`: pure per-request logic: client address and token, the
-//!   decision, the answers the proxy writes itself.
-//! * `edge`: the `ProxyHttp` implementation that strings those together.
+//! * `facts`, `router`, `decide`, `respond`: the pure request path, in order: what a request
+//!   says (client address, token), its route, the decision, the answer the proxy writes itself.
+//! * `edge`: the `ProxyHttp` implementation: facts → decide → respond → write.
 //! * `pools`: upstream pools, static or following a Consul service, with health checks.
 //! * `admin`, `metrics`, `registration`: `/healthz` `/status` `/metrics`, and the proxy's own
 //!   Consul registration.
@@ -28,6 +29,7 @@ pub mod page;
 pub mod pools;
 pub mod registration;
 pub mod respond;
+pub mod router;
 pub mod server;
 pub mod state_file;
 pub mod watcher;

@@ -33,7 +33,7 @@ fn no_huge_pages() {
     name = "drawbridge",
     version,
     after_help = "Exit codes: 0 clean shutdown or valid configuration (--check); \
-                  1 invalid configuration or a failure at start; 2 usage error.\n\
+                  1 a failure at start; 2 usage error or invalid configuration (as maintctl).\n\
                   Logs go to stderr; set DRAWBRIDGE_LOG (e.g. \"info\", \"drawbridge=debug\") to filter them.\n\
                   Signals: SIGTERM drains requests in flight for server.grace_period (idle kept-alive \
                   connections get their next answer with Connection: close), then exits; \
@@ -43,7 +43,7 @@ struct Cli {
     /// The configuration file (TOML; see config/drawbridge.example.toml).
     #[arg(short, long, value_name = "FILE")]
     config: PathBuf,
-    /// Check the configuration, print the result and exit (0 valid, 1 invalid).
+    /// Check the configuration, print the result and exit (0 valid, 2 invalid).
     #[arg(long)]
     check: bool,
     /// Take the listeners over from the running process (send it SIGQUIT); graceful upgrade.
@@ -54,28 +54,39 @@ struct Cli {
     daemon: bool,
 }
 
+/// The exit code of an invalid configuration: a usage error, as for `maintctl`.
+const INVALID_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
     no_huge_pages();
     let cli = Cli::parse();
     drawbridge_core::install_crypto_provider();
     init_logging();
+    if cli.check {
+        // Checking looks nothing up: no name resolution, no host name.
+        return match Config::check_file(&cli.config) {
+            Ok(warnings) => {
+                for warning in &warnings {
+                    println!("warning: {warning}");
+                }
+                println!("configuration is valid: {}", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drawbridge: {e}");
+                ExitCode::from(INVALID_CONFIG)
+            }
+        };
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("drawbridge: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     for warning in &config.warnings {
-        if cli.check {
-            println!("warning: {warning}");
-        } else {
-            tracing::warn!("{warning}");
-        }
-    }
-    if cli.check {
-        println!("configuration is valid: {}", cli.config.display());
-        return ExitCode::SUCCESS;
+        tracing::warn!("{warning}");
     }
     let start = StartOptions {
         upgrade: cli.upgrade,

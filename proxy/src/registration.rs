@@ -3,12 +3,10 @@
 
 use async_trait::async_trait;
 use drawbridge_core::consul::{Backoff, CheckTarget, Client, ServiceCheck, ServiceRegistration};
+use drawbridge_core::status::ADMIN_URL_META;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::time::Duration;
-
-/// The service meta key holding the admin URL.
-pub const ADMIN_URL_META: &str = "admin_url";
 
 /// The proxy's own registration.
 pub struct Registration {

@@ -1,10 +1,12 @@
-//! The answers the proxy writes itself: the maintenance page or problem body, the well-known
-//! state document, CORS preflights and "no route". Pure functions from state to header and body.
+//! The answers the proxy writes itself for a `Decision`: the maintenance page or problem body,
+//! the well-known state document, CORS preflights and "no route". Pure functions from state to
+//! header and body.
 //! Headers are built without case preservation (names go out in lower case, as HTTP allows):
 //! that halves the cost of building one (benches/micro/respond.rs).
 
-use crate::config::{CorsPolicy, MaintenanceSettings};
-use crate::decide::Answer;
+use crate::config::MaintenanceSettings;
+use crate::decide::{Answer, Decision};
+use crate::facts::{allowed_origin, RequestFacts};
 use crate::gate_state::GateState;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -13,14 +15,39 @@ use pingora::Result;
 
 /// The header that tells monitors an outage is planned, not a failure.
 pub const OUTAGE_HEADER: &str = "x-drawbridge-outage";
-/// The header on responses that passed a closed gate: `cidr` or `token`.
-pub const BYPASSED_HEADER: &str = "x-drawbridge-bypassed";
 
 const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const EXPOSED: HeaderValue = HeaderValue::from_static("Retry-After, X-Drawbridge-Outage");
+
+/// The response the proxy writes itself for `decision`, or `None` when the request goes to the
+/// route's pool. `now_unix` is read only for a maintenance response.
+///
+/// # Errors
+/// As [`maintenance`].
+pub fn response_for(
+    decision: Decision,
+    state: &GateState,
+    facts: &RequestFacts<'_>,
+    settings: &MaintenanceSettings,
+    now_unix: impl FnOnce() -> i64,
+) -> Result<Option<(ResponseHeader, Bytes)>> {
+    let response = match decision {
+        Decision::Pass { .. } | Decision::Bypass { .. } => return Ok(None),
+        Decision::NoRoute => no_route()?,
+        Decision::WellKnown => well_known(state, settings, facts.origin())?,
+        Decision::Preflight { .. } => {
+            let (method, headers) = facts.preflight_asks();
+            (preflight(facts.origin(), method, headers)?, Bytes::new())
+        }
+        Decision::RefusedPreflight { answer, .. } | Decision::Maintenance { answer, .. } => {
+            maintenance(state, answer, settings, facts.origin(), now_unix())?
+        }
+    };
+    Ok(Some(response))
+}
 
 /// The maintenance response: 503 with the page or the problem body, `Retry-After` counting down
 /// to `until`, `no-store`, and CORS for allowed origins.
@@ -81,23 +108,20 @@ pub fn well_known(
     Ok((h, body))
 }
 
-/// A CORS preflight while the gate is closed: 204 allowing the method and headers asked for when
-/// the origin is allowed, so the browser goes on to read the 503; the maintenance response
-/// otherwise.
+/// A CORS preflight `decide` allows while the gate is closed: 204 allowing the origin, method and
+/// headers asked for, so the browser goes on to read the 503.
 ///
 /// # Errors
 /// As [`maintenance`].
 pub fn preflight(
-    settings: &MaintenanceSettings,
     origin: Option<&HeaderValue>,
     method: Option<&HeaderValue>,
     headers: Option<&HeaderValue>,
-) -> Result<Option<ResponseHeader>> {
-    let Some(origin) = allowed_origin(&settings.cors, origin) else {
-        return Ok(None);
-    };
+) -> Result<ResponseHeader> {
     let mut h = ResponseHeader::build_no_case(204, Some(6))?;
-    h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+    if let Some(origin) = origin {
+        h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+    }
     if let Some(method) = method {
         h.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, method.clone())?;
     }
@@ -110,7 +134,7 @@ pub fn preflight(
     )?;
     h.insert_header(header::VARY, HeaderValue::from_static("Origin"))?;
     h.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
-    Ok(Some(h))
+    Ok(h)
 }
 
 /// 404 for a request no route matches.
@@ -125,27 +149,11 @@ pub fn no_route() -> Result<(ResponseHeader, Bytes)> {
     Ok((h, body))
 }
 
-/// The request's origin when the policy allows it.
-fn allowed_origin<'a>(
-    policy: &CorsPolicy,
-    origin: Option<&'a HeaderValue>,
-) -> Option<&'a HeaderValue> {
-    let origin = origin?;
-    match policy {
-        CorsPolicy::None => None,
-        CorsPolicy::AnyOrigin => Some(origin),
-        CorsPolicy::Origins(list) => {
-            let text = origin.to_str().ok()?;
-            list.iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(text))
-                .then_some(origin)
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::config::CorsPolicy;
+    use crate::facts::tests::request;
     use crate::gate_state::{StateBuilder, StateSource};
     use crate::page::PageTemplate;
     use drawbridge_core::gate::GateDoc;
@@ -162,9 +170,11 @@ mod tests {
         }
     }
 
-    fn state(doc: &str) -> GateState {
+    /// The state of gate document `doc`, for routes `ui` and `api`.
+    pub(crate) fn state(doc: &str) -> GateState {
         let config_like = settings(CorsPolicy::None);
-        let builder = StateBuilder::for_test(vec!["ui".into()], config_like.page, "soon".into());
+        let routes = vec!["ui".into(), "api".into()];
+        let builder = StateBuilder::for_test(routes, config_like.page, "soon".into());
         builder
             .build(
                 GateDoc::parse(doc.as_bytes()).unwrap(),
@@ -236,18 +246,49 @@ mod tests {
     }
 
     #[test]
-    fn preflight_is_answered_only_for_allowed_origins() {
-        let policy = settings(CorsPolicy::Origins(vec!["https://partner.test".into()]));
-        let allowed = HeaderValue::from_static("https://partner.test");
+    fn preflight_allows_what_was_asked() {
+        let origin = HeaderValue::from_static("https://partner.test");
         let method = HeaderValue::from_static("POST");
-        let h = preflight(&policy, Some(&allowed), Some(&method), None)
-            .unwrap()
-            .unwrap();
+        let h = preflight(Some(&origin), Some(&method), None).unwrap();
         assert_eq!(h.status.as_u16(), 204);
+        assert_eq!(
+            get(&h, "access-control-allow-origin"),
+            Some("https://partner.test")
+        );
         assert_eq!(get(&h, "access-control-allow-methods"), Some("POST"));
-        let other = HeaderValue::from_static("https://evil.test");
-        assert!(preflight(&policy, Some(&other), Some(&method), None)
-            .unwrap()
-            .is_none());
+        assert!(get(&h, "access-control-allow-headers").is_none());
+    }
+
+    #[test]
+    fn each_decision_gets_its_response() {
+        let s = state(r#"{"mode":"maintenance"}"#);
+        let settings = settings(CorsPolicy::None);
+        let req = request(
+            http::Method::OPTIONS,
+            "/",
+            &[
+                ("origin", "https://partner.test"),
+                ("access-control-request-method", "PUT"),
+            ],
+        );
+        let facts = RequestFacts::from_request(&req, None);
+        let status = |decision| {
+            response_for(decision, &s, &facts, &settings, || 0)
+                .unwrap()
+                .map(|(h, _)| h.status.as_u16())
+        };
+        let answer = Answer::Problem;
+        assert_eq!(status(Decision::Pass { route: 0 }), None);
+        assert_eq!(status(Decision::NoRoute), Some(404));
+        assert_eq!(status(Decision::WellKnown), Some(200));
+        assert_eq!(status(Decision::Preflight { route: 0 }), Some(204));
+        assert_eq!(
+            status(Decision::RefusedPreflight { route: 0, answer }),
+            Some(503)
+        );
+        assert_eq!(
+            status(Decision::Maintenance { route: 0, answer }),
+            Some(503)
+        );
     }
 }

@@ -4,13 +4,13 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::decide::Router;
 use crate::drain::KeepAliveDrain;
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
+use crate::router::Router;
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -145,9 +145,8 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     let threads = config.server.threads;
     let edge = Edge {
         gate,
-        router: Router::new(&config.routes),
         counters: RequestCounters::new(metrics.clone(), &config.routes),
-        routes: config.routes,
+        router: Router::new(config.routes),
         pools: pool_list,
         bypass: config.bypass,
         maintenance: config.maintenance,

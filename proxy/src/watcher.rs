@@ -11,7 +11,7 @@
 //! serves what it served before.
 
 use crate::follow::{follow, Followed, ReadKind, Taken};
-use crate::gate_state::{rfc3339, GateState, StateBuilder, StateSource};
+use crate::gate_state::{GateState, StateBuilder, StateSource};
 use crate::metrics::Metrics;
 use crate::state_file::{self, SavedState};
 use arc_swap::ArcSwap;
@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use drawbridge_core::consul::{self, Client, Consistency, Failover, KvRead};
 use drawbridge_core::gate::{GateDoc, Mode};
 use drawbridge_core::status::RejectedValue;
+use drawbridge_core::timestamp;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
@@ -233,7 +234,7 @@ impl GateWatcher {
                     s.last_rejected = Some(RejectedValue {
                         modify_index: index,
                         error: error.clone(),
-                        at: rfc3339(now),
+                        at: timestamp::full(now),
                     })
                 });
             }

@@ -40,7 +40,7 @@ fn check_accepts_a_valid_config() {
     assert!(text(&out.stdout).contains("configuration is valid"));
 }
 
-/// Every problem is listed with the key it is about, and the exit code is 1.
+/// Every problem is listed with the key it is about, and the exit code is 2 (as for maintctl).
 #[test]
 fn check_names_every_bad_field() {
     let body = VALID_REST
@@ -48,7 +48,7 @@ fn check_names_every_bad_field() {
         .replace("key = \"t/gate\"", "key = \"t/gate\"\nwait = \"forever\"");
     let path = config_file("bad", &body);
     let out = drawbridge(&["--config", path.to_str().unwrap(), "--check"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("routes[0].pool: unknown pool \"nope\""),
@@ -68,7 +68,7 @@ fn start_refuses_a_bad_config() {
         &VALID_REST.replace("kind = \"page\"", "kind = \"web\""),
     );
     let out = drawbridge(&["--config", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("routes[0].kind: \"web\" is not one of"));
 }
 
@@ -76,7 +76,7 @@ fn start_refuses_a_bad_config() {
 #[test]
 fn missing_file_is_named() {
     let out = drawbridge(&["--config", "/nonexistent/drawbridge.toml", "--check"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/drawbridge.toml"));
 }
 

@@ -305,3 +305,38 @@ async fn every_subcommand_answers_json_line_by_line() {
         "raw JSON in the text status:\n{text}"
     );
 }
+
+/// A `down` that stops before it changed anything (its own check refused) leaves the service
+/// open: `up` finds nothing to restore, sees it open and closes that maintenance with a run that
+/// only checks, so the next `down` is a new maintenance and tells the partners again.
+#[tokio::test]
+async fn up_closes_a_maintenance_whose_down_changed_nothing() {
+    let mut scene = MaintScene::start("maintctl_aborted_down").await;
+    let gate = scene.dir.join("ready");
+    scene.inventory.steps = vec![
+        ExtraStep::webhook("partners", "before_down", &scene.ui.url(HOOK)),
+        ExtraStep::command(
+            "ready",
+            "before_down",
+            &format!("test -e '{}'", gate.display()),
+        ),
+    ];
+    scene.rewrite_inventory();
+    down_json(&scene, &[]).await.assert_code(1);
+    assert_eq!(scene.ui.requests_to(HOOK), 1);
+    scene.assert_open().await;
+
+    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
+    up.assert_success();
+    let closed = scene.journal().latest().await.expect("the up run");
+    assert_eq!(closed.direction(), "up", "{closed}");
+    assert_eq!(closed.step_ids(), ["verify_up"], "{closed}");
+
+    std::fs::write(&gate, "").expect("the ready file");
+    down_json(&scene, &[]).await.assert_success();
+    assert_eq!(
+        scene.ui.requests_to(HOOK),
+        2,
+        "a new maintenance tells the partners"
+    );
+}

@@ -1,5 +1,5 @@
 //! The configuration contract of the binary: `--check` accepts good files and refuses bad ones
-//! with exit 1 and the field named, and a normal start with a bad file fails the same way.
+//! with exit 2 (as maintctl) and the field named, and a normal start with a bad file fails the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,7 +169,7 @@ async fn check_accepts_valid_configs() {
     assert!(failures.is_empty(), "refused:\n{}", failures.join("\n"));
 }
 
-/// `--check` on each broken file exits 1 and names the offending field in stderr.
+/// `--check` on each broken file exits 2 and names the offending field in stderr.
 #[tokio::test]
 async fn check_refuses_bad_configs_naming_the_field() {
     let dir = TestDir::new("check_refuses_bad_configs_naming_the_field");
@@ -179,7 +179,7 @@ async fn check_refuses_bad_configs_naming_the_field() {
         let file = write(&dir, &format!("bad-{n}.toml"), &config);
         let out = run_drawbridge(&file, &["--check"], RUN_DEADLINE).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: stderr {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{what}: stderr {stderr}");
         for word in words {
             assert!(
                 stderr.contains(word),
@@ -188,29 +188,29 @@ async fn check_refuses_bad_configs_naming_the_field() {
         }
     }
 
-    // A file that is not TOML at all: exit 1, and the message names the file.
+    // A file that is not TOML at all: exit 2, and the message names the file.
     let file = dir.join("not-toml.toml");
     std::fs::write(&file, "[server\nlisten = ").unwrap();
     let out = run_drawbridge(&file, &["--check"], RUN_DEADLINE).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "not TOML: stderr {stderr}");
+    assert_eq!(out.status.code(), Some(2), "not TOML: stderr {stderr}");
     assert!(
         stderr.contains("not-toml.toml"),
         "not TOML: stderr {stderr}"
     );
 }
 
-/// A normal start (no `--check`) with a bad file exits 1 at once with the same message, and
+/// A normal start (no `--check`) with a bad file exits 2 at once with the same message, and
 /// never listens.
 #[tokio::test]
-async fn start_with_a_bad_config_exits_1_naming_the_field() {
-    let dir = TestDir::new("start_with_a_bad_config_exits_1");
+async fn start_with_a_bad_config_exits_2_naming_the_field() {
+    let dir = TestDir::new("start_with_a_bad_config_exits_2");
     let mut config = valid_config(dir.path());
     first_route(&mut config).insert("pool".into(), "nope".into());
     let file = write(&dir, "bad.toml", &config);
     let out = run_drawbridge(&file, &[], RUN_DEADLINE).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr {stderr}");
+    assert_eq!(out.status.code(), Some(2), "stderr {stderr}");
     assert!(stderr.contains("routes[0].pool"), "stderr {stderr}");
     assert!(stderr.contains("unknown pool \"nope\""), "stderr {stderr}");
 }

@@ -16,11 +16,11 @@ use crate::output::{Format, Output};
 use crate::plan::{Direction, Plan};
 use crate::probe::{ProbeOptions, ProbeReport};
 use drawbridge_core::consul::Client;
+use drawbridge_core::timestamp;
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// Exit codes, as `maintctl --help` lists them.
@@ -107,14 +107,6 @@ pub fn report(out: &Output, failure: Failure) -> u8 {
     code
 }
 
-/// RFC 3339 to the second.
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
 fn print_plan(env: &Environment, plan: &Plan, out: Output) {
     out.emit(
         json!({"event": "plan", "direction": plan.direction.as_str(), "env": env.name, "hash": plan.hash(),
@@ -171,7 +163,7 @@ pub fn bypass(
     let token = bypass
         .keyring
         .sign(&bypass.environment, now.unix_timestamp(), ttl, Some(&who));
-    let expires = rfc3339(now + ttl);
+    let expires = timestamp::seconds(now + ttl);
     out.emit(
         json!({"token": token, "header": bypass.header, "cookie": bypass.cookie, "expires_at": expires}),
         || {

@@ -1,13 +1,14 @@
 //! `status` and `history`: what the environment looks like now, and what runs did, as one JSON
 //! object per line or as aligned tables for a person (times to the second).
 
-use super::{consul_client, exit, http_client, rfc3339, CommandResult, Failure};
+use super::{consul_client, exit, http_client, CommandResult, Failure};
 use crate::config::Config;
 use crate::journal::{self, Run, StepRecord, StepStatus, TargetStatus};
 use crate::lock;
 use crate::output::Output;
 use crate::steps::count;
 use crate::survey::{self, BoxSeen, KeyState, Survey};
+use drawbridge_core::timestamp;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -40,7 +41,7 @@ fn key_json(key: &KeyState) -> Value {
     match key {
         KeyState::Missing => json!({"mode": "normal", "present": false}),
         KeyState::Set { doc, index } => {
-            json!({"mode": doc.mode, "reason": doc.reason, "until": doc.until.map(rfc3339), "scope": doc.scope, "index": index, "present": true})
+            json!({"mode": doc.mode, "reason": doc.reason, "until": doc.until.map(timestamp::seconds), "scope": doc.scope, "index": index, "present": true})
         }
         KeyState::Invalid { error, index } => {
             json!({"mode": "invalid", "error": error, "index": index, "present": true})
@@ -71,9 +72,9 @@ fn status_json(seen: &Survey, holder: Option<&lock::Holder>, last: Option<&Run>)
         .collect();
     json!({
         "gate": key_json(&seen.key), "proxies": proxies, "boxes": boxes,
-        "lock": holder.map(|h| json!({"by": h.by(), "host": h.host, "pid": h.pid, "since": rfc3339(h.since), "action": h.action})),
+        "lock": holder.map(|h| json!({"by": h.by(), "host": h.host, "pid": h.pid, "since": timestamp::seconds(h.since), "action": h.action})),
         "last_run": last.map(|r| json!({"id": r.id, "direction": r.direction, "status": r.status,
-            "started_at": rfc3339(r.started_at), "by": r.by, "reason": r.reason})),
+            "started_at": timestamp::seconds(r.started_at), "by": r.by, "reason": r.reason})),
     })
 }
 
@@ -92,7 +93,7 @@ fn status_text(
                 line.push_str(&format!(", reason \"{reason}\""));
             }
             if let Some(until) = doc.until {
-                line.push_str(&format!(", until {}", rfc3339(until)));
+                line.push_str(&format!(", until {}", timestamp::seconds(until)));
             }
             if let Some(scope) = &doc.scope {
                 line.push_str(&format!(", only {}", scope.join(", ")));
@@ -150,7 +151,7 @@ fn status_text(
             h.action,
             h.by(),
             h.pid,
-            rfc3339(h.since)
+            timestamp::seconds(h.since)
         ),
     });
     s.push_str("\nlast run: ");
@@ -161,7 +162,7 @@ fn status_text(
             r.id,
             r.direction.as_str(),
             r.status.as_str(),
-            rfc3339(r.started_at),
+            timestamp::seconds(r.started_at),
             r.by,
             r.reason
         ),
@@ -230,7 +231,7 @@ fn run_json(run: &Run) -> Value {
         })
         .collect();
     json!({"run": run.id, "direction": run.direction, "status": run.status, "by": run.by,
-           "reason": run.reason, "started_at": rfc3339(run.started_at),
+           "reason": run.reason, "started_at": timestamp::seconds(run.started_at),
            "seconds": seconds(Some(run.started_at), run.ended_at), "restores": run.restores,
            "steps": steps})
 }
@@ -238,7 +239,7 @@ fn run_json(run: &Run) -> Value {
 fn run_text(run: &Run) -> String {
     let mut out = format!(
         "{} {:<4} {:<11} {:>7} by {} (\"{}\") {}\n",
-        rfc3339(run.started_at),
+        timestamp::seconds(run.started_at),
         run.direction.as_str(),
         run.status.as_str(),
         duration_text(seconds(Some(run.started_at), run.ended_at)),

@@ -305,7 +305,7 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
 enum UpPlan {
     /// Run this plan, restoring these `down` runs.
     Run(Plan, Vec<String>),
-    /// Nothing to restore, and the environment is seen open: say so.
+    /// Nothing to restore, no run since the last `up`, and the environment is seen open: say so.
     AlreadyOpen,
 }
 
@@ -344,7 +344,14 @@ async fn up_plan(
     let mut not_open = seen.differences(Direction::Up);
     not_open.extend(survey::public_differences(env, &http, Direction::Up).await);
     if not_open.is_empty() {
-        return Ok(UpPlan::AlreadyOpen);
+        // Runs since the last `up` changed nothing that is still down (e.g. a `down` stopped
+        // before it acted): a run that only checks closes that maintenance, so its steps are not
+        // taken as done in the next one.
+        return Ok(if maintenance.runs.is_empty() {
+            UpPlan::AlreadyOpen
+        } else {
+            UpPlan::Run(Plan::check_up(env), downs)
+        });
     }
     Err(Failure::failed(format!(
         "no down of {0} changed anything since the last up, but the environment is not open; \

@@ -31,16 +31,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// The token file named by `CONSUL_HTTP_TOKEN_FILE` could not be read.
-    #[error("cannot read the consul token file {path} (CONSUL_HTTP_TOKEN_FILE)")]
-    TokenFile {
-        /// The path as given.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-
     /// No TCP connection to the agent: it is down, or the address is wrong.
     #[error(
         "consul {what} at {address}: cannot connect; is the consul agent running there? \

@@ -58,11 +58,21 @@ impl Failover {
     }
 
     /// After `error` from the client at `from`: moves to the next address when the error says
-    /// this one cannot serve now (unreachable, timed out, no leader or servers, 5xx) and there
-    /// is another; ACL and decode errors would be the same elsewhere. Returns whether reads
-    /// now go elsewhere (another follower that failed on the same address may have moved first).
+    /// this address cannot serve now (no connection, no answer in time, a broken connection, an
+    /// agent without servers, too many connections) and there is another. An answer about the
+    /// cluster (no leader, a 5xx while the servers elect one) or the request (ACL, decode) would
+    /// be the same elsewhere. Returns whether reads now go elsewhere (another follower that
+    /// failed on the same address may have moved first).
     pub fn move_on(&self, from: usize, error: &Error) -> bool {
-        if self.clients.len() < 2 || !error.is_transient() {
+        let cannot_serve = matches!(
+            error,
+            Error::Unreachable { .. }
+                | Error::Timeout { .. }
+                | Error::Transport { .. }
+                | Error::NoServers { .. }
+                | Error::TooManyConnections { .. }
+        );
+        if self.clients.len() < 2 || !cannot_serve {
             return false;
         }
         let next = (from + 1) % self.clients.len();
@@ -87,9 +97,10 @@ mod tests {
     }
 
     fn unreachable_at(address: &str) -> Error {
-        Error::NoLeader {
+        Error::Timeout {
             what: "kv get k".into(),
             address: address.into(),
+            timeout: std::time::Duration::from_secs(1),
         }
     }
 
@@ -128,12 +139,29 @@ mod tests {
     #[test]
     fn stays_on_errors_another_address_would_give_too() {
         let f = Failover::new(&addresses(2), None).unwrap();
-        let denied = Error::AclDenied {
-            what: "kv get k".into(),
-            address: "http://127.0.0.1:8500".into(),
-            body: "Permission denied".into(),
-        };
-        assert!(!f.move_on(0, &denied));
+        let address = "http://127.0.0.1:8500".to_string();
+        let what = "kv get k".to_string();
+        let same_everywhere = [
+            Error::AclDenied {
+                what: what.clone(),
+                address: address.clone(),
+                body: "Permission denied".into(),
+            },
+            Error::NoLeader {
+                what: what.clone(),
+                address: address.clone(),
+            },
+            // A follower forwarding to a leader that just died.
+            Error::Status {
+                what,
+                address,
+                code: 500,
+                body: "rpc error getting client: failed to get conn".into(),
+            },
+        ];
+        for error in &same_everywhere {
+            assert!(!f.move_on(0, error), "{error}");
+        }
         assert_eq!(f.current().0, 0);
     }
 

@@ -1,0 +1,128 @@
+//! The file as written: serde structs that mirror the TOML, every field optional where the file
+//! may leave it out, unknown keys refused. Nothing here is checked; the section modules do that.
+
+use drawbridge_core::settings::FileBypassKey;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) server: FileServer,
+    #[serde(default)]
+    pub(super) admin: FileAdmin,
+    pub(super) consul: FileConsul,
+    #[serde(default)]
+    pub(super) maintenance: FileMaintenance,
+    #[serde(default)]
+    pub(super) bypass: FileBypass,
+    #[serde(default)]
+    pub(super) pools: BTreeMap<String, FilePool>,
+    #[serde(default)]
+    pub(super) routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileServer {
+    #[serde(default)]
+    pub(super) listen: Vec<String>,
+    pub(super) threads: Option<usize>,
+    pub(super) pid_file: Option<PathBuf>,
+    pub(super) upgrade_sock: Option<PathBuf>,
+    pub(super) grace_period: Option<String>,
+    pub(super) shutdown_timeout: Option<String>,
+    pub(super) state_file: Option<PathBuf>,
+    pub(super) access_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAdmin {
+    pub(super) listen: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) advertise_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConsul {
+    pub(super) address: Option<OneOrMany>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) key: Option<String>,
+    pub(super) wait: Option<String>,
+    pub(super) consistency: Option<String>,
+    pub(super) stale_after: Option<String>,
+    pub(super) register: Option<bool>,
+    pub(super) service_name: Option<String>,
+    pub(super) service_id: Option<String>,
+}
+
+/// `consul.address`: one address, or a list to fail over along.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileMaintenance {
+    pub(super) default_retry_after: Option<String>,
+    pub(super) page_refresh_max: Option<String>,
+    pub(super) page: Option<PathBuf>,
+    pub(super) default_message: Option<String>,
+    #[serde(default)]
+    pub(super) cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileBypass {
+    #[serde(default)]
+    pub(super) trusted_cidrs: Vec<String>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) header: Option<String>,
+    pub(super) cookie: Option<String>,
+    pub(super) environment: Option<String>,
+    pub(super) max_ttl: Option<String>,
+    #[serde(default)]
+    pub(super) keys: Vec<FileBypassKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FilePool {
+    pub(super) servers: Option<Vec<String>>,
+    pub(super) consul_service: Option<String>,
+    pub(super) health_check: Option<FileHealthCheck>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) read_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHealthCheck {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    pub(super) path: Option<String>,
+    pub(super) interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRoute {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) kind: String,
+    pub(super) pool: String,
+    #[serde(default)]
+    pub(super) exempt_paths: Vec<String>,
+}
