@@ -53,9 +53,9 @@ pub struct ConsulStatus {
     /// Whether the last request to Consul got an answer.
     pub reachable: bool,
     /// True when the watcher has had no contact with Consul for longer than the staleness
-    /// limit: no answer, and no blocking read open within its wait.
+    /// limit: no answer, and no blocking read open and not yet timed out.
     pub stale: bool,
-    /// Seconds without contact: 0 while a blocking read is open within its wait.
+    /// Seconds without contact: 0 while a blocking read is open and not yet timed out.
     #[serde(default)]
     pub seconds_without_contact: Option<f64>,
     /// When Consul last answered (RFC 3339).

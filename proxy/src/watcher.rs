@@ -28,16 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// How long a read that does not block counts as contact while it is open.
-const PROMPT_READ_CONTACT: Duration = Duration::from_secs(1);
-
 /// What the watcher knows about its connection to Consul, for `/status`.
 #[derive(Debug, Clone, Default)]
 pub struct WatchStatus {
     pub reachable: bool,
     pub last_answer_at: Option<OffsetDateTime>,
-    /// Until when the read now open counts as contact: a blocking query that is open and within
-    /// its wait is a healthy watch, however long ago the last answer came.
+    /// Until when the read now open counts as contact: a blocking query that is open and not yet
+    /// timed out is a healthy watch, however long ago the last answer came.
     pub open_read_until: Option<OffsetDateTime>,
     /// The address the watcher reads from now.
     pub reading_from: String,
@@ -47,7 +44,7 @@ pub struct WatchStatus {
 }
 
 impl WatchStatus {
-    /// Seconds without contact at `now`: 0 while a read is open within its expected time, else
+    /// Seconds without contact at `now`: 0 while a read is open and not yet timed out, else
     /// since the last answer; `None` before the first answer.
     pub fn seconds_without_contact(&self, now: OffsetDateTime) -> Option<f64> {
         if self.open_read_until.is_some_and(|until| now <= until) {
@@ -331,11 +328,9 @@ impl Followed for GateWatcher {
         index: u64,
     ) -> Result<(KvRead, u64), consul::Error> {
         let options = kind.options(index, self.wait, self.consistency);
-        // Consul answers a blocking read within wait + wait/16; a prompt read at once.
-        let contact_for = options
-            .effective_wait()
-            .map_or(PROMPT_READ_CONTACT, |w| w + w / 16 + PROMPT_READ_CONTACT);
-        self.record_read(client, contact_for);
+        // Until the client gives it up (wait + wait/16 + a margin, or 10 s for a prompt read), an
+        // open read is a healthy watch: a busy host that answers a little late is not stale.
+        self.record_read(client, options.request_timeout());
         let read = client.kv_get(&self.key, &options).await?;
         let answered = read.meta.index;
         Ok((read, answered))
