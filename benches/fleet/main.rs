@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use drawbridge_tests::consul::{ConsulCluster, CLUSTER_SIZE};
-use drawbridge_tests::process::{TestDir, MAX_LIFETIME};
+use drawbridge_tests::process::{max_lifetime, TestDir};
 use drawbridge_tests::proxy::{drawbridge_bin, Drawbridge, DrawbridgeBuilder, HealthCheck, Route};
 use drawbridge_tests::upstream::{Kind, Upstream};
 use serde::Serialize;
@@ -379,9 +379,9 @@ async fn run_mode(
     keep_logs: bool,
 ) -> anyhow::Result<(ModeResult, (&'static str, PathBuf))> {
     let began = Instant::now();
-    // Every child lives at most MAX_LIFETIME (the harness's watchdog); stop adding work well
+    // Every child lives at most max_lifetime() (the harness's watchdog); stop adding work well
     // before the first ones are killed.
-    let budget_end = began + MAX_LIFETIME - Duration::from_secs(90);
+    let budget_end = began + max_lifetime() - Duration::from_secs(90);
     let mut notes = Vec::new();
     let dir = Arc::new(TestDir::new(&format!("fleet-{consistency}")));
     let log = |what: String| {

@@ -5,7 +5,8 @@
 //!
 //! The counts are CI's; the long runs take them from the environment (README, "Consul"):
 //! `DRAWBRIDGE_CLUSTER_RESTARTS` (default 20), `DRAWBRIDGE_IDLE_PROXIES` (default 3) and
-//! `DRAWBRIDGE_IDLE_SECS` (default 15).
+//! `DRAWBRIDGE_IDLE_SECS` (default 15); runs longer than the harness's 10-minute process
+//! lifetime also set `DRAWBRIDGE_TEST_LIFETIME_SECS`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

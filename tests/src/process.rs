@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Longest a child may live, whatever happens to the test: 10 minutes.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// Longest a child may live, whatever happens to the test: 10 minutes, unless
+/// `DRAWBRIDGE_TEST_LIFETIME_SECS` asks for more (the long runs: soaks and 10-minute idle checks).
+pub fn max_lifetime() -> Duration {
+    std::env::var("DRAWBRIDGE_TEST_LIFETIME_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(600), Duration::from_secs)
+}
 
 /// How long a child gets to exit after SIGTERM before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -105,13 +111,13 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd` with stdin closed and stdout/stderr appended to `<dir>/<name>.stdout.log`
-    /// and `<dir>/<name>.stderr.log`, with a [`MAX_LIFETIME`] watchdog.
+    /// and `<dir>/<name>.stderr.log`, with a [`max_lifetime`] watchdog.
     ///
     /// # Panics
     /// When the log files cannot be opened or the program cannot be started (a harness
     /// failure, reported with the program name).
     pub fn spawn(name: &str, cmd: Command, dir: &Path) -> ChildGuard {
-        ChildGuard::spawn_with_lifetime(name, cmd, dir, MAX_LIFETIME)
+        ChildGuard::spawn_with_lifetime(name, cmd, dir, max_lifetime())
     }
 
     /// As [`ChildGuard::spawn`], killed after `lifetime` at the latest (whole seconds).
