@@ -588,15 +588,14 @@ fn check_extra_step(key: &str, s: FileExtraStep, p: &mut Problems) -> Option<Ext
     })
 }
 
+/// An inventory of one environment (`mock`: two API/UI boxes, a worker, a webhook step) for
+/// the tests of the modules that read inventories.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod sample {
+    use super::{Config, Environment};
+    use std::path::Path;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("maintctl.toml"), text, &|_| None)
-    }
-
-    const MOCK: &str = r#"
+    pub(crate) const MOCK: &str = r#"
         [environments.mock]
         consul = "http://127.0.0.1:8500"
         key = "drawbridge/mock/gate"
@@ -605,13 +604,37 @@ mod tests {
         role = "api_ui"
         consul_agent = "http://127.0.0.2:8500"
         [[environments.mock.boxes]]
+        name = "api2"
+        role = "api_ui"
+        consul_agent = "http://127.0.0.3:8500"
+        [[environments.mock.boxes]]
         name = "worker1"
         role = "worker"
         ssh = "worker1"
         stop = "stop.sh"
         start = "start.sh"
         check = "check.sh"
+        [[environments.mock.steps]]
+        name = "partners"
+        when = "before_down"
+        webhook = "http://127.0.0.1:1/hook"
     "#;
+
+    /// The `mock` environment of [`MOCK`].
+    pub(crate) fn mock() -> Environment {
+        let mut config = Config::parse(Path::new("maintctl.toml"), MOCK, &|_| None).unwrap();
+        config.environments.remove("mock").unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::MOCK;
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("maintctl.toml"), text, &|_| None)
+    }
 
     #[test]
     fn an_environment_gets_the_documented_defaults() {
@@ -624,7 +647,7 @@ mod tests {
             ProxyDiscovery::ConsulService("drawbridge".into())
         );
         assert_eq!(mock.boxes[0].node, "api1");
-        assert_eq!(mock.boxes[1].role, Role::Worker);
+        assert_eq!(mock.boxes[2].role, Role::Worker);
         assert!(c.environment("prod").unwrap_err().contains("known: mock"));
     }
 
@@ -637,15 +660,15 @@ mod tests {
         );
         let err = parse(&text).unwrap_err().problems.join("\n");
         assert!(
-            err.contains("environments.mock.boxes[2]: a box reached over ssh needs"),
+            err.contains("environments.mock.boxes[3]: a box reached over ssh needs"),
             "{err}"
         );
         assert!(
-            err.contains("environments.mock.boxes[3].role: \"cache\""),
+            err.contains("environments.mock.boxes[4].role: \"cache\""),
             "{err}"
         );
         assert!(
-            err.contains("environments.mock.steps[0].when: \"later\""),
+            err.contains("environments.mock.steps[1].when: \"later\""),
             "{err}"
         );
     }

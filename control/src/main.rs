@@ -45,6 +45,20 @@ struct Cli {
     command: Command,
 }
 
+/// The flags every run (`down`, `up`, `resume`) takes.
+#[derive(clap::Args, Debug)]
+struct RunFlags {
+    /// Do not ask for confirmation (environments with `confirm = true`).
+    #[arg(long)]
+    yes: bool,
+    /// Print the plan and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Send webhooks and run commands again even when a run of this maintenance did.
+    #[arg(long)]
+    repeat_steps: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Take the environment down: gate key, node maintenance, workers, scheduled jobs.
@@ -58,15 +72,8 @@ enum Command {
         /// Expected end, RFC 3339 (e.g. 2026-11-25T21:00:00Z) or a duration from now (e.g. 1h).
         #[arg(long, value_parser = parse_until)]
         until: Option<OffsetDateTime>,
-        /// Do not ask for confirmation (environments with `confirm = true`).
-        #[arg(long)]
-        yes: bool,
-        /// Print the plan and touch nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Send webhooks and run commands again even when a run of this maintenance did.
-        #[arg(long)]
-        repeat_steps: bool,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Bring it back: restore everything any `down` since the last completed `up` changed,
     /// smoke-test through the gate, open traffic, then check the whole environment is up.
@@ -78,30 +85,16 @@ enum Command {
         /// already up): for an environment taken down by hand.
         #[arg(long)]
         all: bool,
-        /// Do not ask for confirmation (environments with `confirm = true`).
-        #[arg(long)]
-        yes: bool,
-        /// Print the plan and touch nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Send webhooks and run commands again even when a run of this maintenance did.
-        #[arg(long)]
-        repeat_steps: bool,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
         /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
         env: String,
-        /// Do not ask for confirmation (environments with `confirm = true`).
-        #[arg(long)]
-        yes: bool,
-        /// Print the plan and touch nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Send webhooks and run commands again even when a run of this maintenance did.
-        #[arg(long)]
-        repeat_steps: bool,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Print the exact steps and targets of `down` or `up`; touches nothing.
     Plan {
@@ -233,43 +226,30 @@ async fn main() -> ExitCode {
 /// Runs one command; all but `probe` read the inventory at `path` first.
 async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
     let inventory = || Config::load(path).map_err(Failure::usage);
-    let run = |reason, until, yes, dry_run, all, repeat_steps| RunRequest {
+    let run = |reason, until, all, flags: RunFlags| RunRequest {
         reason,
         until,
-        yes,
-        dry_run,
+        yes: flags.yes,
+        dry_run: flags.dry_run,
         all,
-        repeat_steps,
+        repeat_steps: flags.repeat_steps,
     };
     match command {
         Command::Down {
             env,
             reason,
             until,
-            yes,
-            dry_run,
-            repeat_steps,
+            flags,
         } => {
-            let request = run(reason, until, yes, dry_run, false, repeat_steps);
+            let request = run(reason, until, false, flags);
             commands::down(&inventory()?, &env, request, out).await
         }
-        Command::Up {
-            env,
-            all,
-            yes,
-            dry_run,
-            repeat_steps,
-        } => {
-            let request = run(None, None, yes, dry_run, all, repeat_steps);
+        Command::Up { env, all, flags } => {
+            let request = run(None, None, all, flags);
             commands::up(&inventory()?, &env, request, out).await
         }
-        Command::Resume {
-            env,
-            yes,
-            dry_run,
-            repeat_steps,
-        } => {
-            let request = run(None, None, yes, dry_run, false, repeat_steps);
+        Command::Resume { env, flags } => {
+            let request = run(None, None, false, flags);
             commands::resume(&inventory()?, &env, request, out).await
         }
         Command::Plan {

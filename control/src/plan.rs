@@ -177,6 +177,43 @@ fn verify(env: &Environment, want: Direction) -> Step {
     step(id, title, StepKind::Verify { want }, vec![env.name.clone()])
 }
 
+/// The step that brings every box of `role` to `want`; each role has one way to do it.
+fn box_step(env: &Environment, role: Role, want: BoxState) -> Step {
+    let (id, title, kind) = match (role, want) {
+        (Role::ApiUi, BoxState::Stopped) => (
+            "node_maintenance_on",
+            "put the API/UI boxes into Consul node maintenance",
+            StepKind::NodeMaintenance { want },
+        ),
+        (Role::ApiUi, BoxState::Running) => (
+            "node_maintenance_off",
+            "take the API/UI boxes out of Consul node maintenance",
+            StepKind::NodeMaintenance { want },
+        ),
+        (Role::Worker, BoxState::Stopped) => (
+            "stop_workers",
+            "stop the worker services",
+            StepKind::Workers { want },
+        ),
+        (Role::Worker, BoxState::Running) => (
+            "start_workers",
+            "start the worker services",
+            StepKind::Workers { want },
+        ),
+        (Role::Scheduler, BoxState::Stopped) => (
+            "disable_jobs",
+            "disable the scheduled jobs",
+            StepKind::Jobs { want },
+        ),
+        (Role::Scheduler, BoxState::Running) => (
+            "enable_jobs",
+            "enable the scheduled jobs",
+            StepKind::Jobs { want },
+        ),
+    };
+    step(id, title, kind, boxes(env, role))
+}
+
 fn step(id: &str, title: &str, kind: StepKind, targets: Vec<String>) -> Step {
     Step {
         id: id.to_string(),
@@ -207,68 +244,20 @@ impl Plan {
             StepKind::SetKey,
             vec![env.key.clone()],
         ));
-        steps.push(step(
-            "node_maintenance_on",
-            "put the API/UI boxes into Consul node maintenance",
-            StepKind::NodeMaintenance {
-                want: BoxState::Stopped,
-            },
-            boxes(env, Role::ApiUi),
-        ));
-        steps.push(step(
-            "stop_workers",
-            "stop the worker services",
-            StepKind::Workers {
-                want: BoxState::Stopped,
-            },
-            boxes(env, Role::Worker),
-        ));
-        steps.push(step(
-            "disable_jobs",
-            "disable the scheduled jobs",
-            StepKind::Jobs {
-                want: BoxState::Stopped,
-            },
-            boxes(env, Role::Scheduler),
-        ));
+        for role in [Role::ApiUi, Role::Worker, Role::Scheduler] {
+            steps.push(box_step(env, role, BoxState::Stopped));
+        }
         steps.extend(extras(env, When::AfterDown));
         steps.push(verify(env, Direction::Down));
-        Plan {
-            direction: Direction::Down,
-            steps: steps
-                .into_iter()
-                .filter(|s| !s.targets.is_empty())
-                .collect(),
-        }
+        Plan::of(Direction::Down, steps)
     }
 
     /// The whole restore, every step (each checks first and skips what is already up).
     pub fn up(env: &Environment) -> Plan {
         let mut steps = extras(env, When::BeforeUp);
-        steps.push(step(
-            "enable_jobs",
-            "enable the scheduled jobs",
-            StepKind::Jobs {
-                want: BoxState::Running,
-            },
-            boxes(env, Role::Scheduler),
-        ));
-        steps.push(step(
-            "start_workers",
-            "start the worker services",
-            StepKind::Workers {
-                want: BoxState::Running,
-            },
-            boxes(env, Role::Worker),
-        ));
-        steps.push(step(
-            "node_maintenance_off",
-            "take the API/UI boxes out of Consul node maintenance",
-            StepKind::NodeMaintenance {
-                want: BoxState::Running,
-            },
-            boxes(env, Role::ApiUi),
-        ));
+        for role in [Role::Scheduler, Role::Worker, Role::ApiUi] {
+            steps.push(box_step(env, role, BoxState::Running));
+        }
         steps.push(step(
             "smoke_tests",
             "smoke-test through the proxy with a bypass token while the public sees the page",
@@ -283,8 +272,13 @@ impl Plan {
         ));
         steps.extend(extras(env, When::AfterUp));
         steps.push(verify(env, Direction::Up));
+        Plan::of(Direction::Up, steps)
+    }
+
+    /// The plan of the steps that have targets.
+    fn of(direction: Direction, steps: Vec<Step>) -> Plan {
         Plan {
-            direction: Direction::Up,
+            direction,
             steps: steps
                 .into_iter()
                 .filter(|s| !s.targets.is_empty())
@@ -371,36 +365,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use std::path::Path;
-
-    fn env() -> Environment {
-        let text = r#"
-            [environments.mock]
-            key = "drawbridge/mock/gate"
-            [[environments.mock.boxes]]
-            name = "api1"
-            role = "api_ui"
-            consul_agent = "http://127.0.0.2:8500"
-            [[environments.mock.boxes]]
-            name = "api2"
-            role = "api_ui"
-            consul_agent = "http://127.0.0.3:8500"
-            [[environments.mock.boxes]]
-            name = "worker1"
-            role = "worker"
-            ssh = "worker1"
-            stop = "s"
-            start = "s"
-            check = "c"
-            [[environments.mock.steps]]
-            name = "partners"
-            when = "before_down"
-            webhook = "http://127.0.0.1:1/hook"
-        "#;
-        let mut c = Config::parse(Path::new("t.toml"), text, &|_| None).unwrap();
-        c.environments.remove("mock").unwrap()
-    }
+    use crate::config::sample::mock as env;
 
     #[test]
     fn down_runs_the_procedure_in_order_and_skips_empty_roles() {

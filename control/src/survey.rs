@@ -2,13 +2,15 @@
 //! URLs answer and each box's state. `status` prints it; `down` and `up` end by checking it, so
 //! "verified" means the end state was observed, not that the planned steps ran.
 
-use crate::config::{BoxAccess, Environment, Role};
+use crate::config::{BoxAccess, BoxSettings, Environment, Role};
 use crate::plan::Direction;
 use crate::proxies::{self, Expect, Proxy};
 use crate::remote::{self, BoxState};
 use drawbridge_core::consul::{Client, QueryOptions};
 use drawbridge_core::gate::{GateDoc, Mode};
 use drawbridge_core::status::StatusReport;
+use futures_util::stream::{self, StreamExt};
+use std::future::Future;
 
 /// The gate key as read from Consul.
 #[derive(Debug, Clone)]
@@ -114,38 +116,18 @@ pub async fn survey(
             },
         },
     };
-    let proxies = match proxies::discover(env, consul).await {
-        Ok(list) => Ok(read_proxies(env, http, &list).await),
-        Err(e) => Err(e),
+    let proxies = async {
+        match proxies::discover(env, consul).await {
+            Ok(list) => Ok(read_proxies(env, http, &list).await),
+            Err(e) => Err(e),
+        }
     };
-    let mut boxes = Vec::new();
-    for b in &env.boxes {
-        let seen = match &b.access {
-            BoxAccess::ConsulAgent(_) => match consul.health_node(&b.node).await {
-                Ok(checks) => {
-                    BoxSeen::NodeMaintenance(checks.iter().any(|c| c.is_node_maintenance()))
-                }
-                Err(e) => BoxSeen::Unknown(e.to_string()),
-            },
-            _ => match remote::check(
-                http,
-                env.ssh_config.as_deref(),
-                b,
-                "status",
-                env.step_timeout,
-            )
-            .await
-            {
-                Ok(state) => BoxSeen::Check(state),
-                Err(e) => BoxSeen::Unknown(e),
-            },
-        };
-        boxes.push(BoxView {
-            name: b.name.clone(),
-            role: b.role,
-            seen,
-        });
-    }
+    let looks = env
+        .boxes
+        .iter()
+        .map(|b| look_at_box(env, consul, http, b))
+        .collect();
+    let (proxies, boxes) = tokio::join!(proxies, all_at_once(env, looks));
     Ok(Survey {
         key,
         proxies,
@@ -153,15 +135,53 @@ pub async fn survey(
     })
 }
 
-async fn read_proxies(env: &Environment, http: &reqwest::Client, list: &[Proxy]) -> Vec<ProxyView> {
-    let mut views = Vec::new();
-    for p in list {
-        views.push(ProxyView {
-            name: p.name.clone(),
-            report: proxies::status(http, env, p).await,
-        });
+/// Awaits every look, at most `env.parallel` at a time (a survey of a large fleet takes the time
+/// of its slowest box, not of all of them); the answers keep the looks' order.
+async fn all_at_once<Fut: Future>(env: &Environment, looks: Vec<Fut>) -> Vec<Fut::Output> {
+    stream::iter(looks).buffered(env.parallel).collect().await
+}
+
+async fn look_at_box(
+    env: &Environment,
+    consul: &Client,
+    http: &reqwest::Client,
+    b: &BoxSettings,
+) -> BoxView {
+    let seen = match &b.access {
+        BoxAccess::ConsulAgent(_) => match consul.health_node(&b.node).await {
+            Ok(checks) => BoxSeen::NodeMaintenance(checks.iter().any(|c| c.is_node_maintenance())),
+            Err(e) => BoxSeen::Unknown(e.to_string()),
+        },
+        _ => match remote::check(
+            http,
+            env.ssh_config.as_deref(),
+            b,
+            "status",
+            env.step_timeout,
+        )
+        .await
+        {
+            Ok(state) => BoxSeen::Check(state),
+            Err(e) => BoxSeen::Unknown(e),
+        },
+    };
+    BoxView {
+        name: b.name.clone(),
+        role: b.role,
+        seen,
     }
-    views
+}
+
+async fn read_proxies(env: &Environment, http: &reqwest::Client, list: &[Proxy]) -> Vec<ProxyView> {
+    let reads = list.iter().map(|p| read_proxy(env, http, p)).collect();
+    all_at_once(env, reads).await
+}
+
+async fn read_proxy(env: &Environment, http: &reqwest::Client, p: &Proxy) -> ProxyView {
+    ProxyView {
+        name: p.name.clone(),
+        report: proxies::status(http, env, p).await,
+    }
 }
 
 /// What the public URLs of `env` answer that they should not when the environment is `want`
@@ -175,15 +195,16 @@ pub async fn public_differences(
         Direction::Down => (Expect::Page, Expect::Problem),
         Direction::Up => (Expect::Open, Expect::Open),
     };
-    let mut found = Vec::new();
-    for (urls, expect) in [(&env.public_page_urls, page), (&env.public_api_urls, api)] {
-        for url in urls {
-            if let Err(e) = proxies::check_public(http, url, expect).await {
-                found.push(e);
-            }
-        }
-    }
-    found
+    let urls = (env.public_page_urls.iter().map(move |u| (u, page)))
+        .chain(env.public_api_urls.iter().map(move |u| (u, api)));
+    let checks = urls
+        .map(|(url, expect)| proxies::check_public(http, url, expect))
+        .collect();
+    all_at_once(env, checks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
 }
 
 impl Survey {

@@ -191,14 +191,8 @@ impl Client {
     /// Transport and ACL (`node:write`) failures.
     pub async fn agent_node_maintenance(&self, enable: bool, reason: &str) -> Result<(), Error> {
         let what = format!("agent node maintenance {}", on_off(enable));
-        let mut req = Request::put(&what, "/v1/agent/maintenance".into());
-        req.query
-            .pair("enable", if enable { "true" } else { "false" });
-        if !reason.is_empty() {
-            req.query.pair("reason", reason);
-        }
-        self.call_ok(req).await?;
-        Ok(())
+        self.put_maintenance(&what, "/v1/agent/maintenance".into(), enable, reason)
+            .await
     }
 
     /// Puts one service of the agent called into maintenance (or takes it out).
@@ -219,7 +213,18 @@ impl Client {
             "/v1/agent/service/maintenance/{}",
             escape_segment(service_id)
         );
-        let mut req = Request::put(&what, path);
+        self.put_maintenance(&what, path, enable, reason).await
+    }
+
+    /// The call both maintenance endpoints share: `enable`, and `reason` unless empty.
+    async fn put_maintenance(
+        &self,
+        what: &str,
+        path: String,
+        enable: bool,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut req = Request::put(what, path);
         req.query
             .pair("enable", if enable { "true" } else { "false" });
         if !reason.is_empty() {

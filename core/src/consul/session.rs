@@ -76,6 +76,19 @@ struct WireCreate<'a> {
     node: Option<&'a str>,
 }
 
+impl<'a> From<&'a SessionRequest> for WireCreate<'a> {
+    fn from(req: &'a SessionRequest) -> Self {
+        WireCreate {
+            name: &req.name,
+            ttl: req.ttl.map(duration::format),
+            behavior: req.behavior.as_str(),
+            lock_delay: duration::format(req.lock_delay),
+            node_checks: req.node_checks.as_deref(),
+            node: req.node.as_deref(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct WireId {
@@ -158,15 +171,8 @@ impl Client {
     /// parameters (e.g. a TTL outside 10 s to 24 h, or an unknown node check).
     pub async fn session_create(&self, req: &SessionRequest) -> Result<String, Error> {
         let what = format!("session create {}", req.name);
-        let wire = WireCreate {
-            name: &req.name,
-            ttl: req.ttl.map(duration::format),
-            behavior: req.behavior.as_str(),
-            lock_delay: duration::format(req.lock_delay),
-            node_checks: req.node_checks.as_deref(),
-            node: req.node.as_deref(),
-        };
-        let body = serde_json::to_vec(&wire).map_err(|e| self.decode_error(&what, e))?;
+        let body =
+            serde_json::to_vec(&WireCreate::from(req)).map_err(|e| self.decode_error(&what, e))?;
         let answer = self
             .call_ok(Request::put(&what, "/v1/session/create".into()).body(body))
             .await?;
@@ -247,15 +253,7 @@ mod tests {
     #[test]
     fn create_body_always_carries_lock_delay() {
         let req = SessionRequest::with_ttl("maintctl", Duration::from_secs(15));
-        let wire = WireCreate {
-            name: &req.name,
-            ttl: req.ttl.map(duration::format),
-            behavior: req.behavior.as_str(),
-            lock_delay: duration::format(req.lock_delay),
-            node_checks: req.node_checks.as_deref(),
-            node: req.node.as_deref(),
-        };
-        let json = serde_json::to_string(&wire).unwrap();
+        let json = serde_json::to_string(&WireCreate::from(&req)).unwrap();
         assert_eq!(
             json,
             r#"{"Name":"maintctl","TTL":"15s","Behavior":"release","LockDelay":"0s"}"#
