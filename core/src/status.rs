@@ -32,7 +32,11 @@ pub struct GateStatus {
     pub until: Option<String>,
     pub by: Option<String>,
     pub scope: Option<Vec<String>>,
-    /// `consul`, `state_file` (restored at start while Consul did not answer) or `default`.
+    /// `consul`; `state_file` (restored at start while Consul did not answer); `fail_safe` (the
+    /// state is unknown: the state file could not be used or there was none, and Consul gave no
+    /// state, so the proxy serves its `server.unknown_state`, maintenance by default, until
+    /// Consul answers); or `default` (before the first read of Consul finished, while the proxy
+    /// listener does not accept yet).
     pub source: String,
     /// The Consul index of the applied state: the key's ModifyIndex, or for a missing key the
     /// index Consul answered with. `maintctl` waits until it reaches the index it wrote.

@@ -3,12 +3,22 @@
 //! later phases forward, mark and log by that decision. The gate state is loaded once per
 //! request, so a switch mid-request cannot split its decision, and requests in flight finish as
 //! they started.
+//!
+//! What goes upstream is cleaned on every proxied request, whatever the gate: no bypass token
+//! (header or cookie), no client-sent `X-Drawbridge-*`, `Forwarded` or `True-Client-IP`, one
+//! `X-Forwarded-For` line (the whole chain, then the peer) and `X-Real-IP` set to the client as
+//! resolved by the trust rules ([`prepare_upstream`]). A request that cannot be proxied gets 502
+//! or 504 with a body in its route's form (`fail_to_proxy`).
 
-use crate::config::{AccessLog, BypassSettings, MaintenanceSettings};
-use crate::decide::{decide, Decision};
-use crate::facts::{RequestFacts, X_FORWARDED_FOR};
+use crate::config::{AccessLog, BypassSettings, Limits, MaintenanceSettings, RouteKind};
+use crate::decide::{decide, Answer, Decision};
+use crate::facts::{
+    forwarded_for_chain, has_cookie, prefers_json, without_cookie, RequestFacts, X_FORWARDED_FOR,
+};
 use crate::gate_state::GateState;
+use crate::guard::{refusal_for, BodyPace, Refusal, RefusalLog};
 use crate::metrics::{Metrics, RequestCounters};
+use crate::one_line::OneLine;
 use crate::pools::Pool;
 use crate::respond;
 use crate::router::Router;
@@ -17,12 +27,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use drawbridge_core::bypass::BYPASSED_HEADER;
 use drawbridge_core::gate::Mode;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +42,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// The longest a request body is waited for before a maintenance answer.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Request headers in Drawbridge's name start with this; a client may not send any of them on.
+const OWN_HEADER_PREFIX: &str = "x-drawbridge-";
+/// Where the resolved client goes for the application.
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Client-address headers the proxy does not vouch for: a client could write any address there.
+const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("true-client-ip")];
 
 /// The edge proxy.
 pub struct Edge {
@@ -44,6 +62,10 @@ pub struct Edge {
     /// The request counters of `metrics`, resolved per route.
     pub counters: RequestCounters,
     pub access_log: AccessLog,
+    /// The size and pace limits of a request (`[limits]`).
+    pub limits: Limits,
+    /// Where refusals are counted and logged, shared with the listener's gatehouse.
+    pub refusals: Arc<RefusalLog>,
 }
 
 /// What one request carries from phase to phase.
@@ -54,6 +76,14 @@ pub struct RequestCtx {
     state: Option<Arc<GateState>>,
     decision: Option<Decision>,
     peer_ip: Option<IpAddr>,
+    /// The client by the X-Forwarded-For trust rules; `None` when it cannot be known.
+    client_ip: Option<IpAddr>,
+    /// The status a failure to proxy mapped to (`respond::failure_status`), once one happened.
+    failure: Option<u16>,
+    /// Why the request was refused by `[limits]`, if it was.
+    refused: Option<Refusal>,
+    /// The request body so far, against `max_body_bytes` and `body_min_rate`.
+    body: BodyPace,
 }
 
 impl RequestCtx {
@@ -74,16 +104,69 @@ fn now_unix() -> i64 {
 }
 
 impl Edge {
+    /// Writes the answer to a request that failed or was refused: `status` with a body in the
+    /// form of `route` (problem+json for API routes and clients that prefer JSON, else the
+    /// page), when no answer has begun; the connection is closed after it.
+    async fn write_failure(&self, session: &mut Session, route: Option<usize>, status: u16) {
+        let api = route.is_some_and(|route| self.router.route(route).kind == RouteKind::Api);
+        let req = session.req_header();
+        let answer =
+            if api || prefers_json(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes)) {
+                Answer::Problem
+            } else {
+                Answer::Page
+            };
+        let head_only = req.method == Method::HEAD;
+        let written = match respond::failure(status, answer) {
+            Ok((header, body)) => {
+                let body = if head_only { Bytes::new() } else { body };
+                session
+                    .as_downstream_mut()
+                    .write_error_response(header, body)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(write_error) = written {
+            tracing::debug!("cannot write the {status} answer: {write_error}");
+        }
+    }
+
+    /// Refuses a request over a `[limits]` size: counted, logged, answered with the refusal's
+    /// status, and the connection closed (its body is not read).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Option<usize>,
+        refusal: Refusal,
+        detail: &str,
+    ) {
+        self.refusals
+            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), detail);
+        ctx.refused = Some(refusal);
+        self.write_failure(session, route, refusal.status()).await;
+    }
+
     /// Verifies a bypass token against the keyring, logging who was let through.
     fn token_is_valid(&self, token: &str) -> bool {
         self.bypass.keyring.as_ref().is_some_and(|keys| {
-            match keys.verify(token, &self.bypass.environment, now_unix(), self.bypass.max_ttl) {
+            match keys.verify(
+                token,
+                &self.bypass.environment,
+                now_unix(),
+                self.bypass.max_ttl,
+            ) {
                 Ok(claims) => {
-                    tracing::info!(sub = claims.sub.as_deref().unwrap_or(""), nonce = %claims.nonce, "bypass token accepted");
+                    tracing::info!(
+                        sub = claims.sub.as_deref().unwrap_or(""),
+                        nonce = claims.nonce.as_str(),
+                        "bypass token accepted"
+                    );
                     true
                 }
                 Err(e) => {
-                    tracing::debug!("bypass token refused: {e}");
+                    tracing::debug!("bypass token refused: {}", OneLine(&e.to_string()));
                     false
                 }
             }
@@ -131,6 +214,10 @@ impl ProxyHttp for Edge {
             state: None,
             decision: None,
             peer_ip: None,
+            client_ip: None,
+            failure: None,
+            refused: None,
+            body: BodyPace::default(),
         }
     }
 
@@ -142,6 +229,12 @@ impl ProxyHttp for Edge {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let facts = RequestFacts::from_request(session.req_header(), ctx.peer_ip);
+        ctx.client_ip = facts.client_ip(&self.bypass.trusted_proxies);
+        if let Some((refusal, detail)) = refusal_for(session.req_header(), &self.limits) {
+            let route = self.router.find(facts.host, facts.path);
+            self.refuse(session, ctx, route, refusal, &detail).await;
+            return Ok(true);
+        }
         let decision = decide(
             &state,
             &self.router,
@@ -186,35 +279,34 @@ impl ProxyHttp for Edge {
         Ok(Box::new(peer))
     }
 
-    /// Removes the bypass token and records the client in `X-Forwarded-For`.
+    /// Cleans the request for the upstream ([`prepare_upstream`]).
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The token header never goes upstream. The token cookie is removed only where the
-        // route's gate was not open, as only such a gate reads the token.
-        let token_in_cookie = ctx.mode() != Some(Mode::Normal)
-            && RequestFacts::from_request(session.req_header(), ctx.peer_ip)
-                .token(&self.bypass)
-                .is_some_and(|token| token.in_cookie);
-        upstream.remove_header(&self.bypass.header);
-        if token_in_cookie {
-            strip_cookie(upstream, &self.bypass.cookie)?;
-        }
-        if let Some(peer) = ctx.peer_ip {
-            let forwarded = match upstream
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(previous) => format!("{previous}, {peer}"),
-                None => peer.to_string(),
-            };
-            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
-        }
-        Ok(())
+        prepare_upstream(upstream, &self.bypass, ctx.peer_ip, ctx.client_ip)
+    }
+
+    /// Holds the request body to `max_body_bytes` and `body_min_rate` as it is passed on; a
+    /// body over either ends the request with 413 or 408 ([`Self::fail_to_proxy`]).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let chunk = body.as_ref().map_or(0, Bytes::len);
+        let Some((refusal, detail)) = ctx.body.take(chunk, ctx.started.elapsed(), &self.limits)
+        else {
+            return Ok(());
+        };
+        self.refusals
+            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), &detail);
+        ctx.refused = Some(refusal);
+        Error::e_explain(ErrorType::HTTPStatus(refusal.status()), detail)
     }
 
     /// Marks responses that passed a closed gate.
@@ -228,6 +320,27 @@ impl ProxyHttp for Edge {
             upstream_response.insert_header(BYPASSED_HEADER, via.as_str())?;
         }
         Ok(())
+    }
+
+    /// Answers a request that could not be proxied: 504 when the upstream timed out, 502 for
+    /// other upstream failures, with a body in the route's form ([`respond::failure`]). Nothing
+    /// is written when the client is gone or the upstream's answer has already begun.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = respond::failure_status(e);
+        ctx.failure = Some(status);
+        if status > 0 {
+            let route = ctx.decision.and_then(Decision::route);
+            self.write_failure(session, route, status).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     /// Counts the request and writes its access-log line.
@@ -249,28 +362,37 @@ impl ProxyHttp for Edge {
             }
             _ => {}
         }
-        if let (Some(_), Some(Decision::Pass { route } | Decision::Bypass { route, .. })) =
-            (error, ctx.decision)
+        if let (
+            Some(failure @ (502 | 504)),
+            Some(Decision::Pass { route } | Decision::Bypass { route, .. }),
+        ) = (ctx.failure, ctx.decision)
         {
             let pool = &self.pools[self.router.route(route).pool].name;
+            let status = if failure == 504 { "504" } else { "502" };
             self.metrics
                 .upstream_errors
-                .with_label_values(&[pool])
+                .with_label_values(&[pool, status])
                 .inc();
         }
         if self.access_log == AccessLog::Off {
             return;
         }
         let mode = mode.map_or("", Mode::as_str);
-        let decision = ctx.decision.map_or("error", Decision::label);
+        let decision = match (ctx.refused, ctx.decision) {
+            (Some(refusal), _) => refusal.as_str(),
+            (None, Some(decision)) => decision.label(),
+            (None, None) => "error",
+        };
         let req = session.req_header();
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        let client = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let error = error.map(|e| e.to_string()).unwrap_or_default();
         match self.access_log {
             AccessLog::Json => {
                 let line = serde_json::json!({
                     "client": client,
+                    "peer": peer,
                     "method": req.method.as_str(),
                     "path": req.uri.path(),
                     "host": req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
@@ -285,30 +407,203 @@ impl ProxyHttp for Edge {
             }
             _ => tracing::info!(
                 target: "access",
-                "{client} {} {} {status} route={route_name} mode={mode} decision={decision} ms={elapsed_ms:.3}{}{error}",
+                "{} {} {} {status} route={route_name} mode={mode} decision={decision} peer={} ms={elapsed_ms:.3}{}{}",
+                if client.is_empty() { "-" } else { &client },
                 req.method,
-                req.uri.path(),
+                OneLine(req.uri.path()),
+                if peer.is_empty() { "-" } else { &peer },
                 if error.is_empty() { "" } else { " error=" },
+                OneLine(&error),
             ),
         }
     }
 }
 
-/// Removes cookie `name` from the request's `Cookie` header lines.
-fn strip_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
-    let kept: Vec<String> = req
+/// Cleans a request for the upstream, open gate or closed:
+/// * drops the bypass token header and every client-sent `X-Drawbridge-*` header (the proxy's
+///   own names: an application must be able to trust them), and `Forwarded`, `True-Client-IP`
+///   and `X-Real-IP`, addresses the proxy does not vouch for;
+/// * cuts the bypass cookie out of the `Cookie` lines, the other cookies kept byte for byte; a
+///   line left empty is dropped;
+/// * sends one `X-Forwarded-For` line: every line the request had, in order, then `peer`;
+/// * sets `X-Real-IP` to `client`, the client as resolved by the trust rules, when known.
+///
+/// Headers are only rebuilt where there is something to remove.
+///
+/// # Errors
+/// Only if a header cannot be stored, which values taken from the request rule out.
+pub fn prepare_upstream(
+    upstream: &mut RequestHeader,
+    bypass: &BypassSettings,
+    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
+) -> Result<()> {
+    // Collecting nothing allocates nothing: the usual request pays one pass over its names.
+    let unwanted: Vec<HeaderName> = upstream
         .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
-        .map(str::to_string)
+        .keys()
+        .filter(|name| {
+            name.as_str().starts_with(OWN_HEADER_PREFIX)
+                || **name == bypass.header
+                || **name == X_REAL_IP
+                || UNVOUCHED.contains(*name)
+        })
+        .cloned()
         .collect();
-    req.remove_header(&header::COOKIE);
-    if !kept.is_empty() {
-        req.insert_header(header::COOKIE, kept.join("; "))?;
+    for name in &unwanted {
+        upstream.remove_header(name);
+    }
+
+    let cookies = || upstream.headers.get_all(header::COOKIE).iter();
+    if has_cookie(cookies().map(HeaderValue::as_bytes), &bypass.cookie) {
+        let lines: Vec<HeaderValue> = cookies()
+            .filter_map(
+                |line| match without_cookie(line.as_bytes(), &bypass.cookie) {
+                    None => Some(Ok(line.clone())),
+                    Some(kept) if kept.is_empty() => None,
+                    Some(kept) => Some(HeaderValue::from_maybe_shared(Bytes::from(kept))),
+                },
+            )
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "a Cookie line", e))?;
+        upstream.remove_header(&header::COOKIE);
+        for line in lines {
+            upstream.append_header(header::COOKIE, line)?;
+        }
+    }
+
+    let forwarded = upstream.headers.get_all(&X_FORWARDED_FOR);
+    let lines = forwarded.iter().count();
+    if peer.is_some() || lines > 1 {
+        let chain = forwarded_for_chain(forwarded.iter().map(HeaderValue::as_bytes), peer);
+        match chain {
+            Some(chain) => {
+                let chain = HeaderValue::from_maybe_shared(Bytes::from(chain)).map_err(|e| {
+                    Error::because(ErrorType::InvalidHTTPHeader, "X-Forwarded-For", e)
+                })?;
+                upstream.insert_header(X_FORWARDED_FOR, chain)?;
+            }
+            None => {
+                upstream.remove_header(&X_FORWARDED_FOR);
+            }
+        }
+    }
+
+    if let Some(client) = client {
+        let mut text = String::with_capacity(39);
+        // An address prints as ASCII; writing to a String cannot fail.
+        let _ = write!(text, "{client}");
+        upstream.insert_header(X_REAL_IP, text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::tests::{bypass, request};
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// Every value of header `name`, in order.
+    fn all<'a>(req: &'a RequestHeader, name: &str) -> Vec<&'a str> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    /// `headers` after [`prepare_upstream`] from peer 10.0.0.2 resolved to client `client`.
+    fn prepared(headers: &[(&str, &str)], client: Option<IpAddr>) -> RequestHeader {
+        let mut req = request(Method::GET, "/", headers);
+        prepare_upstream(&mut req, &bypass(), ip("10.0.0.2"), client).unwrap();
+        req
+    }
+
+    #[test]
+    fn the_bypass_cookie_never_goes_upstream_and_other_cookies_are_kept_as_sent() {
+        let req = prepared(
+            &[
+                ("cookie", "theme=dark;lang=en"),
+                ("cookie", "a=1; drawbridge_bypass=dbt1.k1.x.y; b=\"q r\""),
+                ("cookie", "drawbridge_bypass=dbt1.k1.x.y"),
+            ],
+            None,
+        );
+        assert_eq!(
+            all(&req, "cookie"),
+            ["theme=dark;lang=en", "a=1; b=\"q r\""]
+        );
+        let only_ours = prepared(&[("cookie", "drawbridge_bypass=t")], None);
+        assert!(all(&only_ours, "cookie").is_empty());
+        let none_of_ours = prepared(&[("cookie", "a=1;  b=2")], None);
+        assert_eq!(all(&none_of_ours, "cookie"), ["a=1;  b=2"]);
+    }
+
+    #[test]
+    fn headers_in_our_name_and_unvouched_addresses_are_dropped() {
+        let req = prepared(
+            &[
+                ("x-drawbridge-bypass", "dbt1.k1.x.y"),
+                ("X-Drawbridge-Bypassed", "token"),
+                ("x-drawbridge-outage", "planned"),
+                ("x-drawbridge-anything", "1"),
+                ("forwarded", "for=192.0.2.1"),
+                ("true-client-ip", "192.0.2.1"),
+                ("x-real-ip", "192.0.2.1"),
+                ("x-drawbridgeish", "kept"),
+                ("accept", "text/html"),
+            ],
+            None,
+        );
+        let mut names: Vec<&str> = req.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-drawbridgeish", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn a_configured_token_header_is_dropped_too() {
+        let mut settings = bypass();
+        settings.header = HeaderName::from_static("x-ops-pass");
+        let mut req = request(Method::GET, "/", &[("x-ops-pass", "t"), ("a", "1")]);
+        prepare_upstream(&mut req, &settings, None, None).unwrap();
+        assert!(req.headers.get("x-ops-pass").is_none());
+        assert_eq!(all(&req, "a"), ["1"]);
+    }
+
+    #[test]
+    fn the_upstream_gets_one_forwarded_for_line_with_the_whole_chain_and_the_peer() {
+        let req = prepared(
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-for", "198.51.100.7, 10.0.0.5"),
+            ],
+            ip("198.51.100.7"),
+        );
+        assert_eq!(
+            all(&req, "x-forwarded-for"),
+            ["203.0.113.9, 198.51.100.7, 10.0.0.5, 10.0.0.2"]
+        );
+        assert_eq!(all(&req, "x-real-ip"), ["198.51.100.7"]);
+
+        let first = prepared(&[], ip("10.0.0.2"));
+        assert_eq!(all(&first, "x-forwarded-for"), ["10.0.0.2"]);
+        assert_eq!(all(&first, "x-real-ip"), ["10.0.0.2"]);
+
+        // Not on TCP/IP: the lines are still joined into one.
+        let mut req = request(
+            Method::GET,
+            "/",
+            &[
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-for", "192.0.2.2"),
+            ],
+        );
+        prepare_upstream(&mut req, &bypass(), None, None).unwrap();
+        assert_eq!(all(&req, "x-forwarded-for"), ["192.0.2.1, 192.0.2.2"]);
+        assert!(req.headers.get("x-real-ip").is_none());
+    }
 }

@@ -1,12 +1,16 @@
 //! What the gate reads from a request: `RequestFacts`, a view of its header. Method, path and host
 //! are read at once; the client address (with the X-Forwarded-For trust rules), the bypass token,
 //! the `Accept` preference and the CORS headers only when asked, so an open gate pays for none.
+//! Also the readers behind what the upstream receives: the bypass cookie found and cut out of
+//! `Cookie` lines ([`has_cookie`], [`without_cookie`]), and the one `X-Forwarded-For` line that
+//! joins every line the request carried ([`forwarded_for_chain`]).
 
 use crate::config::{BypassSettings, CorsPolicy};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 /// Where the client chain is read from and recorded (a constant, so no request parses the name).
@@ -175,6 +179,72 @@ pub fn cookie_value<'a>(
     None
 }
 
+/// Whether `pair` (one `;`-separated part of a `Cookie` line) is cookie `name`, read as
+/// [`cookie_value`] reads it: the name exactly, then `=`.
+fn is_cookie(pair: &[u8], name: &[u8]) -> bool {
+    let pair = pair.trim_ascii();
+    pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'='
+}
+
+/// Whether cookie `name` is in any of the request's `Cookie` lines. Reads bytes, so a line that
+/// is not UTF-8 is searched too.
+pub fn has_cookie<'a>(mut cookie_lines: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
+    cookie_lines.any(|line| {
+        line.split(|&b| b == b';')
+            .any(|p| is_cookie(p, name.as_bytes()))
+    })
+}
+
+/// `Cookie` line `line` without cookie `name`: the other pairs byte for byte, in order, joined
+/// by `"; "`. `None` when the line does not carry `name` (keep it as it is); an empty value when
+/// nothing else remains (drop the line).
+pub fn without_cookie(line: &[u8], name: &str) -> Option<Vec<u8>> {
+    let pairs = || line.split(|&b| b == b';');
+    if !pairs().any(|p| is_cookie(p, name.as_bytes())) {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(line.len());
+    for pair in pairs() {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() || is_cookie(pair, name.as_bytes()) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
+    Some(kept)
+}
+
+/// The one `X-Forwarded-For` line to send upstream: every line of the request in order,
+/// comma-joined (a second line, as a load balancer may add, is part of the chain, not to be
+/// lost), then `peer`, the address the request came from. `None` when there is nothing to send.
+pub fn forwarded_for_chain<'a>(
+    forwarded_for: impl Iterator<Item = &'a [u8]>,
+    peer: Option<IpAddr>,
+) -> Option<Vec<u8>> {
+    let mut chain = Vec::new();
+    for line in forwarded_for {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if !chain.is_empty() {
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(line);
+    }
+    if let Some(peer) = peer {
+        if !chain.is_empty() {
+            chain.extend_from_slice(b", ");
+        }
+        // An address prints as ASCII; writing to a Vec cannot fail.
+        let _ = write!(chain, "{peer}");
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
 /// Whether an `Accept` header prefers JSON over HTML: a JSON type (`application/json`,
 /// `application/problem+json`, `*/*+json`) with a higher quality than any HTML type, or the same
 /// quality and listed first. Wildcards count for neither.
@@ -316,6 +386,70 @@ pub(crate) mod tests {
         );
         let lines: Vec<&[u8]> = vec![b"xdrawbridge_bypass=1"];
         assert_eq!(cookie_value(lines.into_iter(), "drawbridge_bypass"), None);
+    }
+
+    #[test]
+    fn only_the_bypass_cookie_is_cut_out_of_a_line() {
+        let cut = |line: &str| {
+            without_cookie(line.as_bytes(), "drawbridge_bypass")
+                .map(|kept| String::from_utf8(kept).unwrap())
+        };
+        assert_eq!(
+            cut("a=1; drawbridge_bypass=tok.en; b=\"x y\""),
+            Some("a=1; b=\"x y\"".into())
+        );
+        assert_eq!(cut("drawbridge_bypass=t"), Some(String::new()));
+        assert_eq!(
+            cut(" drawbridge_bypass=t ;drawbridge_bypass=u"),
+            Some(String::new())
+        );
+        assert_eq!(cut("drawbridge_bypass=; a=1"), Some("a=1".into()));
+        // Lines without our cookie stay as they are, names that only look alike included.
+        assert_eq!(cut("a=1;b=2"), None);
+        assert_eq!(cut("xdrawbridge_bypass=1; drawbridge_bypass_x=2"), None);
+        assert_eq!(cut("drawbridge_bypass"), None);
+    }
+
+    #[test]
+    fn the_bypass_cookie_is_found_in_any_line_even_one_that_is_not_utf8() {
+        let lines: [&[u8]; 2] = [b"a=\xff", b"b=2; drawbridge_bypass=t"];
+        assert!(has_cookie(lines.into_iter(), "drawbridge_bypass"));
+        let lines: [&[u8]; 2] = [b"a=\xff; drawbridge_bypass=t", b"b=2"];
+        assert!(has_cookie(lines.into_iter(), "drawbridge_bypass"));
+        assert!(!has_cookie([&b"a=1"[..]].into_iter(), "drawbridge_bypass"));
+        assert!(!has_cookie(std::iter::empty(), "drawbridge_bypass"));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_joined_before_the_peer() {
+        let chain = |lines: &[&str], peer: Option<&str>| {
+            forwarded_for_chain(lines.iter().map(|l| l.as_bytes()), peer.map(ip))
+                .map(|c| String::from_utf8(c).unwrap())
+        };
+        assert_eq!(
+            chain(&["203.0.113.9", "198.51.100.7"], Some("10.0.0.2")),
+            Some("203.0.113.9, 198.51.100.7, 10.0.0.2".into())
+        );
+        assert_eq!(
+            chain(&["203.0.113.9, 192.0.2.1", " ", "198.51.100.7"], None),
+            Some("203.0.113.9, 192.0.2.1, 198.51.100.7".into())
+        );
+        assert_eq!(chain(&[], Some("::1")), Some("::1".into()));
+        assert_eq!(chain(&[], None), None);
+    }
+
+    #[test]
+    fn the_client_is_resolved_over_every_forwarded_for_line() {
+        // The load balancer (trusted) appended its view in a second line; both lines count.
+        let trusted = ["10.0.0.0/8"];
+        assert_eq!(
+            resolve("10.0.0.2", &["203.0.113.9", "198.51.100.7"], &trusted),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            resolve("10.0.0.2", &["203.0.113.9", "10.0.0.7"], &trusted),
+            Some(ip("203.0.113.9"))
+        );
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub trait Followed: Send + Sync {
 
     /// Notes a failed read (the loop itself logs it and decides when to retry).
     fn failed(&self, _error: &consul::Error) {}
+
+    /// Notes that the reads moved on to the next agent address after a failure.
+    fn moved_on(&self) {}
 }
 
 /// The blocking index and the kind of the next read, and the pause after a failure.
@@ -213,6 +216,7 @@ async fn step<F: Followed>(followed: &F, cursor: &mut Cursor) -> Duration {
             let moved = failover.move_on(at, &e);
             let pause = cursor.failed(kind, &e, moved);
             let then = if moved {
+                followed.moved_on();
                 format!("reading from {} next", failover.current().1.address())
             } else {
                 "keeping what is served".to_owned()

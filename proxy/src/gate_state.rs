@@ -16,7 +16,11 @@ pub enum StateSource {
     Consul,
     /// Restored from the local state file because Consul did not answer at start.
     StateFile,
-    /// Nothing known yet: normal.
+    /// Nothing known: the state file could not be used (or there was none) and Consul gave no
+    /// state, so `server.unknown_state` is served until Consul answers.
+    FailSafe,
+    /// Nothing known yet, before the first read of Consul finished: normal, but the proxy
+    /// listener does not accept connections until that read has finished.
     Default,
 }
 
@@ -26,10 +30,24 @@ impl StateSource {
         match self {
             StateSource::Consul => "consul",
             StateSource::StateFile => "state_file",
+            StateSource::FailSafe => "fail_safe",
             StateSource::Default => "default",
         }
     }
+
+    /// Whether the state stands for a Consul index, so that older answers are doubted: true
+    /// for Consul's own states and restored ones; a fail-safe or default state stands for
+    /// nothing, and any answer replaces it.
+    pub fn has_index(self) -> bool {
+        match self {
+            StateSource::Consul | StateSource::StateFile => true,
+            StateSource::FailSafe | StateSource::Default => false,
+        }
+    }
 }
+
+/// What `/status` shows as `by` while the fail-safe state is served: the setting that chose it.
+pub const FAIL_SAFE_BY: &str = "server.unknown_state";
 
 /// What turns gate documents into servable states; built once from the config.
 #[derive(Debug)]
@@ -165,7 +183,7 @@ impl StateBuilder {
         })
     }
 
-    /// The normal state a proxy starts from when it knows nothing else.
+    /// The normal state a proxy holds before its first read of Consul has finished.
     pub fn initial(&self) -> GateState {
         self.build(
             GateDoc::normal(),
@@ -174,6 +192,16 @@ impl StateBuilder {
             OffsetDateTime::now_utc(),
         )
         .expect("a normal document has no scope to check")
+    }
+
+    /// The state served while nothing is known (`server.unknown_state`): `mode` on every route,
+    /// with the default reason and message, at index 0 so that any answer from Consul replaces
+    /// it.
+    pub fn fail_safe(&self, mode: Mode, at: OffsetDateTime) -> GateState {
+        let mut doc = GateDoc::with_mode(mode);
+        doc.by = Some(FAIL_SAFE_BY.to_owned());
+        self.build(doc, 0, StateSource::FailSafe, at)
+            .expect("a document without a scope has no route to check")
     }
 }
 
@@ -236,6 +264,23 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.contains("\"admin\""), "{err}");
+    }
+
+    #[test]
+    fn the_fail_safe_state_closes_every_route_and_stands_for_no_index() {
+        let state = builder().fail_safe(Mode::Maintenance, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(state.source, StateSource::FailSafe);
+        assert_eq!(state.source.as_str(), "fail_safe");
+        assert!(!state.source.has_index());
+        assert_eq!(state.applied_index, 0);
+        assert_eq!(state.doc.by.as_deref(), Some(FAIL_SAFE_BY));
+        assert_eq!(state.mode_for(0), Mode::Maintenance);
+        assert_eq!(state.mode_for(1), Mode::Maintenance);
+        let problem: serde_json::Value = serde_json::from_slice(&state.problem_json).unwrap();
+        assert_eq!(problem["status"], 503);
+        assert_eq!(problem["detail"], "back soon");
+        let read_only = builder().fail_safe(Mode::ReadOnly, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(read_only.mode_for(1), Mode::ReadOnly);
     }
 
     #[test]

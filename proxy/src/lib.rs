@@ -11,25 +11,30 @@
 //!   says (client address, token), its route, the decision, the answer the proxy writes itself.
 //! * `edge`: the `ProxyHttp` implementation: facts → decide → respond → write.
 //! * `pools`: upstream pools, static or following a Consul service, with health checks.
+//! * `one_line`: text from outside escaped for a log line.
 //! * `admin`, `metrics`, `registration`: `/healthz` `/status` `/metrics`, and the proxy's own
 //!   Consul registration.
-//! * `drain`: keeps idle keep-alive connections open through a shutdown's grace period.
+//! * `guard`: connection caps at accept and the whole-request-header deadline.
+//! * `sessions`: each HTTP session's timeouts (keep-alive, body, slow reader), and idle
+//!   connections kept open through a shutdown's grace period.
 //! * `server`: wires everything into a Pingora server.
 
 pub mod admin;
 pub mod config;
 pub mod decide;
-pub mod drain;
 pub mod edge;
 pub mod facts;
 pub mod follow;
 pub mod gate_state;
+pub mod guard;
 pub mod metrics;
+pub mod one_line;
 pub mod page;
 pub mod pools;
 pub mod registration;
 pub mod respond;
 pub mod router;
 pub mod server;
+pub mod sessions;
 pub mod state_file;
 pub mod watcher;

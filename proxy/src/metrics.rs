@@ -19,7 +19,8 @@ pub struct Metrics {
     pub maintenance_responses: IntCounterVec,
     /// Requests that passed a closed gate, by route and how (`cidr`, `token`).
     pub bypasses: IntCounterVec,
-    /// Requests that failed towards an upstream (no healthy server, connect or read failure).
+    /// Requests that failed towards an upstream, by pool and the status the proxy answered
+    /// (`502`: refused, reset, no healthy server, a broken answer; `504`: timed out).
     pub upstream_errors: IntCounterVec,
     /// Failed requests to Consul by the gate watcher, by kind.
     pub consul_watch_errors: IntCounterVec,
@@ -27,7 +28,7 @@ pub struct Metrics {
     pub gate_rejected_values: IntCounter,
     /// Answers older than the applied gate state that were not applied (a server behind).
     pub gate_step_backs_refused: IntCounter,
-    /// Times the watchers moved to the next Consul address.
+    /// Times the gate watcher moved to the next Consul address.
     pub consul_failovers: IntCounter,
     /// The Consul index of the applied gate state.
     pub gate_applied_index: IntGauge,
@@ -41,6 +42,14 @@ pub struct Metrics {
     pub consul_last_answer_timestamp: Gauge,
     /// 1 when the watcher has had no contact with Consul for longer than `consul.stale_after`.
     pub consul_stale: IntGauge,
+    /// 1 while the fail-safe state (`server.unknown_state`) is served: the gate state is unknown.
+    pub gate_fail_safe: IntGauge,
+    /// State files refused at start, by reason (`unreadable`, `damaged`, `invalid_document`,
+    /// `other_key`).
+    pub state_file_refused: IntCounterVec,
+    /// Connections and requests the proxy's own limits cut, by reason (`max_connections`,
+    /// `max_connections_per_client`, `header_timeout`).
+    pub refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,8 +102,8 @@ impl Metrics {
             )?,
             upstream_errors: counter_vec(
                 "drawbridge_upstream_errors_total",
-                "Requests that failed towards an upstream pool",
-                &["pool"],
+                "Requests that failed towards an upstream pool, by the status answered (502, 504)",
+                &["pool", "status"],
             )?,
             consul_watch_errors: counter_vec(
                 "drawbridge_consul_watch_errors_total",
@@ -111,7 +120,7 @@ impl Metrics {
             )?,
             consul_failovers: counter(
                 "drawbridge_consul_failovers_total",
-                "Times the Consul watchers moved to the next configured address",
+                "Times the gate watcher moved to the next configured Consul address",
             )?,
             gate_applied_index: int_gauge(
                 "drawbridge_gate_applied_index",
@@ -133,6 +142,20 @@ impl Metrics {
             consul_stale: int_gauge(
                 "drawbridge_consul_stale",
                 "1 when the watcher has had no contact with Consul for longer than consul.stale_after",
+            )?,
+            gate_fail_safe: int_gauge(
+                "drawbridge_gate_fail_safe",
+                "1 while the gate state is unknown and server.unknown_state is served",
+            )?,
+            state_file_refused: counter_vec(
+                "drawbridge_state_file_refused_total",
+                "State files that could not be used at start, by reason",
+                &["reason"],
+            )?,
+            refused: counter_vec(
+                "drawbridge_refused_requests_total",
+                "Connections and requests cut by the proxy's own limits, by reason",
+                &["reason"],
             )?,
             registry,
         })

@@ -1,4 +1,6 @@
-//! The maintenance page template: parsed once at start, rendered once per gate change.
+//! The maintenance page template: parsed once at start, rendered once per gate change; and the
+//! built-in page of the proxy's own error answers (502, 504), rendered through the same template
+//! code once per process.
 //!
 //! Placeholders are `{{title}}`, `{{reason}}`, `{{message}}`, `{{until}}` and `{{until_rfc3339}}`;
 //! values are HTML-escaped. An unknown placeholder is a config error, not a blank on the page.
@@ -6,6 +8,32 @@
 use std::fmt::Write;
 
 const BUILTIN: &str = include_str!("../../static/maintenance.html");
+
+/// The page of an error the proxy answers itself. Not the maintenance template: that one says
+/// "planned maintenance", and an upstream that fails is not planned.
+const ERROR_PAGE: &str = "<!doctype html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<meta name=\"robots\" content=\"noindex\">
+<meta name=\"color-scheme\" content=\"light dark\">
+<title>{{title}}</title>
+<style>
+body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;padding:1.5rem;box-sizing:border-box;font:1rem/1.55 system-ui,-apple-system,\"Segoe UI\",Roboto,Arial,sans-serif}
+main{max-width:34rem}
+h1{font-size:1.6rem;line-height:1.25;margin:0 0 1rem}
+</style>
+</head>
+<body>
+<main role=\"main\">
+<h1>{{title}}</h1>
+<p>{{message}}</p>
+<p><a href=\"\">Try again</a> in a moment.</p>
+</main>
+</body>
+</html>
+";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -56,6 +84,17 @@ impl PageTemplate {
     /// The page shipped in `static/maintenance.html`.
     pub fn builtin() -> PageTemplate {
         PageTemplate::parse(BUILTIN).expect("the built-in page uses only known placeholders")
+    }
+
+    /// The page of an error the proxy answers itself, with `title` and `message` (escaped).
+    pub fn error_page(title: &str, message: &str) -> String {
+        PageTemplate::parse(ERROR_PAGE)
+            .expect("the error page uses only known placeholders")
+            .render(&PageFields {
+                title,
+                message,
+                ..PageFields::default()
+            })
     }
 
     /// Parses a template.
@@ -148,6 +187,15 @@ mod tests {
             .unwrap_err()
             .contains("reasn"));
         assert!(PageTemplate::parse("{{reason").is_err());
+    }
+
+    #[test]
+    fn error_page_shows_its_title_and_message_escaped() {
+        let html = PageTemplate::error_page("Bad Gateway", "a <b> & c");
+        assert!(html.contains("<title>Bad Gateway</title>"), "{html}");
+        assert!(html.contains("<p>a &lt;b&gt; &amp; c</p>"), "{html}");
+        assert!(!html.contains("{{"), "{html}");
+        assert!(!html.to_lowercase().contains("maintenance"), "{html}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The answers the proxy writes itself for a `Decision`: the maintenance page or problem body,
-//! the well-known state document, CORS preflights and "no route". Pure functions from state to
-//! header and body.
+//! the well-known state document, CORS preflights and "no route"; and for a request it could not
+//! proxy, the error status ([`failure_status`]: 502, or 504 when the upstream timed out) with a
+//! body in the route's form ([`failure`]). Pure functions from state to header and body.
 //! Headers are built without case preservation (names go out in lower case, as HTTP allows):
 //! that halves the cost of building one (benches/micro/respond.rs).
 
@@ -8,10 +9,13 @@ use crate::config::MaintenanceSettings;
 use crate::decide::{Answer, Decision};
 use crate::facts::{allowed_origin, RequestFacts};
 use crate::gate_state::GateState;
+use crate::page::PageTemplate;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::StatusCode;
 use pingora::http::ResponseHeader;
-use pingora::Result;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::LazyLock;
 
 /// The header that tells monitors an outage is planned, not a failure.
 pub const OUTAGE_HEADER: &str = "x-drawbridge-outage";
@@ -21,6 +25,10 @@ const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const EXPOSED: HeaderValue = HeaderValue::from_static("Retry-After, X-Drawbridge-Outage");
+
+/// The longest `Retry-After` sent: a day. An `until` years away (a mistyped year) would
+/// otherwise tell clients and crawlers to stay away for as long.
+pub const MAX_RETRY_AFTER_SECS: u64 = 24 * 3600;
 
 /// The response the proxy writes itself for `decision`, or `None` when the request goes to the
 /// route's pool. `now_unix` is read only for a maintenance response.
@@ -50,7 +58,7 @@ pub fn response_for(
 }
 
 /// The maintenance response: 503 with the page or the problem body, `Retry-After` counting down
-/// to `until`, `no-store`, and CORS for allowed origins.
+/// to `until` (at most [`MAX_RETRY_AFTER_SECS`]), `no-store`, and CORS for allowed origins.
 ///
 /// # Errors
 /// Only if a header cannot be stored, which the fixed names and values here rule out.
@@ -61,7 +69,9 @@ pub fn maintenance(
     origin: Option<&HeaderValue>,
     now_unix: i64,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let retry_after = state.retry_after_secs(now_unix, settings.default_retry_after.as_secs());
+    let retry_after = state
+        .retry_after_secs(now_unix, settings.default_retry_after.as_secs())
+        .min(MAX_RETRY_AFTER_SECS);
     let (content_type, body) = match answer {
         Answer::Page => (HTML, state.page_html.clone()),
         Answer::Problem => (PROBLEM_JSON, state.problem_json.clone()),
@@ -146,6 +156,101 @@ pub fn no_route() -> Result<(ResponseHeader, Bytes)> {
     let mut h = ResponseHeader::build_no_case(404, Some(3))?;
     h.insert_header(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))?;
     h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
+    Ok((h, body))
+}
+
+/// The status the proxy answers a request that failed with `error`: 504 when the upstream did
+/// not connect, answer or take the request in time; 502 for any other upstream failure (refused,
+/// reset, an answer that is not HTTP, no healthy server); 400 for a request that cannot be read;
+/// 500 for a failure of the proxy itself; 0 when the client is gone and nothing can be written.
+pub fn failure_status(error: &Error) -> u16 {
+    use ErrorType::*;
+    match (error.etype(), error.esource()) {
+        (HTTPStatus(code), _) => *code,
+        (
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+    }
+}
+
+/// The bodies of one failure status, in both forms.
+struct FailureBodies {
+    page: Bytes,
+    problem: Bytes,
+}
+
+impl FailureBodies {
+    /// The bodies for `status`: its reason phrase as the title and a sentence on what happened.
+    fn new(status: u16) -> FailureBodies {
+        let title = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let (kind, detail) = match status {
+            502 => (
+                "urn:drawbridge:problem:upstream-unavailable",
+                "The service behind this address could not be reached or did not answer properly.",
+            ),
+            504 => (
+                "urn:drawbridge:problem:upstream-timeout",
+                "The service behind this address did not answer in time.",
+            ),
+            408 => ("about:blank", "The request body arrived too slowly."),
+            413 => ("about:blank", "The request body is larger than this service accepts."),
+            414 => ("about:blank", "The request address is longer than this service accepts."),
+            431 => ("about:blank", "The request headers are larger than this service accepts."),
+            400..=499 => ("about:blank", "The request could not be read."),
+            _ => ("about:blank", "The request could not be completed."),
+        };
+        let problem = serde_json::json!({
+            "type": kind,
+            "title": title,
+            "status": status,
+            "detail": detail,
+        });
+        FailureBodies {
+            page: Bytes::from(PageTemplate::error_page(title, detail)),
+            problem: Bytes::from(problem.to_string()),
+        }
+    }
+}
+
+/// The bodies of the failures that happen in bulk when an upstream is down or slow, rendered
+/// once; rarer statuses are rendered when they occur.
+static BAD_GATEWAY: LazyLock<FailureBodies> = LazyLock::new(|| FailureBodies::new(502));
+static GATEWAY_TIMEOUT: LazyLock<FailureBodies> = LazyLock::new(|| FailureBodies::new(504));
+
+/// The answer to a request the proxy could not proxy: `status` (from [`failure_status`]) with a
+/// body in the form `answer`, as a maintenance answer of the route would have (the page for page
+/// routes, problem+json for API routes and clients that prefer JSON), never cached. Without
+/// `X-Drawbridge-Outage`: the outage is not planned.
+///
+/// # Errors
+/// As [`maintenance`].
+pub fn failure(status: u16, answer: Answer) -> Result<(ResponseHeader, Bytes)> {
+    let rare;
+    let bodies = match status {
+        502 => &*BAD_GATEWAY,
+        504 => &*GATEWAY_TIMEOUT,
+        _ => {
+            rare = FailureBodies::new(status);
+            &rare
+        }
+    };
+    let (content_type, body) = match answer {
+        Answer::Page => (HTML, bodies.page.clone()),
+        Answer::Problem => (PROBLEM_JSON, bodies.problem.clone()),
+    };
+    let mut h = ResponseHeader::build_no_case(status, Some(4))?;
+    h.insert_header(header::CONTENT_TYPE, content_type)?;
+    h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
+    h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
+    h.insert_header(header::VARY, HeaderValue::from_static("Accept"))?;
     Ok((h, body))
 }
 
@@ -243,6 +348,82 @@ pub(crate) mod tests {
         let other = HeaderValue::from_static("https://evil.test");
         let (h, _) = maintenance(&s, Answer::Problem, &settings(policy), Some(&other), 0).unwrap();
         assert!(get(&h, "access-control-allow-origin").is_none());
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_a_day() {
+        let s = state(r#"{"mode":"maintenance","until":"9999-12-31T23:59:59Z"}"#);
+        for answer in [Answer::Page, Answer::Problem] {
+            let (h, _) =
+                maintenance(&s, answer, &settings(CorsPolicy::None), None, 1_800_000_000).unwrap();
+            assert_eq!(get(&h, "retry-after"), Some("86400"));
+        }
+        let (h, _) = maintenance(
+            &s,
+            Answer::Page,
+            &settings(CorsPolicy::None),
+            None,
+            1_800_000_000,
+        )
+        .unwrap();
+        assert_eq!(get(&h, "refresh"), Some("120"));
+        // The default applies the same cap.
+        let mut long_default = settings(CorsPolicy::None);
+        long_default.default_retry_after = Duration::from_secs(7 * 24 * 3600);
+        let open_ended = state(r#"{"mode":"maintenance"}"#);
+        let (h, _) = maintenance(&open_ended, Answer::Problem, &long_default, None, 0).unwrap();
+        assert_eq!(get(&h, "retry-after"), Some("86400"));
+    }
+
+    #[test]
+    fn upstream_timeouts_are_504_other_upstream_failures_502() {
+        let up = |etype| *Error::new(etype).into_up();
+        let down = |etype| *Error::new(etype).into_down();
+        assert_eq!(failure_status(&up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(failure_status(&up(ErrorType::ConnectTimedout)), 504);
+        assert_eq!(failure_status(&up(ErrorType::WriteTimedout)), 504);
+        assert_eq!(failure_status(&up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(failure_status(&up(ErrorType::ConnectionClosed)), 502);
+        assert_eq!(failure_status(&up(ErrorType::InvalidHTTPHeader)), 502);
+        assert_eq!(
+            failure_status(&Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no healthy server"
+            )),
+            502
+        );
+        // A slow or vanished client is not a gateway failure.
+        assert_eq!(failure_status(&down(ErrorType::ReadTimedout)), 400);
+        assert_eq!(failure_status(&down(ErrorType::ConnectionClosed)), 0);
+        assert_eq!(failure_status(&Error::new(ErrorType::InternalError)), 500);
+    }
+
+    #[test]
+    fn failures_answer_in_the_route_form_without_the_planned_outage_header() {
+        let (h, body) = failure(504, Answer::Problem).unwrap();
+        assert_eq!(h.status.as_u16(), 504);
+        assert_eq!(get(&h, "content-type"), Some("application/problem+json"));
+        assert_eq!(get(&h, "cache-control"), Some("no-store"));
+        assert_eq!(get(&h, OUTAGE_HEADER), None);
+        assert_eq!(
+            get(&h, "content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["status"], 504);
+        assert_eq!(problem["title"], "Gateway Timeout");
+        assert_eq!(problem["type"], "urn:drawbridge:problem:upstream-timeout");
+
+        let (h, body) = failure(502, Answer::Page).unwrap();
+        assert_eq!(h.status.as_u16(), 502);
+        assert_eq!(get(&h, "content-type"), Some("text/html; charset=utf-8"));
+        let page = std::str::from_utf8(&body).unwrap();
+        assert!(page.contains("<title>Bad Gateway</title>"), "{page}");
+
+        let (h, body) = failure(500, Answer::Problem).unwrap();
+        assert_eq!(h.status.as_u16(), 500);
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["title"], "Internal Server Error");
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! Wires a checked `Config` into a Pingora server: the gate watcher, the pools, the proxy
-//! service (which starts only once the watcher has a state), the admin listener and the
-//! registration. Nothing here starts a thread: Pingora starts the runtimes in `run_forever`.
+//! service (which starts only once the watcher has a state: Consul's, the saved one, or the
+//! fail-safe one), the admin listener and the registration. Nothing here starts a thread:
+//! Pingora starts the runtimes in `run_forever`.
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::drain::KeepAliveDrain;
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
+use crate::guard::{Gatehouse, RefusalLog};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
+use crate::sessions::SessionRules;
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -91,6 +93,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             wait: config.consul.wait,
             consistency: config.consul.consistency,
             state_file: config.server.state_file.clone(),
+            unknown_state: config.server.unknown_state,
             builder,
             gate: gate.clone(),
             status: watch.clone(),
@@ -143,6 +146,8 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
 
     let listen = config.server.listen.clone();
     let threads = config.server.threads;
+    let trusted_proxies = config.bypass.trusted_proxies.clone();
+    let refusals = Arc::new(RefusalLog::new(metrics.clone()));
     let edge = Edge {
         gate,
         counters: RequestCounters::new(metrics.clone(), &config.routes),
@@ -150,13 +155,16 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         pools: pool_list,
         bypass: config.bypass,
         maintenance: config.maintenance,
-        metrics,
+        metrics: metrics.clone(),
         access_log: config.server.access_log,
+        limits: config.limits.clone(),
+        refusals: refusals.clone(),
     };
     let app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let app = SessionRules::new(app, config.server.grace_period, &config.limits);
     let mut proxy = Service::new(
         "drawbridge".to_string(),
-        KeepAliveDrain::new(app, config.server.grace_period),
+        Gatehouse::new(app, config.limits, trusted_proxies, refusals),
     );
     for addr in &listen {
         proxy.add_listener(
@@ -166,7 +174,8 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     }
     proxy.threads = Some(threads);
     let proxy = server.add_service(proxy);
-    // The listeners open only once the gate has a state and the pools know their servers.
+    // The listeners open only once the gate has a state (never the default one served before
+    // the first read of Consul) and the pools know their servers.
     proxy.add_dependency(&watcher);
     for handle in &pool_handles {
         proxy.add_dependency(handle);

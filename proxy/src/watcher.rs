@@ -9,10 +9,16 @@
 //! loop itself, with its read kinds and retry rules, is `follow`). The last applied state is
 //! saved locally and restored at start, so a proxy that starts while Consul does not answer
 //! serves what it served before.
+//!
+//! When the state is unknown, the proxy fails closed: a state file that cannot be used (logged
+//! and counted) and, once the first read has finished without a state, a missing one make it
+//! serve `server.unknown_state` (source `fail_safe`) until Consul's first valid answer, which
+//! replaces that state whatever its index.
 
 use crate::follow::{follow, Followed, ReadKind, Taken};
 use crate::gate_state::{GateState, StateBuilder, StateSource};
 use crate::metrics::Metrics;
+use crate::one_line::OneLine;
 use crate::state_file::{self, SavedState};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -24,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -68,6 +75,8 @@ pub struct GateWatcher {
     pub wait: Duration,
     pub consistency: Consistency,
     pub state_file: PathBuf,
+    /// The mode served while the gate state is unknown (`server.unknown_state`).
+    pub unknown_state: Mode,
     pub builder: StateBuilder,
     pub gate: Arc<ArcSwap<GateState>>,
     pub status: Arc<ArcSwap<WatchStatus>>,
@@ -104,7 +113,8 @@ fn judge(
     if already_served {
         return Judgement::Unchanged;
     }
-    if !confirmed && current.source != StateSource::Default && index < current.applied_index {
+    // A fail-safe or default state stands for no index: whatever Consul says replaces it.
+    if !confirmed && current.source.has_index() && index < current.applied_index {
         return Judgement::StepBack;
     }
     if read.entry.is_some() && last_rejected.is_some_and(|r| r.modify_index == index) {
@@ -122,15 +132,25 @@ fn answer_index(read: &KvRead) -> u64 {
 }
 
 impl GateWatcher {
-    /// Serves the saved state, if any, until Consul answers.
+    /// Serves the saved state until Consul answers; a file that cannot be used is logged,
+    /// counted, and the fail-safe state served instead. Without a file nothing changes yet: the
+    /// first read decides (see [`GateWatcher::fail_safe_if_unknown`]).
     fn restore_saved_state(&self) {
-        match state_file::load(&self.state_file, &self.key) {
+        let now = OffsetDateTime::now_utc();
+        let refusal = match state_file::load(&self.state_file, &self.key) {
+            Ok(None) => {
+                tracing::info!(
+                    file = %self.state_file.display(),
+                    "no saved gate state (a first start, or the file was removed)"
+                );
+                return;
+            }
             Ok(Some(saved)) => {
                 match self.builder.build(
                     saved.doc,
                     saved.applied_index,
                     StateSource::StateFile,
-                    OffsetDateTime::now_utc(),
+                    now,
                 ) {
                     Ok(state) => {
                         tracing::info!(
@@ -140,16 +160,57 @@ impl GateWatcher {
                             "restored the last applied gate state"
                         );
                         self.publish(state);
+                        return;
                     }
-                    Err(e) => tracing::error!(
-                        file = %self.state_file.display(),
-                        "saved gate state does not fit the routes, starting normal: {e}"
-                    ),
+                    Err(detail) => state_file::Refusal::InvalidDocument {
+                        path: self.state_file.clone(),
+                        detail: format!("it does not fit this proxy's routes: {detail}"),
+                    },
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!("{e}; starting in the normal state until Consul answers"),
+            Err(refusal) => refusal,
+        };
+        self.metrics
+            .state_file_refused
+            .with_label_values(&[refusal.reason()])
+            .inc();
+        tracing::error!(
+            file = %refusal.path().display(),
+            reason = refusal.reason(),
+            "{refusal}; serving {} (server.unknown_state) until Consul answers",
+            self.unknown_state
+        );
+        self.publish(self.builder.fail_safe(self.unknown_state, now));
+    }
+
+    /// After the first read: when it brought no state (Consul did not answer, or its value was
+    /// refused) and no saved state was restored, the state is unknown: serves the fail-safe one.
+    fn fail_safe_if_unknown(&self) {
+        if self.gate.load().source != StateSource::Default {
+            return;
         }
+        let status = self.status.load();
+        let why = match (&status.last_error, &status.last_rejected) {
+            (Some(error), _) => format!("Consul did not answer: {}", OneLine(error)),
+            (None, Some(rejected)) => {
+                format!(
+                    "the value at the key was refused: {}",
+                    OneLine(&rejected.error)
+                )
+            }
+            (None, None) => "Consul did not answer in time".to_owned(),
+        };
+        tracing::error!(
+            file = %self.state_file.display(),
+            key = %self.key,
+            "the gate state is unknown (no state file, and {why}); serving {} \
+             (server.unknown_state) until Consul answers",
+            self.unknown_state
+        );
+        self.publish(
+            self.builder
+                .fail_safe(self.unknown_state, OffsetDateTime::now_utc()),
+        );
     }
 
     fn publish(&self, state: GateState) {
@@ -163,6 +224,8 @@ impl GateWatcher {
             .set(i64::try_from(state.applied_index).unwrap_or(i64::MAX));
         m.gate_applied_timestamp
             .set(state.applied_at.unix_timestamp() as f64);
+        m.gate_fail_safe
+            .set(i64::from(state.source == StateSource::FailSafe));
         self.gate.store(Arc::new(state));
     }
 
@@ -199,6 +262,12 @@ impl GateWatcher {
         match built {
             Ok(mut state) => {
                 state.from_missing_key = key_missing;
+                if current.source == StateSource::FailSafe {
+                    tracing::info!(
+                        key = %self.key,
+                        "Consul answered: its state replaces the fail-safe state"
+                    );
+                }
                 tracing::info!(
                     mode = %state.doc.mode,
                     index,
@@ -215,7 +284,7 @@ impl GateWatcher {
                 if let Err(e) = state_file::save(&self.state_file, &saved) {
                     tracing::error!(
                         file = %self.state_file.display(),
-                        "cannot save the gate state (a restart during a Consul outage would start normal): {e}"
+                        "cannot save the gate state (a restart during a Consul outage would serve server.unknown_state): {e}"
                     );
                 }
             }
@@ -223,8 +292,9 @@ impl GateWatcher {
                 tracing::error!(
                     key = %self.key,
                     index,
-                    "refused the value at the gate key, keeping mode {}: {error}",
-                    current.doc.mode
+                    "refused the value at the gate key, keeping mode {}: {}",
+                    current.doc.mode,
+                    OneLine(&error)
                 );
                 self.metrics.gate_rejected_values.inc();
                 self.update_status(|s| {
@@ -249,13 +319,6 @@ impl GateWatcher {
     fn record_read(&self, client: &Client, contact_for: Duration) {
         let address = client.address();
         let now = OffsetDateTime::now_utc();
-        let moved = {
-            let status = self.status.load();
-            !status.reading_from.is_empty() && status.reading_from != address
-        };
-        if moved {
-            self.metrics.consul_failovers.inc();
-        }
         self.update_status(|s| {
             if s.reading_from != address {
                 s.reading_from = address.to_owned();
@@ -344,6 +407,10 @@ impl Followed for GateWatcher {
     fn failed(&self, error: &consul::Error) {
         self.record_error(error);
     }
+
+    fn moved_on(&self) {
+        self.metrics.consul_failovers.inc();
+    }
 }
 
 #[async_trait]
@@ -354,7 +421,22 @@ impl BackgroundService for GateWatcher {
         ready: ServiceReadyNotifier,
     ) {
         self.restore_saved_state();
-        follow(self, shutdown, ready).await;
+        // The proxy listener waits for `ready`; `follow` signals after its first read, and the
+        // fail-safe state must be in place before the listener opens, so its signal is taken
+        // here first.
+        let (first_read, mut first_read_done) = tokio::sync::watch::channel(false);
+        let mut following = pin!(follow(
+            self,
+            shutdown,
+            ServiceReadyNotifier::new(first_read)
+        ));
+        tokio::select! {
+            () = &mut following => return,
+            _ = first_read_done.wait_for(|done| *done) => {}
+        }
+        self.fail_safe_if_unknown();
+        ready.notify_ready();
+        following.await;
     }
 }
 
@@ -384,6 +466,7 @@ mod tests {
             wait: Duration::from_secs(60),
             consistency: Consistency::Default,
             state_file: dir.join("state.json"),
+            unknown_state: Mode::Maintenance,
             gate: Arc::new(ArcSwap::from_pointee(builder.initial())),
             builder,
             status: Arc::new(ArcSwap::from_pointee(WatchStatus::default())),
@@ -408,6 +491,20 @@ mod tests {
                 last_contact: Duration::ZERO,
             },
         }
+    }
+
+    /// A cursor whose confirming read found no leader: the next read is a stale one.
+    fn cursor_without_leader() -> Cursor {
+        let mut c = Cursor::new(1);
+        c.failed(
+            ReadKind::Confirm,
+            &consul::Error::NoLeader {
+                what: "kv get gate".into(),
+                address: "a".into(),
+            },
+            false,
+        );
+        c
     }
 
     fn missing(index: u64) -> KvRead {
@@ -502,16 +599,8 @@ mod tests {
         state_file::save(&w.state_file, &saved).unwrap();
         w.restore_saved_state();
         assert_eq!(w.gate.load().source, StateSource::StateFile);
-        let mut c = Cursor::new(1);
         // Without a leader the first read falls back to any server: an empty store is refused.
-        c.failed(
-            ReadKind::Confirm,
-            &consul::Error::NoLeader {
-                what: "kv get gate".into(),
-                address: "a".into(),
-            },
-            false,
-        );
+        let mut c = cursor_without_leader();
         assert_eq!(
             feed(&w, &mut c, missing(1)).await,
             (Mode::Maintenance, 100, ReadKind::Confirm)
@@ -522,6 +611,178 @@ mod tests {
             (Mode::Maintenance, 100, ReadKind::Watch)
         );
         assert_eq!(w.gate.load().source, StateSource::Consul);
+    }
+
+    /// A watcher over an empty test folder: no state file.
+    fn watcher_without_state(name: &str) -> GateWatcher {
+        let dir = test_dir(name);
+        let _ = std::fs::remove_file(dir.join("state.json"));
+        watcher(&dir)
+    }
+
+    fn refused(w: &GateWatcher, reason: &str) -> u64 {
+        w.metrics
+            .state_file_refused
+            .with_label_values(&[reason])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn an_unusable_state_file_serves_the_fail_safe_state_until_consul_answers() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "damaged"),
+            (br#"{"key":"gate","doc":{"mode":"maint"#, "damaged"),
+            (b"\x9c\x01\xfe random \x00 bytes", "damaged"),
+            (
+                br#"{"key":"other/gate","doc":{"mode":"normal"},"applied_index":900}"#,
+                "other_key",
+            ),
+            (
+                br#"{"key":"gate","doc":{"mode":"closed"},"applied_index":900}"#,
+                "invalid_document",
+            ),
+        ];
+        for (n, (content, reason)) in cases.into_iter().enumerate() {
+            let w = watcher_without_state(&format!("unusable-{n}"));
+            std::fs::write(&w.state_file, content).unwrap();
+            w.restore_saved_state();
+            let served = w.gate.load_full();
+            assert_eq!(served.source, StateSource::FailSafe, "{reason}");
+            assert_eq!(served.doc.mode, Mode::Maintenance, "{reason}");
+            assert_eq!(served.applied_index, 0, "{reason}");
+            assert_eq!(refused(&w, reason), 1, "{reason}");
+            assert_eq!(w.metrics.gate_fail_safe.get(), 1);
+            // Consul's first answer, even unconfirmed and at a low index, replaces it.
+            let mut c = cursor_without_leader();
+            assert_eq!(
+                feed(&w, &mut c, missing(3)).await,
+                (Mode::Normal, 3, ReadKind::Watch),
+                "{reason}"
+            );
+            assert_eq!(w.gate.load().source, StateSource::Consul);
+            assert_eq!(w.metrics.gate_fail_safe.get(), 0);
+            assert_eq!(w.metrics.gate_step_backs_refused.get(), 0);
+            // And the file is good again.
+            assert!(state_file::load(&w.state_file, "gate").unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn a_saved_state_that_does_not_fit_the_routes_is_refused_too() {
+        let w = watcher_without_state("routes");
+        let saved = SavedState {
+            key: "gate".into(),
+            doc: GateDoc::parse(br#"{"mode":"normal","scope":["gone"]}"#).unwrap(),
+            applied_index: 100,
+        };
+        state_file::save(&w.state_file, &saved).unwrap();
+        w.restore_saved_state();
+        assert_eq!(w.gate.load().source, StateSource::FailSafe);
+        assert_eq!(w.gate.load().doc.mode, Mode::Maintenance);
+        assert_eq!(refused(&w, "invalid_document"), 1);
+    }
+
+    #[test]
+    fn unknown_state_chooses_the_fail_safe_mode() {
+        let mut w = watcher_without_state("unknown-normal");
+        w.unknown_state = Mode::Normal;
+        std::fs::write(&w.state_file, b"{").unwrap();
+        w.restore_saved_state();
+        let served = w.gate.load();
+        assert_eq!(
+            (served.source, served.doc.mode),
+            (StateSource::FailSafe, Mode::Normal)
+        );
+        assert_eq!(w.metrics.gate_fail_safe.get(), 1);
+    }
+
+    #[test]
+    fn without_a_state_file_the_first_read_decides() {
+        // No file: the default state until the first read has finished...
+        let w = watcher_without_state("missing");
+        w.restore_saved_state();
+        assert_eq!(w.gate.load().source, StateSource::Default);
+        assert_eq!(refused(&w, "damaged"), 0);
+        // ...which brought nothing: the fail-safe state.
+        w.fail_safe_if_unknown();
+        let served = w.gate.load();
+        assert_eq!(
+            (served.source, served.doc.mode),
+            (StateSource::FailSafe, Mode::Maintenance)
+        );
+        // A state from Consul, or a restored one, is kept.
+        let w = watcher_without_state("missing-answered");
+        w.restore_saved_state();
+        w.apply(value("read_only", 5, 5), true);
+        w.fail_safe_if_unknown();
+        assert_eq!(w.gate.load().source, StateSource::Consul);
+        let w = watcher_without_state("restored");
+        let saved = SavedState {
+            key: "gate".into(),
+            doc: GateDoc::with_mode(Mode::ReadOnly),
+            applied_index: 9,
+        };
+        state_file::save(&w.state_file, &saved).unwrap();
+        w.restore_saved_state();
+        w.fail_safe_if_unknown();
+        assert_eq!(w.gate.load().source, StateSource::StateFile);
+        assert_eq!(w.metrics.gate_fail_safe.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_first_value_leaves_the_state_unknown() {
+        let w = watcher_without_state("refused-first");
+        w.restore_saved_state();
+        let mut read = value("maintenance", 8, 8);
+        read.entry.as_mut().unwrap().value = Some(b"yes".to_vec());
+        w.apply(read, true);
+        w.fail_safe_if_unknown();
+        assert_eq!(w.gate.load().source, StateSource::FailSafe);
+        // A valid value later replaces it.
+        w.apply(value("normal", 9, 9), false);
+        let served = w.gate.load();
+        assert_eq!(
+            (served.source, served.doc.mode),
+            (StateSource::Consul, Mode::Normal)
+        );
+    }
+
+    #[test]
+    fn no_answer_steps_back_from_a_state_without_an_index() {
+        let b = StateBuilder::for_test(
+            vec!["ui".into()],
+            PageTemplate::parse("<p>{{reason}}</p>").unwrap(),
+            "back soon".into(),
+        );
+        for current in [
+            b.initial(),
+            b.fail_safe(Mode::Maintenance, OffsetDateTime::UNIX_EPOCH),
+        ] {
+            for read in [missing(1), value("maintenance", 2, 2)] {
+                assert_eq!(judge(&current, &read, false, None), Judgement::New);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_listener_opens_on_the_fail_safe_state_when_nothing_is_known() {
+        // Consul at 127.0.0.1:1 refuses connections; there is no state file.
+        let w = watcher_without_state("service");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let (ready, mut is_ready) = tokio::sync::watch::channel(false);
+        let run = w.start_with_ready_notifier(shutdown, ServiceReadyNotifier::new(ready));
+        let check = async {
+            is_ready.wait_for(|r| *r).await.unwrap();
+            let served = w.gate.load();
+            assert_eq!(
+                (served.source, served.doc.mode),
+                (StateSource::FailSafe, Mode::Maintenance)
+            );
+            stop.send(true).unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, check) })
+            .await
+            .expect("the watcher got ready and stopped");
     }
 
     #[test]

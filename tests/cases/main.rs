@@ -10,14 +10,20 @@ mod fixtures_smoke;
 mod proxy_admin;
 // Passing a closed gate: trusted addresses, tokens, exempt paths.
 mod proxy_bypass;
+// What reaches the upstream (no token, one X-Forwarded-For, no forged headers) and 502/504 answers.
+mod proxy_hygiene;
 // --check and refused configs.
 mod proxy_config;
+// Connection caps, the request-header deadline and the keep-alive timeout.
+mod proxy_limits;
 // In-flight requests, SIGTERM, registration.
 mod proxy_lifecycle;
 // A three-server cluster: no step back through server restarts, failover, idle staleness.
 mod proxy_cluster;
 // Consul down: last state kept, restart from the state file.
 mod proxy_outage;
+// A state file that cannot be used, or none, while Consul is down: fail closed.
+mod proxy_state_file;
 // Health checks and Consul-service pools.
 mod proxy_pools;
 // Flipping the gate and what clients see.

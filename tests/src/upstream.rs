@@ -44,6 +44,15 @@ impl RecordedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Every line of header `name`, in the order received (lossy UTF-8); empty when absent.
+    pub fn header_lines(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
 }
 
 /// Builds an [`Upstream`]: a name, an optional address, optional slow paths.
@@ -340,6 +349,8 @@ mod tests {
         let last = up.last_request().expect("a request was recorded");
         assert_eq!(last.path_and_query, "/x?y=1");
         assert_eq!(last.header("x-test"), Some("1"));
+        assert_eq!(last.header_lines("x-test"), ["1"]);
+        assert!(last.header_lines("x-absent").is_empty());
     }
 
     #[test]

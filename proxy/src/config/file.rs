@@ -21,6 +21,8 @@ pub(super) struct FileConfig {
     pub(super) pools: BTreeMap<String, FilePool>,
     #[serde(default)]
     pub(super) routes: Vec<FileRoute>,
+    #[serde(default)]
+    pub(super) limits: super::limits::FileLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,7 @@ pub(super) struct FileServer {
     pub(super) grace_period: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
     pub(super) state_file: Option<PathBuf>,
+    pub(super) unknown_state: Option<String>,
     pub(super) access_log: Option<String>,
 }
 

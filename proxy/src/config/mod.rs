@@ -26,12 +26,14 @@
 
 mod consul;
 mod file;
+mod limits;
 mod maintenance;
 mod server;
 mod upstreams;
 
 pub use consul::ConsulSettings;
 pub use drawbridge_core::settings::ConfigError;
+pub use limits::{Limits, BODY_RATE_GRACE};
 pub use maintenance::{BypassSettings, CorsPolicy, MaintenanceSettings};
 pub use server::{AccessLog, AdminSettings, ServerSettings};
 pub use upstreams::{HealthCheckSettings, PoolSettings, PoolSource, RouteKind, RouteSettings};
@@ -55,6 +57,7 @@ pub struct Config {
     pub bypass: BypassSettings,
     pub pools: Vec<PoolSettings>,
     pub routes: Vec<RouteSettings>,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -143,6 +146,7 @@ impl Checked {
 fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Checked {
     let server = server::check_server(file.server, p);
     let admin = server::check_admin(file.admin, p);
+    check_admin_token(admin.token.as_deref(), p);
     let mut warnings = Vec::new();
     let default_service_id = file.consul.service_id.is_none();
     let consul = consul::check_consul(file.consul, p, &mut warnings, env);
@@ -150,6 +154,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
     let bypass = maintenance::check_bypass(file.bypass, p);
     let (pools, named_servers) = upstreams::check_pools(file.pools, p);
     let routes = upstreams::check_routes(file.routes, &pools, p);
+    let limits = limits::check_limits(file.limits, p);
     Checked {
         config: Config {
             warnings,
@@ -160,9 +165,29 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
             bypass,
             pools,
             routes,
+            limits,
         },
         named_servers,
         default_service_id,
+    }
+}
+
+/// The shortest `admin.token` accepted, in characters: the admin listener shows the gate state
+/// and metrics, and a short token is guessed.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// Refuses an `admin.token` shorter than [`MIN_ADMIN_TOKEN_CHARS`] (an empty one is refused by
+/// the `[admin]` check already).
+fn check_admin_token(token: Option<&str>, p: &mut Problems) {
+    let chars = token.map_or(0, |t| t.chars().count());
+    if (1..MIN_ADMIN_TOKEN_CHARS).contains(&chars) {
+        p.add(
+            "admin.token",
+            format!(
+                "has {chars} characters; use at least {MIN_ADMIN_TOKEN_CHARS} random ones \
+                 (e.g. `openssl rand -hex 16`)"
+            ),
+        );
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! The folders of the pid file, upgrade socket and state file must exist (checked with a
 //! `stat`): the process cannot create them later, so a missing one is refused here.
+//! `unknown_state` is the mode served while the gate state is unknown (fail closed by default).
 
 use super::file::{FileAdmin, FileServer};
+use drawbridge_core::gate::Mode;
 use drawbridge_core::settings::Problems;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub state_file: PathBuf,
+    /// The mode served while the gate state is unknown: the state file cannot be used (or
+    /// there is none) and Consul has given no state yet.
+    pub unknown_state: Mode,
     pub access_log: AccessLog,
 }
 
@@ -98,6 +103,20 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
         .state_file
         .unwrap_or_else(|| PathBuf::from("/var/lib/drawbridge/gate-state.json"));
     existing_parent(p, "server.state_file", &state_file);
+    let unknown_state = match s.unknown_state.as_deref() {
+        None | Some("maintenance") => Mode::Maintenance,
+        Some("read_only") => Mode::ReadOnly,
+        Some("normal") => Mode::Normal,
+        Some(other) => {
+            p.add(
+                "server.unknown_state",
+                format!(
+                    "{other:?} is not one of \"maintenance\" (the default: fail closed), \"read_only\", \"normal\""
+                ),
+            );
+            Mode::Maintenance
+        }
+    };
     let access_log = match s.access_log.as_deref() {
         None | Some("text") => AccessLog::Text,
         Some("json") => AccessLog::Json,
@@ -126,6 +145,7 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
             Duration::from_secs(5),
         ),
         state_file,
+        unknown_state,
         access_log,
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use drawbridge_core::consul::Consistency;
+use drawbridge_core::gate::Mode;
 use std::time::Duration;
 
 /// A machine named `testhost` where only `app.internal` resolves.
@@ -56,6 +57,29 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.bypass.header, "x-drawbridge-bypass");
     assert_eq!(c.routes[0].path_prefix, "/");
     assert_eq!(c.consul.service_id, "drawbridge-testhost-8080");
+    assert_eq!(c.server.unknown_state, Mode::Maintenance);
+}
+
+#[test]
+fn unknown_state_takes_a_gate_mode_and_refuses_anything_else() {
+    let with = |value: &str| {
+        MINIMAL.replace(
+            "[consul]",
+            &format!("unknown_state = \"{value}\"\n[consul]"),
+        )
+    };
+    for (value, mode) in [
+        ("maintenance", Mode::Maintenance),
+        ("read_only", Mode::ReadOnly),
+        ("normal", Mode::Normal),
+    ] {
+        assert_eq!(parse(&with(value)).unwrap().server.unknown_state, mode);
+    }
+    let err = parse(&with("closed")).unwrap_err().problems.join("\n");
+    assert_eq!(
+        err,
+        "server.unknown_state: \"closed\" is not one of \"maintenance\" (the default: fail closed), \"read_only\", \"normal\""
+    );
 }
 
 #[test]
@@ -146,8 +170,24 @@ fn public_admin_listener_needs_a_token() {
     let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9180\"\n");
     let err = parse(&text).unwrap_err();
     assert!(err.problems[0].starts_with("admin.listen:"), "{err}");
-    let with_token = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9180\"\ntoken = \"t\"\n");
+    let with_token =
+        format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9180\"\ntoken = \"0123456789abcdef\"\n");
     assert!(parse(&with_token).is_ok());
+}
+
+#[test]
+fn admin_tokens_shorter_than_16_characters_are_refused() {
+    let with_token = |token: &str| format!("{MINIMAL}\n[admin]\ntoken = \"{token}\"\n");
+    let err = parse(&with_token("short")).unwrap_err().problems.join("\n");
+    assert_eq!(
+        err,
+        "admin.token: has 5 characters; use at least 16 random ones (e.g. `openssl rand -hex 16`)"
+    );
+    assert!(parse(&with_token(&"x".repeat(15))).is_err());
+    assert!(parse(&with_token(&"x".repeat(16))).is_ok());
+    // An empty token is refused once, as empty.
+    let err = parse(&with_token("")).unwrap_err().problems;
+    assert_eq!(err, ["admin.token: is empty"]);
 }
 
 #[test]

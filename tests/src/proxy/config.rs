@@ -159,6 +159,8 @@ pub struct DrawbridgeBuilder {
     pub grace_period: String,
     pub shutdown_timeout: String,
     pub access_log: String,
+    /// `server.unknown_state`; `None` leaves the key out (the proxy's default, "maintenance").
+    pub unknown_state: Option<String>,
     pub default_retry_after: Option<String>,
     pub page_refresh_max: Option<String>,
     pub default_message: Option<String>,
@@ -171,6 +173,8 @@ pub struct DrawbridgeBuilder {
     pub bypass_keys: Vec<(String, String)>,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
+    /// `[limits]`, as written (empty: the defaults).
+    pub limits: toml::Table,
     pub ready: Ready,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
@@ -288,6 +292,23 @@ impl DrawbridgeBuilder {
         self
     }
 
+    /// One `[limits]` setting, e.g. `limit("header_timeout", "2s")`.
+    pub fn limit(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.limits.insert(key.into(), value.into());
+        self
+    }
+
+    /// `server.unknown_state`: what the proxy serves while the gate state is unknown.
+    pub fn unknown_state(mut self, mode: &str) -> Self {
+        self.unknown_state = Some(mode.to_string());
+        self
+    }
+
+    /// The state file (`server.state_file`) a proxy of this builder uses in `dir`.
+    pub fn state_file_in(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.gate-state.json", self.name))
+    }
+
     /// How far `start` waits.
     pub fn ready(mut self, ready: Ready) -> Self {
         self.ready = ready;
@@ -315,8 +336,11 @@ impl DrawbridgeBuilder {
         );
         server.insert(
             "state_file".into(),
-            path(&format!("{}.gate-state.json", self.name)).into(),
+            self.state_file_in(dir).display().to_string().into(),
         );
+        if let Some(mode) = &self.unknown_state {
+            server.insert("unknown_state".into(), mode.as_str().into());
+        }
         server.insert("access_log".into(), self.access_log.as_str().into());
 
         let mut admin = toml::Table::new();
@@ -431,6 +455,9 @@ impl DrawbridgeBuilder {
         root.insert("bypass".into(), bypass.into());
         root.insert("pools".into(), pools.into());
         root.insert("routes".into(), routes.into());
+        if !self.limits.is_empty() {
+            root.insert("limits".into(), self.limits.clone().into());
+        }
         root
     }
 
@@ -468,6 +495,7 @@ impl Drawbridge {
             grace_period: "2s".to_string(),
             shutdown_timeout: "1s".to_string(),
             access_log: "text".to_string(),
+            unknown_state: None,
             default_retry_after: None,
             page_refresh_max: None,
             default_message: None,
@@ -479,6 +507,7 @@ impl Drawbridge {
             bypass_keys: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),
+            limits: toml::Table::new(),
             ready: Ready::ConsulAnswered,
             env: Vec::new(),
         }

@@ -161,8 +161,7 @@ impl Drawbridge {
 
     /// The state file path (`server.state_file`).
     pub fn state_file(&self) -> PathBuf {
-        self.dir
-            .join(format!("{}.gate-state.json", self.builder.name))
+        self.builder.state_file_in(&self.dir)
     }
 
     /// The proxy's PID.
@@ -337,6 +336,19 @@ impl Drawbridge {
                 (mode, index)
             })
             .collect()
+    }
+
+    /// Everything the proxy wrote to stderr, its log (a restart appends to it).
+    ///
+    /// # Panics
+    /// When the log cannot be read.
+    pub fn log(&self) -> String {
+        let Some(child) = &self.child else {
+            return String::new();
+        };
+        let path = child.stderr_path();
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
 
     /// The tail of the proxy's logs.
