@@ -16,7 +16,7 @@ use crate::facts::{
     forwarded_for_chain, has_cookie, prefers_json, without_cookie, RequestFacts, X_FORWARDED_FOR,
 };
 use crate::gate_state::GateState;
-use crate::guard::{refusal_for, BodyPace, Refusal, RefusalLog};
+use crate::guard::{self, refusal_for, BodyPace, Refusal, RefusalLog};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::one_line::OneLine;
 use crate::pools::Pool;
@@ -140,12 +140,14 @@ impl Edge {
         ctx: &mut RequestCtx,
         route: Option<usize>,
         refusal: Refusal,
-        detail: &str,
+        detail: String,
     ) {
         self.refusals
-            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), detail);
+            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), || detail);
         ctx.refused = Some(refusal);
-        self.write_failure(session, route, refusal.status()).await;
+        if let Some(status) = refusal.status() {
+            self.write_failure(session, route, status).await;
+        }
     }
 
     /// Verifies a bypass token against the keyring, logging who was let through.
@@ -221,6 +223,16 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// The request header is read: its deadline is met.
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        guard::header_read();
+        Ok(())
+    }
+
     /// Decides the request against the gate and answers it here unless it passes.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let state = self.gate.load_full();
@@ -232,7 +244,7 @@ impl ProxyHttp for Edge {
         ctx.client_ip = facts.client_ip(&self.bypass.trusted_proxies);
         if let Some((refusal, detail)) = refusal_for(session.req_header(), &self.limits) {
             let route = self.router.find(facts.host, facts.path);
-            self.refuse(session, ctx, route, refusal, &detail).await;
+            self.refuse(session, ctx, route, refusal, detail).await;
             return Ok(true);
         }
         let decision = decide(
@@ -299,14 +311,14 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let chunk = body.as_ref().map_or(0, Bytes::len);
-        let Some((refusal, detail)) = ctx.body.take(chunk, ctx.started.elapsed(), &self.limits)
-        else {
+        let Some((refusal, detail)) = ctx.body.take(chunk, Instant::now(), &self.limits) else {
             return Ok(());
         };
         self.refusals
-            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), &detail);
+            .refused(refusal, ctx.client_ip.or(ctx.peer_ip), || detail.clone());
         ctx.refused = Some(refusal);
-        Error::e_explain(ErrorType::HTTPStatus(refusal.status()), detail)
+        let status = refusal.status().unwrap_or(400);
+        Error::e_explain(ErrorType::HTTPStatus(status), detail)
     }
 
     /// Marks responses that passed a closed gate.
@@ -333,6 +345,14 @@ impl ProxyHttp for Edge {
     ) -> FailToProxy {
         let status = respond::failure_status(e);
         ctx.failure = Some(status);
+        if status == 408 && ctx.refused.is_none() {
+            ctx.refused = Some(Refusal::BodyTimeout);
+            let timeout = self.limits.body_timeout;
+            self.refusals
+                .refused(Refusal::BodyTimeout, ctx.client_ip.or(ctx.peer_ip), || {
+                    format!("no bytes of the request body for limits.body_timeout ({timeout:?})")
+                });
+        }
         if status > 0 {
             let route = ctx.decision.and_then(Decision::route);
             self.write_failure(session, route, status).await;

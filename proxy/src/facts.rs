@@ -1,6 +1,7 @@
 //! What the gate reads from a request: `RequestFacts`, a view of its header. Method, path and host
-//! are read at once; the client address (with the X-Forwarded-For trust rules), the bypass token,
-//! the `Accept` preference and the CORS headers only when asked, so an open gate pays for none.
+//! are read at once; the client address (with the X-Forwarded-For trust rules, resolved for every
+//! request: the log and `X-Real-IP` carry it), the bypass token, the `Accept` preference and the
+//! CORS headers only when asked.
 //! Also the readers behind what the upstream receives: the bypass cookie found and cut out of
 //! `Cookie` lines ([`has_cookie`], [`without_cookie`]), and the one `X-Forwarded-For` line that
 //! joins every line the request carried ([`forwarded_for_chain`]).
@@ -131,9 +132,10 @@ pub fn client_ip<'a>(
     }
     let mut client = peer;
     for line in forwarded_for.rev() {
-        let line = std::str::from_utf8(line).ok()?;
-        for entry in line.rsplit(',') {
-            let entry = entry.trim();
+        // Entry by entry: bytes that are not UTF-8 are garbage like any other, and only where
+        // the walk reaches them (left of the client they are never read).
+        for entry in line.rsplit(|&b| b == b',') {
+            let entry = std::str::from_utf8(entry).ok()?.trim();
             if entry.is_empty() {
                 continue;
             }
@@ -159,31 +161,30 @@ pub fn is_in(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|net| net.contains(&ip))
 }
 
+/// One `;`-separated part of a `Cookie` line as name and value, ASCII white space trimmed
+/// around both and around the `=` (the one reading both [`cookie_value`] and
+/// [`without_cookie`] use, so that a cookie the proxy reads is a cookie it removes).
+fn cookie_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+}
+
 /// The value of cookie `name` in the request's `Cookie` header lines, if any.
 pub fn cookie_value<'a>(
     cookie_lines: impl Iterator<Item = &'a [u8]>,
     name: &str,
 ) -> Option<&'a str> {
-    for line in cookie_lines {
-        let Ok(line) = std::str::from_utf8(line) else {
-            continue;
-        };
-        for pair in line.split(';') {
-            if let Some((key, value)) = pair.trim().split_once('=') {
-                if key == name {
-                    return Some(value.trim_matches('"'));
-                }
-            }
-        }
-    }
-    None
+    cookie_lines
+        .flat_map(|line| line.split(|&b| b == b';'))
+        .filter_map(cookie_pair)
+        .find(|(key, _)| *key == name.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .map(|value| value.trim_matches('"'))
 }
 
-/// Whether `pair` (one `;`-separated part of a `Cookie` line) is cookie `name`, read as
-/// [`cookie_value`] reads it: the name exactly, then `=`.
+/// Whether `pair` (one `;`-separated part of a `Cookie` line) is cookie `name`.
 fn is_cookie(pair: &[u8], name: &[u8]) -> bool {
-    let pair = pair.trim_ascii();
-    pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'='
+    cookie_pair(pair).is_some_and(|(key, _)| key == name)
 }
 
 /// Whether cookie `name` is in any of the request's `Cookie` lines. Reads bytes, so a line that
@@ -370,6 +371,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_are_garbage_where_the_walk_reaches_them() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let resolve = |lines: &[&[u8]]| client_ip(ip("10.0.0.2"), lines.iter().copied(), &trusted);
+        assert_eq!(resolve(&[b"\xff, 198.51.100.7"]), Some(ip("198.51.100.7")));
+        assert_eq!(
+            resolve(&[b"\xff", b"198.51.100.7"]),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(resolve(&[b"198.51.100.7\xff"]), None);
+        assert_eq!(resolve(&[b"198.51.100.7, \xff"]), None);
+        assert_eq!(resolve(&[b"198.51.100.7, 10.0.0.5\xff"]), None);
+    }
+
+    #[test]
     fn mapped_ipv6_addresses_are_compared_as_ipv4() {
         assert_eq!(
             resolve("::ffff:10.0.0.2", &["::ffff:198.51.100.7"], &["10.0.0.0/8"]),
@@ -408,6 +423,32 @@ pub(crate) mod tests {
         assert_eq!(cut("a=1;b=2"), None);
         assert_eq!(cut("xdrawbridge_bypass=1; drawbridge_bypass_x=2"), None);
         assert_eq!(cut("drawbridge_bypass"), None);
+    }
+
+    #[test]
+    fn a_cookie_the_proxy_reads_is_a_cookie_it_removes() {
+        // Every form: the token read from it (or not), and the line cut (or not) alike.
+        for (line, read) in [
+            ("drawbridge_bypass =tok", Some("tok")),
+            ("a=1;\tdrawbridge_bypass= tok ", Some("tok")),
+            ("a=1;\u{a0}drawbridge_bypass=tok", None),
+            ("drawbridge_bypass\u{a0}=tok", None),
+            ("a=\"x\"; drawbridge_bypass=\"tok\"", Some("tok")),
+        ] {
+            let lines = [line.as_bytes()];
+            assert_eq!(
+                cookie_value(lines.into_iter(), "drawbridge_bypass"),
+                read,
+                "{line:?}"
+            );
+            let cut = without_cookie(line.as_bytes(), "drawbridge_bypass");
+            assert_eq!(cut.is_some(), read.is_some(), "{line:?}");
+            assert_eq!(
+                has_cookie(lines.into_iter(), "drawbridge_bypass"),
+                read.is_some(),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -47,9 +47,13 @@ pub struct Metrics {
     /// State files refused at start, by reason (`unreadable`, `damaged`, `invalid_document`,
     /// `other_key`).
     pub state_file_refused: IntCounterVec,
-    /// Connections and requests the proxy's own limits cut, by reason (`max_connections`,
-    /// `max_connections_per_client`, `header_timeout`).
+    /// Connections and requests the proxy's own limits cut, by reason (the [`Refusal`]s:
+    /// `max_connections`, `header_timeout`, `body_size`, …).
+    ///
+    /// [`Refusal`]: crate::guard::Refusal
     pub refused: IntCounterVec,
+    /// Client connections open on the public listeners (admitted by the caps).
+    pub client_connections: IntGauge,
 }
 
 impl Metrics {
@@ -156,6 +160,10 @@ impl Metrics {
                 "drawbridge_refused_requests_total",
                 "Connections and requests cut by the proxy's own limits, by reason",
                 &["reason"],
+            )?,
+            client_connections: int_gauge(
+                "drawbridge_client_connections",
+                "Client connections open on the public listeners",
             )?,
             registry,
         })

@@ -161,7 +161,8 @@ pub fn no_route() -> Result<(ResponseHeader, Bytes)> {
 
 /// The status the proxy answers a request that failed with `error`: 504 when the upstream did
 /// not connect, answer or take the request in time; 502 for any other upstream failure (refused,
-/// reset, an answer that is not HTTP, no healthy server); 400 for a request that cannot be read;
+/// reset, an answer that is not HTTP, no healthy server); 408 for a request body that stopped
+/// coming (`limits.body_timeout`); 400 for a request that cannot be read;
 /// 500 for a failure of the proxy itself; 0 when the client is gone and nothing can be written.
 pub fn failure_status(error: &Error) -> u16 {
     use ErrorType::*;
@@ -172,6 +173,7 @@ pub fn failure_status(error: &Error) -> u16 {
             ErrorSource::Upstream,
         ) => 504,
         (_, ErrorSource::Upstream) => 502,
+        (ReadTimedout, ErrorSource::Downstream) => 408,
         (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
         (_, ErrorSource::Downstream) => 400,
         (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
@@ -201,9 +203,18 @@ impl FailureBodies {
                 "The service behind this address did not answer in time.",
             ),
             408 => ("about:blank", "The request body arrived too slowly."),
-            413 => ("about:blank", "The request body is larger than this service accepts."),
-            414 => ("about:blank", "The request address is longer than this service accepts."),
-            431 => ("about:blank", "The request headers are larger than this service accepts."),
+            413 => (
+                "about:blank",
+                "The request body is larger than this service accepts.",
+            ),
+            414 => (
+                "about:blank",
+                "The request address is longer than this service accepts.",
+            ),
+            431 => (
+                "about:blank",
+                "The request headers are larger than this service accepts.",
+            ),
             400..=499 => ("about:blank", "The request could not be read."),
             _ => ("about:blank", "The request could not be completed."),
         };
@@ -392,8 +403,10 @@ pub(crate) mod tests {
             )),
             502
         );
-        // A slow or vanished client is not a gateway failure.
-        assert_eq!(failure_status(&down(ErrorType::ReadTimedout)), 400);
+        // A slow or vanished client is not a gateway failure: a body that stopped coming is
+        // 408, a request that cannot be read 400.
+        assert_eq!(failure_status(&down(ErrorType::ReadTimedout)), 408);
+        assert_eq!(failure_status(&down(ErrorType::InvalidHTTPHeader)), 400);
         assert_eq!(failure_status(&down(ErrorType::ConnectionClosed)), 0);
         assert_eq!(failure_status(&Error::new(ErrorType::InternalError)), 500);
     }

@@ -7,7 +7,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
-use crate::guard::{Gatehouse, RefusalLog};
+use crate::guard::{Caps, EarlyRefusal, Gatehouse, RefusalLog};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
@@ -162,10 +162,17 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     };
     let app = pingora::proxy::http_proxy(&server.configuration, edge);
     let app = SessionRules::new(app, config.server.grace_period, &config.limits);
+    let caps = Arc::new(Caps::new(
+        &config.limits,
+        trusted_proxies,
+        metrics.client_connections.clone(),
+        refusals,
+    ));
     let mut proxy = Service::new(
         "drawbridge".to_string(),
-        Gatehouse::new(app, config.limits, trusted_proxies, refusals),
+        Gatehouse::new(app, caps.clone(), config.limits.header_timeout),
     );
+    proxy.set_connection_filter(Arc::new(EarlyRefusal(caps)));
     for addr in &listen {
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())

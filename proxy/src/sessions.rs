@@ -67,6 +67,7 @@ where
             session.set_keepalive(Some(self.keepalive_secs));
         }
         session.set_read_timeout(Some(self.body_timeout));
+        crate::guard::next_request();
         session.set_write_timeout(Some(self.send_timeout));
         self.inner.process_new_http(session, shutdown)
     }

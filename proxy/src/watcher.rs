@@ -90,6 +90,9 @@ enum Judgement {
     Unchanged,
     /// Older than the served state and not confirmed by the leader.
     StepBack,
+    /// Not confirmed by the leader while the served state stands for no index (fail-safe, or
+    /// none yet): a follower without a leader may answer from an empty or rebuilt store.
+    Unconfirmed,
     /// A value refused before, at the same index.
     RejectedBefore,
     /// A newer value, or the leader's word: build and apply it.
@@ -113,8 +116,10 @@ fn judge(
     if already_served {
         return Judgement::Unchanged;
     }
-    // A fail-safe or default state stands for no index: whatever Consul says replaces it.
-    if !confirmed && current.source.has_index() && index < current.applied_index {
+    if !confirmed && !current.source.has_index() {
+        return Judgement::Unconfirmed;
+    }
+    if !confirmed && index < current.applied_index {
         return Judgement::StepBack;
     }
     if read.entry.is_some() && last_rejected.is_some_and(|r| r.modify_index == index) {
@@ -246,6 +251,17 @@ impl GateWatcher {
                     answer = if read.entry.is_some() { "a value" } else { "missing key" },
                     address = %status.reading_from,
                     "refused to step back to an older gate state, confirming with the leader"
+                );
+                return Taken::Doubted;
+            }
+            Judgement::Unconfirmed => {
+                tracing::info!(
+                    key = %self.key,
+                    answered = index,
+                    address = %status.reading_from,
+                    "an answer without the leader's word does not replace the {} state, \
+                     confirming with the leader",
+                    current.source.as_str()
                 );
                 return Taken::Doubted;
             }
@@ -652,8 +668,15 @@ mod tests {
             assert_eq!(served.applied_index, 0, "{reason}");
             assert_eq!(refused(&w, reason), 1, "{reason}");
             assert_eq!(w.metrics.gate_fail_safe.get(), 1);
-            // Consul's first answer, even unconfirmed and at a low index, replaces it.
+            // A follower's answer without a leader does not replace it (it may come from an
+            // empty store); the leader's answer, at any index, does.
             let mut c = cursor_without_leader();
+            assert_eq!(
+                feed(&w, &mut c, missing(3)).await,
+                (Mode::Maintenance, 0, ReadKind::Confirm),
+                "{reason}"
+            );
+            assert_eq!(w.gate.load().source, StateSource::FailSafe);
             assert_eq!(
                 feed(&w, &mut c, missing(3)).await,
                 (Mode::Normal, 3, ReadKind::Watch),
@@ -738,8 +761,13 @@ mod tests {
         w.apply(read, true);
         w.fail_safe_if_unknown();
         assert_eq!(w.gate.load().source, StateSource::FailSafe);
-        // A valid value later replaces it.
-        w.apply(value("normal", 9, 9), false);
+        // A valid value later replaces it, once the leader confirms it.
+        assert!(matches!(
+            w.apply(value("normal", 9, 9), false),
+            Taken::Doubted
+        ));
+        assert_eq!(w.gate.load().source, StateSource::FailSafe);
+        w.apply(value("normal", 9, 9), true);
         let served = w.gate.load();
         assert_eq!(
             (served.source, served.doc.mode),
@@ -748,7 +776,7 @@ mod tests {
     }
 
     #[test]
-    fn no_answer_steps_back_from_a_state_without_an_index() {
+    fn a_state_without_an_index_is_replaced_by_the_leaders_word_only() {
         let b = StateBuilder::for_test(
             vec!["ui".into()],
             PageTemplate::parse("<p>{{reason}}</p>").unwrap(),
@@ -759,7 +787,8 @@ mod tests {
             b.fail_safe(Mode::Maintenance, OffsetDateTime::UNIX_EPOCH),
         ] {
             for read in [missing(1), value("maintenance", 2, 2)] {
-                assert_eq!(judge(&current, &read, false, None), Judgement::New);
+                assert_eq!(judge(&current, &read, false, None), Judgement::Unconfirmed);
+                assert_eq!(judge(&current, &read, true, None), Judgement::New);
             }
         }
     }

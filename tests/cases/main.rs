@@ -10,12 +10,18 @@ mod fixtures_smoke;
 mod proxy_admin;
 // Passing a closed gate: trusted addresses, tokens, exempt paths.
 mod proxy_bypass;
+// Forged bypass tokens, key rotation, and a table of client-address spoofing attempts.
+mod proxy_attacks;
 // What reaches the upstream (no token, one X-Forwarded-For, no forged headers) and 502/504 answers.
 mod proxy_hygiene;
 // --check and refused configs.
 mod proxy_config;
 // Connection caps, the request-header deadline and the keep-alive timeout.
 mod proxy_limits;
+// Slowloris and a connection flood, with legitimate traffic measured beside them.
+mod proxy_siege;
+// Upstreams that close, reset, hang or never read.
+mod proxy_upstream_faults;
 // In-flight requests, SIGTERM, registration.
 mod proxy_lifecycle;
 // A three-server cluster: no step back through server restarts, failover, idle staleness.

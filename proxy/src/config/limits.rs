@@ -52,6 +52,29 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
+impl Default for Limits {
+    /// Every limit at its documented default.
+    fn default() -> Limits {
+        check_limits(FileLimits::default(), &mut Problems::default())
+    }
+}
+
+/// Refuses a size below `least` (too small for real requests) or above `most` (the HTTP/1
+/// parser's own bound, above which it answers 400 before this limit is looked at).
+fn size_within(p: &mut Problems, key: &str, value: usize, least: usize, most: usize) {
+    if !(least..=most).contains(&value) {
+        p.add(
+            format!("limits.{key}"),
+            format!("{value} is not between {least} and {most}"),
+        );
+    }
+}
+
+/// The most header bytes the HTTP/1 parser reads (Pingora's `MAX_HEADER_SIZE`).
+const PARSER_MAX_HEADER_BYTES: usize = 1_048_575;
+/// The most header lines the HTTP/1 parser reads (Pingora's `MAX_HEADERS`).
+const PARSER_MAX_HEADERS: usize = 256;
+
 /// How long a request body may take before `body_min_rate` applies: a client on a slow network
 /// gets a start.
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
@@ -88,22 +111,31 @@ pub(super) fn check_limits(l: FileLimits, p: &mut Problems) -> Limits {
             "must be between \"1s\" and \"1h\"",
         );
     }
-    let mut at_least = |key: &str, value: u64, least: u64, example: &str| {
-        if value < least {
-            p.add(
-                format!("limits.{key}"),
-                format!("{value} is too small to serve real clients; use at least {least}, e.g. {example}"),
-            );
-        }
-    };
     let max_header_bytes = l.max_header_bytes.unwrap_or(32 * 1024);
-    at_least("max_header_bytes", max_header_bytes as u64, 1024, "32768");
+    size_within(
+        p,
+        "max_header_bytes",
+        max_header_bytes,
+        1024,
+        PARSER_MAX_HEADER_BYTES,
+    );
     let max_headers = l.max_headers.unwrap_or(100);
-    at_least("max_headers", max_headers as u64, 16, "100");
+    size_within(p, "max_headers", max_headers, 16, PARSER_MAX_HEADERS);
     let max_uri_bytes = l.max_uri_bytes.unwrap_or(8 * 1024);
-    at_least("max_uri_bytes", max_uri_bytes as u64, 256, "8192");
+    size_within(
+        p,
+        "max_uri_bytes",
+        max_uri_bytes,
+        256,
+        PARSER_MAX_HEADER_BYTES,
+    );
     let max_body_bytes = l.max_body_bytes.unwrap_or(16 * 1024 * 1024);
-    at_least("max_body_bytes", max_body_bytes, 1024, "16777216");
+    if max_body_bytes < 1024 {
+        p.add(
+            "limits.max_body_bytes",
+            format!("{max_body_bytes} is too small for real requests; use at least 1024"),
+        );
+    }
     let body_min_rate = l.body_min_rate.unwrap_or(1024);
     let body_timeout = p.duration(
         "limits.body_timeout",

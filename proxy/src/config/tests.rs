@@ -61,6 +61,28 @@ fn minimal_config_gets_the_documented_defaults() {
 }
 
 #[test]
+fn limits_get_their_defaults_and_bad_ones_are_named() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+    let text = format!(
+        "{MINIMAL}\n[limits]\nmax_connections = 10\nmax_connections_per_client = 11\n\
+         header_timeout = \"0s\"\nmax_headers = 300\nmax_header_bytes = 10\nsend_timeout = \"2h\"\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    for key in [
+        "limits.max_connections_per_client: must be between 1 and limits.max_connections (10)",
+        "limits.header_timeout: must be between",
+        "limits.max_headers: 300 is not between 16 and 256",
+        "limits.max_header_bytes: 10 is not between 1024",
+        "limits.send_timeout: must be between",
+    ] {
+        assert!(err.contains(key), "{key} missing in {err}");
+    }
+}
+
+#[test]
 fn unknown_state_takes_a_gate_mode_and_refuses_anything_else() {
     let with = |value: &str| {
         MINIMAL.replace(

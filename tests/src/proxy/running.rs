@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use super::client::test_client;
 use super::config::{DrawbridgeBuilder, Ready};
 use super::metrics::Metrics;
-use crate::eventually::try_eventually;
+use crate::eventually::{eventually, try_eventually};
 use crate::process::{workspace_bin, ChildGuard, TestDir, TAIL_LINES};
 
 /// How long the proxy may take to answer on its admin listener after spawn.
@@ -238,6 +238,27 @@ impl Drawbridge {
         let body = answer.text().await.unwrap_or_default();
         assert_eq!(status, 200, "GET /metrics: {body}");
         Metrics::parse(&body)
+    }
+
+    /// Waits until metric `name` with `labels` reads `value` on `/metrics`.
+    ///
+    /// # Panics
+    /// After 5 s, with the last value read.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        eventually(
+            &format!("{name} {labels:?} = {value}"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || async move {
+                let now = self.metrics().await.get(name, labels);
+                if now == Some(value) {
+                    Ok(())
+                } else {
+                    Err(format!("{name} is {now:?}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until `/status` satisfies `check`, and returns that report.

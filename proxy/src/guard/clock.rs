@@ -1,0 +1,302 @@
+//! The whole-request-header deadline, driven by the HTTP code itself: [`next_request`] when a
+//! connection is about to read its next request, [`header_read`] once the header is parsed,
+//! and the connection's [`Guarded`] stream notes the first byte of each header. The gatehouse
+//! waits on [`HeaderClock::expired`] beside the connection and drops it when the deadline
+//! passes, so no request is in flight and nothing else has to log it.
+
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+tokio::task_local! {
+    /// The clock of the connection the current task serves.
+    pub(super) static CLOCK: Arc<HeaderClock>;
+}
+
+/// No request header is being read (the header was parsed; body and answer take their time).
+const NOT_READING: u64 = 0;
+/// Waiting for the first byte of the next request: keep-alive's timeout applies, not this one.
+const WAITING: u64 = 1;
+/// From here on: reading a header whose first byte came `state - FIRST_BYTE` ms after the accept.
+const FIRST_BYTE: u64 = 2;
+
+/// When the request header being read is due.
+pub struct HeaderClock {
+    accepted: Instant,
+    timeout: Duration,
+    /// [`NOT_READING`], [`WAITING`], or [`FIRST_BYTE`] plus the milliseconds from the accept to
+    /// the header's first byte: one word, so that a byte and the end of a header cannot cross.
+    state: AtomicU64,
+    changed: Notify,
+}
+
+impl HeaderClock {
+    /// The clock of a connection accepted now: its first request header is due `timeout`
+    /// after the accept.
+    pub(super) fn new(timeout: Duration) -> Arc<HeaderClock> {
+        Arc::new(HeaderClock {
+            accepted: Instant::now(),
+            timeout,
+            state: AtomicU64::new(FIRST_BYTE),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The connection waits for its next request (the first one is timed from the accept).
+    fn waiting(&self) {
+        let _ =
+            self.state
+                .compare_exchange(NOT_READING, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The header is parsed.
+    fn stopped(&self) {
+        self.state.store(NOT_READING, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: the first of a header starts its clock.
+    fn bytes_arrived(&self) {
+        if self.state.load(Ordering::Acquire) != WAITING {
+            return;
+        }
+        let at = self.accepted.elapsed().as_millis() as u64 + FIRST_BYTE;
+        if self
+            .state
+            .compare_exchange(WAITING, at, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Completes when a request header has been read for longer than the timeout.
+    pub(super) async fn expired(&self) {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state < FIRST_BYTE {
+                self.changed.notified().await;
+                continue;
+            }
+            let started = self.accepted + Duration::from_millis(state - FIRST_BYTE);
+            tokio::select! {
+                () = tokio::time::sleep_until(started + self.timeout) => {
+                    if self.state.load(Ordering::Acquire) == state {
+                        return;
+                    }
+                }
+                () = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// The connection is about to read its next request (called by the HTTP app for each one).
+pub fn next_request() {
+    let _ = CLOCK.try_with(|clock| clock.waiting());
+}
+
+/// The request header is parsed (called by the proxy's first filter).
+pub fn header_read() {
+    let _ = CLOCK.try_with(|clock| clock.stopped());
+}
+
+/// Whether `stream` speaks HTTP/2 (by ALPN): its own framing, no HTTP/1 header to time.
+pub(super) fn is_h2(stream: &Stream) -> bool {
+    matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+}
+
+/// A connection's stream that tells its clock when bytes arrive.
+#[derive(Debug)]
+pub(super) struct Guarded {
+    inner: Stream,
+    clock: Arc<HeaderClock>,
+}
+
+impl std::fmt::Debug for HeaderClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderClock")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guarded {
+    pub(super) fn new(inner: Stream, clock: Arc<HeaderClock>) -> Guarded {
+        Guarded { inner, clock }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Whether the clock has expired after `advance` of paused time.
+    async fn expired_after(clock: &HeaderClock, advance: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = clock.expired() => true,
+            () = tokio::time::sleep(advance) => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_header_is_due_from_the_accept() {
+        let clock = HeaderClock::new(TIMEOUT);
+        assert!(!expired_after(&clock, TIMEOUT - Duration::from_millis(10)).await);
+        // Bytes do not move the deadline.
+        clock.bytes_arrived();
+        assert!(expired_after(&clock, Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_header_stops_the_clock_until_the_next_request_sends_a_byte() {
+        let clock = HeaderClock::new(TIMEOUT);
+        clock.stopped();
+        // Body and answer, then keep-alive: no deadline however long.
+        assert!(!expired_after(&clock, TIMEOUT * 10).await);
+        clock.waiting();
+        assert!(!expired_after(&clock, TIMEOUT * 10).await);
+        // The next request's first byte starts its clock.
+        clock.bytes_arrived();
+        assert!(!expired_after(&clock, TIMEOUT - Duration::from_millis(10)).await);
+        assert!(expired_after(&clock, Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_between_header_and_next_request_do_not_start_a_clock() {
+        // Body bytes, also those drained after an early answer, count for nothing.
+        let clock = HeaderClock::new(TIMEOUT);
+        clock.stopped();
+        clock.bytes_arrived();
+        clock.bytes_arrived();
+        assert!(!expired_after(&clock, TIMEOUT * 3).await);
+        // `waiting` only follows a read header: the first request keeps its accept deadline.
+        let fresh = HeaderClock::new(TIMEOUT);
+        fresh.waiting();
+        assert!(expired_after(&fresh, TIMEOUT + Duration::from_millis(10)).await);
+    }
+}

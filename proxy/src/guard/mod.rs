@@ -1,0 +1,137 @@
+//! The proxy's own limits, and the one place their refusals are counted and logged.
+//!
+//! * `caps`: connection caps, per proxy and per client address, looked at in the accept loop
+//!   and taken by the [`Gatehouse`], the listening app in front of the HTTP code.
+//! * `clock`: the whole-request-header deadline. Pingora times each read of a header on its own
+//!   (60 s), so a client sending one byte every few seconds would hold its connection forever
+//!   (cloudflare/pingora#447); the gatehouse ends a connection whose request header is not read
+//!   within `header_timeout` of its first byte, however slowly the bytes come.
+//! * `request`: the size and pace limits of one request, checked by the edge.
+
+mod caps;
+mod clock;
+mod request;
+
+pub use caps::{Caps, EarlyRefusal, Gatehouse};
+pub use clock::{header_read, next_request};
+pub use request::{refusal_for, BodyPace};
+
+use crate::metrics::Metrics;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Why a connection or a request was cut before it was served (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The proxy already holds `max_connections`.
+    MaxConnections,
+    /// The client address already holds `max_connections_per_client`.
+    MaxConnectionsPerClient,
+    /// A request header not complete within `header_timeout`.
+    HeaderTimeout,
+    /// A header block over `max_header_bytes` (431).
+    HeaderSize,
+    /// More header lines than `max_headers` (431).
+    HeaderCount,
+    /// A request target over `max_uri_bytes` (414).
+    UriLength,
+    /// A body over `max_body_bytes`, announced or counted (413).
+    BodySize,
+    /// A body slower than `body_min_rate` (408).
+    BodyPace,
+    /// No bytes of a body for `body_timeout` (408).
+    BodyTimeout,
+}
+
+/// How many kinds of refusal there are.
+const REFUSALS: usize = 9;
+
+impl Refusal {
+    /// The label value in `drawbridge_refused_requests_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxConnectionsPerClient => "max_connections_per_client",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::HeaderSize => "header_size",
+            Refusal::HeaderCount => "header_count",
+            Refusal::UriLength => "uri_length",
+            Refusal::BodySize => "body_size",
+            Refusal::BodyPace => "body_pace",
+            Refusal::BodyTimeout => "body_timeout",
+        }
+    }
+
+    /// The status a refused request is answered with; `None` for a connection that is closed
+    /// without an answer.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Refusal::HeaderSize | Refusal::HeaderCount => Some(431),
+            Refusal::UriLength => Some(414),
+            Refusal::BodySize => Some(413),
+            Refusal::BodyPace | Refusal::BodyTimeout => Some(408),
+            Refusal::MaxConnections | Refusal::MaxConnectionsPerClient | Refusal::HeaderTimeout => {
+                None
+            }
+        }
+    }
+}
+
+/// Counts refusals and logs them, at most one line a second per reason (a flood of refused
+/// connections must not become a flood of log lines): the line says how many were cut since.
+pub struct RefusalLog {
+    metrics: Arc<Metrics>,
+    /// Per reason: the second of the last line, and the refusals not logged since.
+    last_logged: [AtomicU64; REFUSALS],
+    not_logged: [AtomicU64; REFUSALS],
+    started: Instant,
+}
+
+impl RefusalLog {
+    /// Counts into `metrics`' `drawbridge_refused_requests_total`.
+    pub fn new(metrics: Arc<Metrics>) -> RefusalLog {
+        RefusalLog {
+            metrics,
+            last_logged: Default::default(),
+            not_logged: Default::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a refusal of `client` and logs it with `detail` (only written when the line goes
+    /// out) unless a line for `reason` went out this second.
+    pub fn refused(
+        &self,
+        reason: Refusal,
+        client: Option<IpAddr>,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.metrics
+            .refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        let slot = reason as usize;
+        // Seconds since start, plus one so that the first refusal is always logged.
+        let second = self.started.elapsed().as_secs() + 1;
+        let last = self.last_logged[slot].load(Ordering::Relaxed);
+        if second <= last
+            || self.last_logged[slot]
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.not_logged[slot].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let also = self.not_logged[slot].swap(0, Ordering::Relaxed);
+        let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        tracing::warn!(
+            reason = reason.as_str(),
+            client = %client,
+            refused_since_last_line = also,
+            "refused: {}",
+            detail()
+        );
+    }
+}
