@@ -10,26 +10,9 @@
 #   scripts/bench.sh --help     the orchestrator's options (any of them can be passed here)
 set -euo pipefail
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-
-log() { echo "bench: $*" >&2; }
-
-# Some environments start without rustup's default location on PATH.
-if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-
-# The orchestrator's own help needs nothing installed beyond the build.
-for arg in "$@"; do
-  if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
-    cargo build --release -q -p drawbridge-benches
-    exec target/release/drawbridge-bench --help
-  fi
-done
-
-scripts/setup.sh
-consul_bin="$(scripts/setup.sh --print-consul)"
+bench=drawbridge-bench
+log_name=bench
+source "$(dirname "$0")/bench-prelude.sh" "$@"
 
 missing=()
 for tool in haproxy nginx wrk; do
@@ -52,8 +35,7 @@ if [ ! -x "$oha_bin" ]; then
   rm -rf "$root/.tools/cargo/build"
 fi
 
-log "cargo build --release -p drawbridge -p drawbridge-benches"
-cargo build --release -p drawbridge -p drawbridge-benches >&2
+build_release
 
 # The orchestrator bounds itself (a watchdog kills the run past --deadline-minutes); this is the
 # outer bound in case the watchdog itself cannot run.

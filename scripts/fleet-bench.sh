@@ -10,29 +10,11 @@
 #   scripts/fleet-bench.sh --help     the options (any of them can be passed here)
 set -euo pipefail
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-
-log() { echo "fleet-bench: $*" >&2; }
-
-# Some environments start without rustup's default location on PATH.
-if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-
-for arg in "$@"; do
-  if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
-    cargo build --release -q -p drawbridge-benches --bin drawbridge-fleet
-    exec target/release/drawbridge-fleet --help
-  fi
-done
-
-scripts/setup.sh
-CONSUL_BIN="$(scripts/setup.sh --print-consul)"
-export CONSUL_BIN
-
-log "cargo build --release -p drawbridge -p drawbridge-benches"
-cargo build --release -p drawbridge -p drawbridge-benches >&2
+bench=drawbridge-fleet
+log_name=fleet-bench
+source "$(dirname "$0")/bench-prelude.sh" "$@"
+export CONSUL_BIN="$consul_bin"
+build_release
 
 # Every process the bench starts is owned by a guard and a watchdog (killed with the bench, and
 # after 10 minutes at the latest); this is the outer bound of the whole run.

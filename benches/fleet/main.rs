@@ -7,14 +7,17 @@ mod applied;
 mod report;
 mod writer;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, ValueEnum};
+use drawbridge_benches::run_folder::{
+    first_line, home_dir, load_average, setup_header, unique_dir, workspace_root, RunFolder,
+};
 use drawbridge_tests::consul::{ConsulCluster, CLUSTER_SIZE};
 use drawbridge_tests::process::{max_lifetime, TestDir};
 use drawbridge_tests::proxy::{drawbridge_bin, Drawbridge, DrawbridgeBuilder, HealthCheck, Route};
@@ -160,12 +163,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     let elapsed = began.elapsed();
-    let setup = format!(
-        "{setup}- load average at the end: {}\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
+    let setup = format!("{setup}- load average at the end: {}\n", load_average());
     if results.is_empty() {
         bail!("no mode completed: {}", failures.join("; "));
     }
@@ -663,102 +661,18 @@ fn mem_available_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// The workspace root, from this package's location at build time.
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
 /// `--out`, else `benches/runs/<date>-fleet-<fleet>`, with `-2`, `-3`… if it exists.
 fn out_dir(cli: &Cli, fleet: usize) -> PathBuf {
-    if let Some(out) = &cli.out {
-        return out.clone();
-    }
-    let date = OffsetDateTime::now_utc().date();
-    let base = workspace_root().join("benches/runs");
-    let mut dir = base.join(format!("{date}-fleet-{fleet}"));
-    let mut n = 2;
-    while dir.exists() {
-        dir = base.join(format!("{date}-fleet-{fleet}-{n}"));
-        n += 1;
-    }
-    dir
-}
-
-/// The first line a command prints, for versions.
-fn first_line(program: &Path, args: &[&str]) -> String {
-    match Command::new(program).args(args).output() {
-        Ok(o) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines().next().unwrap_or("").trim().to_string()
-        }
-        Err(e) => format!("(cannot run: {e})"),
+    match &cli.out {
+        Some(out) => out.clone(),
+        None => unique_dir(&format!("fleet-{fleet}")),
     }
 }
 
 /// Commit, machine and versions, as Markdown lines.
 fn setup_notes(cli: &Cli) -> String {
-    let root = workspace_root();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let dirty = !git(&["status", "--porcelain"]).is_empty();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mem_total = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let consul = drawbridge_tests::consul::consul_bin();
-    let mut s = String::new();
-    s += &format!(
-        "- commit: {}{}\n",
-        git(&["rev-parse", "HEAD"]),
-        if dirty {
-            " (with uncommitted changes)"
-        } else {
-            ""
-        }
-    );
-    s += &format!(
-        "- machine: {cpus} CPU(s), {model}, {mem_total:.0} GiB; kernel {}\n",
-        first_line(Path::new("uname"), &["-r"])
-    );
-    s += &format!(
-        "- load average at start: {}\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
-    s += &format!(
-        "- drawbridge: {}\n",
-        first_line(&drawbridge_bin(), &["--version"])
-    );
+    let mut s = setup_header(&drawbridge_bin(), true);
     s += &format!("- consul: {}\n", first_line(&consul, &["version"]));
     s += &format!(
         "- plan: up to {} proxies (1 worker thread, `consul.wait = \"{CONSUL_WAIT}\"`, the three servers \
@@ -770,37 +684,4 @@ fn setup_notes(cli: &Cli) -> String {
         cli.consistency.modes()
     );
     s
-}
-
-/// The results folder; every file written there has this machine's paths replaced by
-/// placeholders (`RUN_DIR/<mode>` for the logs, `OUT_DIR`, `.` for the project, `~`).
-struct RunFolder {
-    path: PathBuf,
-    /// Longest path first, so a folder inside another becomes its own placeholder.
-    redact: Vec<(String, String)>,
-}
-
-impl RunFolder {
-    fn new(path: PathBuf, folders: Vec<(PathBuf, String)>) -> RunFolder {
-        let mut redact: Vec<(String, String)> = folders
-            .into_iter()
-            .map(|(p, placeholder)| (p.display().to_string(), placeholder))
-            .filter(|(p, _)| p.len() > 1)
-            .collect();
-        redact.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        RunFolder { path, redact }
-    }
-
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.path)
-            .with_context(|| format!("cannot create {}", self.path.display()))?;
-        let text = self
-            .redact
-            .iter()
-            .fold(text.to_string(), |t, (p, placeholder)| {
-                t.replace(p, placeholder)
-            });
-        let file = self.path.join(name);
-        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))
-    }
 }

@@ -322,110 +322,114 @@ fn median_max(values: &[f64]) -> String {
     }
 }
 
+/// A Markdown table: the head (its cells separated by ` | `), the separator, and one line per
+/// row of cells.
+fn table(head: &str, rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let columns = head.split(" | ").count();
+    let mut s = format!("| {head} |\n|{}\n", " --- |".repeat(columns));
+    for row in rows {
+        s += &format!("| {} |\n", row.join(" | "));
+    }
+    s
+}
+
 /// The tables of a run, as Markdown (they read as plain text too).
 pub fn tables(modes: &[ModeResult]) -> String {
     let mut s = String::new();
     s += "Propagation: milliseconds from the PUT's acknowledgement to each proxy's \"gate state applied\" log line \
           (p50 / p99 / max).\n\n";
-    s += "| consistency | proxies | switches | every (proxy, switch) | to the last proxy | proxies reading from the leader first | from a follower first |\n";
-    s += "| --- | --- | --- | --- | --- | --- | --- |\n";
-    for m in modes {
-        let p = &m.propagation;
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            m.consistency,
-            m.proxies,
-            p.switches,
-            three(&p.pairs),
-            three(&p.to_last),
-            three(&p.leader_first),
-            three(&p.follower_first),
-        );
-    }
+    s += &table(
+        "consistency | proxies | switches | every (proxy, switch) | to the last proxy | proxies reading from the leader first | from a follower first",
+        modes.iter().map(|m| {
+            let p = &m.propagation;
+            vec![
+                m.consistency.to_string(),
+                m.proxies.to_string(),
+                p.switches.to_string(),
+                three(&p.pairs),
+                three(&p.to_last),
+                three(&p.leader_first),
+                three(&p.follower_first),
+            ]
+        }),
+    );
     s += "\nDisruptions: milliseconds, median / max over the rounds of each kind.\n\n";
-    s += "| consistency | leader kills | election (kill → first acknowledged write) | first write → every proxy | follower restarts | first write → every proxy | writes during the restarts | slowest of them → every proxy |\n";
-    s += "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    for m in modes {
-        let kind = |k: &'static str| m.rounds.iter().filter(move |r| r.kind == k);
-        let vals = |k: &'static str, get: fn(&Round) -> Option<f64>| -> Vec<f64> {
-            kind(k).filter_map(get).collect()
-        };
-        let (lead, follow) = ("leader killed", "follower restarted");
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            m.consistency,
-            kind(lead).count(),
-            median_max(&vals(lead, |r| r.election_ms)),
-            median_max(&vals(lead, |r| r.first_write_to_all_ms)),
-            kind(follow).count(),
-            median_max(&vals(follow, |r| r.first_write_to_all_ms)),
-            kind(follow).map(|r| r.writes).sum::<usize>(),
-            median_max(&vals(follow, |r| r.slowest_to_all_ms)),
-        );
-    }
+    s += &table(
+        "consistency | leader kills | election (kill → first acknowledged write) | first write → every proxy | follower restarts | first write → every proxy | writes during the restarts | slowest of them → every proxy",
+        modes.iter().map(|m| {
+            let kind = |k: &'static str| m.rounds.iter().filter(move |r| r.kind == k);
+            let vals = |k: &'static str, get: fn(&Round) -> Option<f64>| -> Vec<f64> {
+                kind(k).filter_map(get).collect()
+            };
+            let (lead, follow) = ("leader killed", "follower restarted");
+            vec![
+                m.consistency.to_string(),
+                kind(lead).count().to_string(),
+                median_max(&vals(lead, |r| r.election_ms)),
+                median_max(&vals(lead, |r| r.first_write_to_all_ms)),
+                kind(follow).count().to_string(),
+                median_max(&vals(follow, |r| r.first_write_to_all_ms)),
+                kind(follow).map(|r| r.writes).sum::<usize>().to_string(),
+                median_max(&vals(follow, |r| r.slowest_to_all_ms)),
+            ]
+        }),
+    );
     s += "\nCorrectness over the whole run, and memory (MiB).\n\n";
-    s += "| consistency | applied states | flips | step backs | refused step backs (metric) | failovers (metric) | watch errors (metric) | committed without ack | fleet RSS peak (sum of per-proxy peaks) | per proxy (min / median / max) |\n";
-    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    for m in modes {
-        let c = &m.correctness;
-        let r = &m.rss;
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} / {:.1} / {:.1} |\n",
-            m.consistency,
-            c.applied_states,
-            c.flips,
-            c.step_backs,
-            c.step_backs_refused,
-            c.failovers,
-            c.watch_errors,
-            c.committed_without_ack,
-            r.fleet_peak_sum,
-            r.per_proxy_peak[0],
-            r.per_proxy_peak[1],
-            r.per_proxy_peak[2],
-        );
-    }
+    s += &table(
+        "consistency | applied states | flips | step backs | refused step backs (metric) | failovers (metric) | watch errors (metric) | committed without ack | fleet RSS peak (sum of per-proxy peaks) | per proxy (min / median / max)",
+        modes.iter().map(|m| {
+            let c = &m.correctness;
+            let r = &m.rss;
+            vec![
+                m.consistency.to_string(),
+                c.applied_states.to_string(),
+                c.flips.to_string(),
+                c.step_backs.to_string(),
+                c.step_backs_refused.to_string(),
+                c.failovers.to_string(),
+                c.watch_errors.to_string(),
+                c.committed_without_ack.to_string(),
+                format!("{:.0}", r.fleet_peak_sum),
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    r.per_proxy_peak[0], r.per_proxy_peak[1], r.per_proxy_peak[2]
+                ),
+            ]
+        }),
+    );
     s += "\nAgainst the targets of the issue:\n\n";
-    s += "| target |";
-    for m in modes {
-        s += &format!(" {} |", m.consistency);
-    }
-    s += "\n| --- |";
-    for _ in modes {
-        s += " --- |";
-    }
-    s += "\n";
-    let row = |s: &mut String, name: &str, cell: &dyn Fn(&ModeResult) -> String| {
-        *s += &format!("| {name} |");
-        for m in modes {
-            *s += &format!(" {} |", cell(m));
-        }
-        *s += "\n";
+    let head: Vec<&str> = std::iter::once("target")
+        .chain(modes.iter().map(|m| m.consistency))
+        .collect();
+    let row = |name: &str, cell: &dyn Fn(&ModeResult) -> String| {
+        std::iter::once(name.to_string())
+            .chain(modes.iter().map(cell))
+            .collect()
     };
-    row(&mut s, "fleet p99 ≤ 50 ms to 100 proxies", &|m| {
-        let p99 = m.propagation.pairs.map(|p| p.p99);
-        let met = p99.is_some_and(|p| p <= TARGET_P99_MS) && m.proxies >= 100;
-        format!(
-            "{} ms to {} proxies: {}",
-            f(p99),
-            m.proxies,
-            if met {
-                "met"
-            } else if m.proxies < 100 {
-                "not measured at 100"
-            } else {
-                "missed"
-            }
-        )
-    });
-    row(&mut s, "0 flips", &|m| {
-        let n = m.correctness.flips;
-        format!("{n}: {}", if n == 0 { "met" } else { "missed" })
-    });
-    row(&mut s, "0 step backs", &|m| {
-        let n = m.correctness.step_backs;
-        format!("{n}: {}", if n == 0 { "met" } else { "missed" })
-    });
+    let met = |n: usize| format!("{n}: {}", if n == 0 { "met" } else { "missed" });
+    s += &table(
+        &head.join(" | "),
+        [
+            row("fleet p99 ≤ 50 ms to 100 proxies", &|m| {
+                let p99 = m.propagation.pairs.map(|p| p.p99);
+                let met = p99.is_some_and(|p| p <= TARGET_P99_MS) && m.proxies >= 100;
+                format!(
+                    "{} ms to {} proxies: {}",
+                    f(p99),
+                    m.proxies,
+                    if met {
+                        "met"
+                    } else if m.proxies < 100 {
+                        "not measured at 100"
+                    } else {
+                        "missed"
+                    }
+                )
+            }),
+            row("0 flips", &|m| met(m.correctness.flips)),
+            row("0 step backs", &|m| met(m.correctness.step_backs)),
+        ],
+    );
     let notes: Vec<String> = modes
         .iter()
         .flat_map(|m| {
@@ -442,27 +446,24 @@ pub fn tables(modes: &[ModeResult]) -> String {
 
 /// The disruption rounds one by one.
 pub fn rounds_table(modes: &[ModeResult]) -> String {
-    let mut s = String::from(
-        "| consistency | round | what | server | election (ms) | first write → every proxy (ms) | writes | slowest → every proxy (ms) | round (s) |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
-    );
-    for m in modes {
-        for r in &m.rounds {
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
-                m.consistency,
-                r.n,
-                r.kind,
-                r.server,
-                f(r.election_ms),
-                f(r.first_write_to_all_ms),
-                r.writes,
-                f(r.slowest_to_all_ms),
-                r.seconds
-            );
-        }
-    }
-    s
+    table(
+        "consistency | round | what | server | election (ms) | first write → every proxy (ms) | writes | slowest → every proxy (ms) | round (s)",
+        modes.iter().flat_map(|m| {
+            m.rounds.iter().map(|r| {
+                vec![
+                    m.consistency.to_string(),
+                    r.n.to_string(),
+                    r.kind.to_string(),
+                    r.server.clone(),
+                    f(r.election_ms),
+                    f(r.first_write_to_all_ms),
+                    r.writes.to_string(),
+                    f(r.slowest_to_all_ms),
+                    format!("{:.1}", r.seconds),
+                ]
+            })
+        }),
+    )
 }
 
 #[cfg(test)]

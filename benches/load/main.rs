@@ -14,9 +14,12 @@ mod upgrade;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use drawbridge_benches::run_folder::{
+    first_line, home_dir, setup_header, unique_dir, workspace_root, RunFolder,
+};
 use report::{FixedRates, Results};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use systems::{Answers, Consul, Cpu, Drawbridge, DrawbridgeSpec, Env, Tools};
 
@@ -152,19 +155,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The user's home folder (empty if unknown: then nothing is rewritten for it).
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
-/// The workspace root, from this package's location at build time.
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 fn on_path(name: &str, install: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]) {
@@ -290,7 +280,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         logs,
         pin,
     };
-    let out = out_dir(cli, cpus)?;
+    let out = out_dir(cli, cpus);
     eprintln!(
         "drawbridge-bench: {} run, {} round(s), threads {:?}, work folder {}, results to {}",
         if cli.quick { "quick" } else { "full" },
@@ -299,7 +289,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         work.display(),
         out.display()
     );
-    let setup = setup_notes(&env, &plan, cli, cpus);
+    let setup = setup_notes(&env, &plan, cli);
 
     let mut results = Results {
         fixed_rates: cli.rate.as_deref().map(FixedRates::given),
@@ -310,15 +300,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // Whatever was measured is written, also when a later figure failed.
     let (tables, targets) = results.tables();
     println!("{tables}");
-    let folder = RunFolder {
-        path: out.clone(),
-        redact: Redact::new(&[
-            (&work, "RUN_DIR"),
-            (&out, "OUT_DIR"),
-            (&workspace_root(), "."),
-            (&home_dir(), "~"),
-        ]),
-    };
+    let folder = RunFolder::new(
+        out.clone(),
+        [
+            (work.clone(), "RUN_DIR".to_string()),
+            (out.clone(), "OUT_DIR".to_string()),
+            (workspace_root(), ".".to_string()),
+            (home_dir(), "~".to_string()),
+        ],
+    );
     write_results(
         &folder, &results, &plan, &targets, &tables, &setup, cli, elapsed,
     )?;
@@ -413,86 +403,22 @@ fn maintenance_answers(
     Ok(answers)
 }
 
-fn out_dir(cli: &Cli, cpus: usize) -> anyhow::Result<PathBuf> {
+/// `--out`, else `benches/runs/<date>-<machine>`, with `-2`, `-3`… if it exists.
+fn out_dir(cli: &Cli, cpus: usize) -> PathBuf {
     if let Some(out) = &cli.out {
-        return Ok(out.clone());
+        return out.clone();
     }
-    let date = time::OffsetDateTime::now_utc().date();
     let machine = cli.machine.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{cpus}cpu", host.trim())
     });
-    let base = workspace_root().join("benches/runs");
-    let mut dir = base.join(format!("{date}-{machine}"));
-    let mut n = 2;
-    while dir.exists() {
-        dir = base.join(format!("{date}-{machine}-{n}"));
-        n += 1;
-    }
-    Ok(dir)
-}
-
-/// The first line a command prints (stdout or stderr), for tool versions.
-fn first_line(program: &Path, args: &[&str]) -> String {
-    match Command::new(program).args(args).output() {
-        Ok(o) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines().next().unwrap_or("").trim().to_string()
-        }
-        Err(e) => format!("(cannot run: {e})"),
-    }
+    unique_dir(&machine)
 }
 
 /// Commit, machine, tool versions, pinning and plan, as Markdown.
-fn setup_notes(env: &Env, plan: &Plan, cli: &Cli, cpus: usize) -> String {
-    let root = workspace_root();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let dirty = git(&["status", "--porcelain"]);
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_string();
+fn setup_notes(env: &Env, plan: &Plan, cli: &Cli) -> String {
     let t = &env.tools;
-    let mut s = String::new();
-    s += &format!(
-        "- commit: {}{}\n",
-        git(&["rev-parse", "HEAD"]),
-        if dirty.is_empty() {
-            ""
-        } else {
-            " (with uncommitted changes)"
-        }
-    );
-    s += &format!(
-        "- machine: {cpus} CPU(s), {cpu_model}; kernel {}\n",
-        first_line(Path::new("uname"), &["-r"])
-    );
-    s += &format!(
-        "- load average at start: {}\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
-    s += &format!(
-        "- drawbridge: {}\n",
-        first_line(&t.drawbridge, &["--version"])
-    );
+    let mut s = setup_header(&t.drawbridge, false);
     s += &format!("- haproxy: {}\n", first_line(&t.haproxy, &["-v"]));
     s += &format!("- nginx: {}\n", first_line(&t.nginx, &["-v"]));
     s += &format!("- wrk: {}\n", first_line(&t.wrk, &["-v"]));
@@ -529,51 +455,6 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli, cpus: usize) -> String {
         s += &format!("- note: {note}\n");
     }
     s
-}
-
-/// Rewrites this machine's paths in what a run folder keeps, so a committed run names none: each
-/// folder becomes its placeholder (the work folder `RUN_DIR`, the project root `.`).
-struct Redact {
-    /// Longest path first, so a folder inside another is rewritten as itself.
-    pairs: Vec<(String, &'static str)>,
-}
-
-impl Redact {
-    fn new(folders: &[(&Path, &'static str)]) -> Redact {
-        let mut pairs: Vec<(String, &'static str)> = folders
-            .iter()
-            .map(|(path, placeholder)| (path.display().to_string(), *placeholder))
-            .filter(|(path, _)| path.len() > 1)
-            .collect();
-        pairs.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-        Redact { pairs }
-    }
-
-    fn apply(&self, text: &str) -> String {
-        self.pairs
-            .iter()
-            .fold(text.to_string(), |text, (path, placeholder)| {
-                text.replace(path.as_str(), placeholder)
-            })
-    }
-}
-
-/// The results folder of one run; everything written there goes through `redact`.
-struct RunFolder {
-    path: PathBuf,
-    redact: Redact,
-}
-
-impl RunFolder {
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let path = self.path.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&path, self.redact.apply(text))
-            .with_context(|| format!("cannot write {}", path.display()))
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -362,6 +362,43 @@ impl Results {
         }
     }
 
+    /// The rows of a CPU figure (1 or 3), per scenario and (threads, system): the CPU per
+    /// request with its per-round ratios to HAProxy and to the floor, req/s, the `latencies`
+    /// (ms) and the bad answers. Returns Drawbridge's CPU figures by threads and scenario, for
+    /// the targets.
+    fn cpu_rows<'a>(
+        &self,
+        figure: &str,
+        scenarios: [&'a str; 2],
+        latencies: &[fn(&Sample) -> f64],
+        body: &mut String,
+    ) -> Vec<(usize, &'a str, CpuFigures)> {
+        let mut drawbridge = Vec::new();
+        for scenario in scenarios {
+            for ((threads, system), samples) in self.groups(figure, Some(scenario)) {
+                let cpu = self.cpu_figures(figure, &samples);
+                let mut cells = vec![
+                    threads.to_string(),
+                    scenario.to_string(),
+                    system.label().to_string(),
+                    show(cpu.per_request, 1),
+                    show(cpu.vs_haproxy, 2),
+                    show(cpu.vs_floor, 2),
+                    show(Stat::of(&collect(&samples, |s| s.rps)), 0),
+                ];
+                for latency in latencies {
+                    cells.push(show(Stat::of(&collect(&samples, latency)), 2));
+                }
+                cells.push(bad(&samples).to_string());
+                let _ = writeln!(body, "| {} |", cells.join(" | "));
+                if system == System::Drawbridge {
+                    drawbridge.push((threads, scenario, cpu));
+                }
+            }
+        }
+        drawbridge
+    }
+
     /// Figure 2's rows at one offered rate, and Drawbridge's p99 targets.
     fn fixed_rate_table(&self, scenario: &str, body: &mut String, targets: &mut Vec<Target>) {
         for ((threads, system), samples) in self.groups("fixed-rate", Some(scenario)) {
@@ -405,44 +442,19 @@ impl Results {
                × HAProxy and × floor are per-round ratios (median, min–max).\n\n\
                | threads | connections | system | CPU µs/req | × HAProxy | × floor | req/s | p50 ms | p99 ms | bad |\n\
                | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-        for scenario in ["keep-alive", "close"] {
-            for ((threads, system), samples) in self.groups("proxied", Some(scenario)) {
-                let CpuFigures {
-                    per_request,
-                    vs_haproxy,
-                    vs_floor,
-                } = self.cpu_figures("proxied", &samples);
-                let _ = writeln!(
-                    body,
-                    "| {threads} | {scenario} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    system.label(),
-                    show(per_request, 1),
-                    show(vs_haproxy, 2),
-                    show(vs_floor, 2),
-                    show(Stat::of(&collect(&samples, |s| s.rps)), 0),
-                    show(Stat::of(&collect(&samples, |s| s.p50_ms)), 2),
-                    show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
-                    bad(&samples),
-                );
-                if system == System::Drawbridge {
-                    if let Some(r) = vs_haproxy {
-                        targets.push(Target::at_most(
-                            format!("proxied CPU/request, {threads} thread(s), {scenario}: ≤ 1.0× HAProxy"),
-                            r.median,
-                            1.0,
-                            "×",
-                        ));
-                    }
-                    if let Some(r) = vs_floor {
-                        targets.push(Target::at_most(
-                            format!("proxied CPU/request, {threads} thread(s), {scenario}: not above the bare Pingora floor"),
-                            r.median,
-                            1.0,
-                            "× floor",
-                        ));
-                    }
-                }
-            }
+        let latencies: [fn(&Sample) -> f64; 2] = [|s| s.p50_ms, |s| s.p99_ms];
+        let rows = self.cpu_rows("proxied", ["keep-alive", "close"], &latencies, &mut body);
+        for (threads, scenario, cpu) in rows {
+            targets.extend(Target::ratio_at_most_one(
+                format!("proxied CPU/request, {threads} thread(s), {scenario}: ≤ 1.0× HAProxy"),
+                cpu.vs_haproxy,
+                "×",
+            ));
+            targets.extend(Target::ratio_at_most_one(
+                format!("proxied CPU/request, {threads} thread(s), {scenario}: not above the bare Pingora floor"),
+                cpu.vs_floor,
+                "× floor",
+            ));
         }
 
         push_section(&mut md, head, &mut body);
@@ -467,35 +479,13 @@ impl Results {
                the proxy framework, Drawbridge its gate (the same bodies, byte for byte).\n\n\
                | threads | kind | system | CPU µs/req | × HAProxy | × floor | req/s | p99 ms | bad |\n\
                | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-        for kind in ["page", "api"] {
-            for ((threads, system), samples) in self.groups("maintenance", Some(kind)) {
-                let CpuFigures {
-                    per_request,
-                    vs_haproxy,
-                    vs_floor,
-                } = self.cpu_figures("maintenance", &samples);
-                let _ = writeln!(
-                    body,
-                    "| {threads} | {kind} | {} | {} | {} | {} | {} | {} | {} |",
-                    system.label(),
-                    show(per_request, 1),
-                    show(vs_haproxy, 2),
-                    show(vs_floor, 2),
-                    show(Stat::of(&collect(&samples, |s| s.rps)), 0),
-                    show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
-                    bad(&samples),
-                );
-                if system == System::Drawbridge {
-                    if let Some(r) = vs_haproxy {
-                        targets.push(Target::at_most(
-                            format!("maintenance {kind} CPU/request, {threads} thread(s): ≤ 1.0× HAProxy"),
-                            r.median,
-                            1.0,
-                            "×",
-                        ));
-                    }
-                }
-            }
+        let rows = self.cpu_rows("maintenance", ["page", "api"], &[|s| s.p99_ms], &mut body);
+        for (threads, kind, cpu) in rows {
+            targets.extend(Target::ratio_at_most_one(
+                format!("maintenance {kind} CPU/request, {threads} thread(s): ≤ 1.0× HAProxy"),
+                cpu.vs_haproxy,
+                "×",
+            ));
         }
 
         push_section(&mut md, head, &mut body);
@@ -656,6 +646,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// The median of a per-round ratio to another system, at most 1; none when the ratio was
+    /// not measured.
+    fn ratio_at_most_one(name: String, ratio: Option<Stat>, unit: &str) -> Option<Target> {
+        ratio.map(|r| Target::at_most(name, r.median, 1.0, unit))
+    }
+
     fn at_most(name: String, value: f64, limit: f64, unit: &str) -> Target {
         let measured = if value.is_finite() {
             format!("{value:.2} {unit} (limit {limit})")

@@ -24,39 +24,27 @@ fn bench_respond(c: &mut Criterion) {
     assert!(!body.is_empty());
 
     let mut group = c.benchmark_group("respond");
-    group.bench_function("maintenance page", |b| {
-        b.iter(|| {
-            respond::maintenance(
-                &state,
-                black_box(Answer::Page),
-                settings,
-                None,
-                black_box(NOW),
-            )
-        })
-    });
-    group.bench_function("maintenance problem", |b| {
-        b.iter(|| {
-            respond::maintenance(
-                &state,
-                black_box(Answer::Problem),
-                settings,
-                None,
-                black_box(NOW),
-            )
-        })
-    });
-    group.bench_function("maintenance problem with an origin", |b| {
-        b.iter(|| {
-            respond::maintenance(
-                &state,
-                black_box(Answer::Problem),
-                settings,
-                Some(black_box(&origin)),
-                black_box(NOW),
-            )
-        })
-    });
+    for (name, answer, origin) in [
+        ("maintenance page", Answer::Page, None),
+        ("maintenance problem", Answer::Problem, None),
+        (
+            "maintenance problem with an origin",
+            Answer::Problem,
+            Some(&origin),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                respond::maintenance(
+                    &state,
+                    black_box(answer),
+                    settings,
+                    origin.map(black_box),
+                    black_box(NOW),
+                )
+            })
+        });
+    }
     group.finish();
 }
 

@@ -136,11 +136,13 @@ pub async fn survey(
 }
 
 /// Awaits every look, at most `env.parallel` at a time (a survey of a large fleet takes the time
-/// of its slowest box, not of all of them); the answers keep the looks' order.
+/// of its slowest box, not of all of them); the answers keep the looks' order. The proxies and
+/// the boxes are looked at side by side, each kind with its own `parallel`.
 async fn all_at_once<Fut: Future>(env: &Environment, looks: Vec<Fut>) -> Vec<Fut::Output> {
     stream::iter(looks).buffered(env.parallel).collect().await
 }
 
+/// What `b` is now: node maintenance through Consul for an API/UI box, its check otherwise.
 async fn look_at_box(
     env: &Environment,
     consul: &Client,
@@ -177,6 +179,7 @@ async fn read_proxies(env: &Environment, http: &reqwest::Client, list: &[Proxy])
     all_at_once(env, reads).await
 }
 
+/// One proxy's `/status`, or why it could not be read.
 async fn read_proxy(env: &Environment, http: &reqwest::Client, p: &Proxy) -> ProxyView {
     ProxyView {
         name: p.name.clone(),

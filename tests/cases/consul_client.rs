@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use drawbridge_core::consul::{
-    CheckStatus, CheckTarget, Client, Consistency, Error, PutMode, QueryOptions, ServiceCheck,
-    ServiceRegistration, SessionRequest, NODE_MAINTENANCE_CHECK, SERVICE_MAINTENANCE_CHECK_PREFIX,
+    CheckStatus, CheckTarget, Client, Consistency, Error, HealthCheck, KvEntry, KvRead, PutMode,
+    QueryOptions, ServiceCheck, ServiceRegistration, SessionRequest, NODE_MAINTENANCE_CHECK,
+    SERVICE_MAINTENANCE_CHECK_PREFIX,
 };
 use drawbridge_tests::consul::{ConsulClientAgent, ConsulServer, SERVER_NODE};
 use drawbridge_tests::eventually::eventually;
@@ -22,11 +23,65 @@ const API2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const SHORT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-#[tokio::test]
-async fn kv_put_get_list_delete_round_trip() {
-    let dir = TestDir::new("kv_round_trip");
+/// The test's folder, a single-node server in it, and a client of the server.
+async fn start_server(test: &str) -> (TestDir, ConsulServer, Client) {
+    let dir = TestDir::new(test);
     let server = ConsulServer::start(&dir).await;
     let consul = server.client();
+    (dir, server, consul)
+}
+
+/// A new session `name` with a TTL of `ttl`.
+async fn ttl_session(consul: &Client, name: &str, ttl: Duration) -> String {
+    consul
+        .session_create(&SessionRequest::with_ttl(name, ttl))
+        .await
+        .unwrap()
+}
+
+/// The entry at `key`, read without blocking.
+///
+/// # Panics
+/// When the read fails or the key does not exist.
+async fn entry(consul: &Client, key: &str) -> KvEntry {
+    consul
+        .kv_get(key, &QueryOptions::default())
+        .await
+        .unwrap()
+        .entry
+        .unwrap()
+}
+
+/// Waits until `accept` takes the checks of `node` in the catalog.
+async fn wait_node_checks(
+    catalog: &Client,
+    what: &str,
+    node: &str,
+    accept: impl Fn(&[HealthCheck]) -> Result<(), String>,
+) {
+    let accept = &accept;
+    eventually(what, SHORT, POLL, || async move {
+        let checks = catalog.health_node(node).await.map_err(|e| e.to_string())?;
+        accept(&checks)
+    })
+    .await;
+}
+
+/// Writes `value` at `drawbridge/gate` and reads the key back.
+async fn put_gate(consul: &Client, value: &[u8]) -> KvRead {
+    consul
+        .kv_put("drawbridge/gate", value, PutMode::Always)
+        .await
+        .unwrap();
+    consul
+        .kv_get("drawbridge/gate", &QueryOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kv_put_get_list_delete_round_trip() {
+    let (_dir, _server, consul) = start_server("kv_round_trip").await;
     // A key that needs escaping and a value that is not UTF-8.
     let key = "drawbridge/t1/a key?with#odd&chars";
     let value = [0u8, 159, 146, 150, b'\n'];
@@ -70,9 +125,7 @@ async fn kv_put_get_list_delete_round_trip() {
 
 #[tokio::test]
 async fn missing_key_reports_the_index_from_the_404() {
-    let dir = TestDir::new("missing_key_index");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, _server, consul) = start_server("missing_key_index").await;
 
     let read = consul
         .kv_get("drawbridge/never-written", &QueryOptions::default())
@@ -103,17 +156,8 @@ async fn missing_key_reports_the_index_from_the_404() {
 
 #[tokio::test]
 async fn blocking_get_wakes_on_change() {
-    let dir = TestDir::new("blocking_wakes");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
-    consul
-        .kv_put("drawbridge/gate", b"normal", PutMode::Always)
-        .await
-        .unwrap();
-    let first = consul
-        .kv_get("drawbridge/gate", &QueryOptions::default())
-        .await
-        .unwrap();
+    let (_dir, _server, consul) = start_server("blocking_wakes").await;
+    let first = put_gate(&consul, b"normal").await;
 
     let writer = consul.clone();
     let write = tokio::spawn(async move {
@@ -140,17 +184,8 @@ async fn blocking_get_wakes_on_change() {
 
 #[tokio::test]
 async fn blocking_get_returns_after_wait_without_change() {
-    let dir = TestDir::new("blocking_times_out");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
-    consul
-        .kv_put("drawbridge/gate", b"normal", PutMode::Always)
-        .await
-        .unwrap();
-    let first = consul
-        .kv_get("drawbridge/gate", &QueryOptions::default())
-        .await
-        .unwrap();
+    let (_dir, _server, consul) = start_server("blocking_times_out").await;
+    let first = put_gate(&consul, b"normal").await;
 
     let wait = Duration::from_secs(1);
     let started = Instant::now();
@@ -170,16 +205,13 @@ async fn blocking_get_returns_after_wait_without_change() {
 
 #[tokio::test]
 async fn cas_put_succeeds_only_with_the_current_modify_index() {
-    let dir = TestDir::new("cas");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, _server, consul) = start_server("cas").await;
     let key = "drawbridge/journal";
 
     // cas=0: create only if absent.
     assert!(consul.kv_put(key, b"v1", PutMode::Cas(0)).await.unwrap());
     assert!(!consul.kv_put(key, b"v1bis", PutMode::Cas(0)).await.unwrap());
-    let v1 = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    let v1 = v1.entry.unwrap();
+    let v1 = entry(&consul, key).await;
     assert_eq!(v1.value.as_deref(), Some(&b"v1"[..]));
 
     assert!(consul
@@ -191,8 +223,7 @@ async fn cas_put_succeeds_only_with_the_current_modify_index() {
         .kv_put(key, b"v3", PutMode::Cas(v1.modify_index))
         .await
         .unwrap());
-    let v2 = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    let v2 = v2.entry.unwrap();
+    let v2 = entry(&consul, key).await;
     assert_eq!(v2.value.as_deref(), Some(&b"v2"[..]));
 
     assert!(!consul.kv_delete(key, Some(v1.modify_index)).await.unwrap());
@@ -203,19 +234,11 @@ async fn cas_put_succeeds_only_with_the_current_modify_index() {
 
 #[tokio::test]
 async fn a_held_lock_excludes_other_sessions_but_not_plain_puts() {
-    let dir = TestDir::new("acquire_release");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, _server, consul) = start_server("acquire_release").await;
     let key = "drawbridge/lock";
     let ttl = Duration::from_secs(30);
-    let s1 = consul
-        .session_create(&SessionRequest::with_ttl("maintctl-1", ttl))
-        .await
-        .unwrap();
-    let s2 = consul
-        .session_create(&SessionRequest::with_ttl("maintctl-2", ttl))
-        .await
-        .unwrap();
+    let s1 = ttl_session(&consul, "maintctl-1", ttl).await;
+    let s2 = ttl_session(&consul, "maintctl-2", ttl).await;
 
     assert!(consul
         .kv_put(key, b"s1", PutMode::Acquire(&s1))
@@ -225,8 +248,7 @@ async fn a_held_lock_excludes_other_sessions_but_not_plain_puts() {
         .kv_put(key, b"s2", PutMode::Acquire(&s2))
         .await
         .unwrap());
-    let held = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    let held = held.entry.unwrap();
+    let held = entry(&consul, key).await;
     assert_eq!(held.session.as_deref(), Some(s1.as_str()));
     assert_eq!(held.lock_index, 1);
     assert_eq!(held.value.as_deref(), Some(&b"s1"[..]));
@@ -235,8 +257,7 @@ async fn a_held_lock_excludes_other_sessions_but_not_plain_puts() {
     // holds the lock; the lock stays with s1, but Consul 1.8.7 resets LockIndex to 0. This is
     // why every journal write of maintctl uses acquire or cas, and why LockIndex is no fence.
     assert!(consul.kv_put(key, b"plain", PutMode::Always).await.unwrap());
-    let after = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    let after = after.entry.unwrap();
+    let after = entry(&consul, key).await;
     assert_eq!(after.value.as_deref(), Some(&b"plain"[..]));
     assert_eq!(after.session.as_deref(), Some(s1.as_str()));
     assert_eq!(after.lock_index, 0);
@@ -250,30 +271,23 @@ async fn a_held_lock_excludes_other_sessions_but_not_plain_puts() {
         .kv_put(key, b"free", PutMode::Release(&s1))
         .await
         .unwrap());
-    let free = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    assert_eq!(free.entry.unwrap().session, None);
+    assert_eq!(entry(&consul, key).await.session, None);
     assert!(consul
         .kv_put(key, b"s2", PutMode::Acquire(&s2))
         .await
         .unwrap());
-    let taken = consul.kv_get(key, &QueryOptions::default()).await.unwrap();
-    let taken = taken.entry.unwrap();
+    let taken = entry(&consul, key).await;
     assert_eq!(taken.session.as_deref(), Some(s2.as_str()));
     assert_eq!(taken.lock_index, 1);
 }
 
 #[tokio::test]
 async fn zero_lock_delay_lets_another_session_acquire_right_after_invalidation() {
-    let dir = TestDir::new("lock_delay");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, _server, consul) = start_server("lock_delay").await;
     let ttl = Duration::from_secs(30);
 
     // LockDelay "0s", sent explicitly, is accepted by 1.8.7 and disables the delay.
-    let crashed = consul
-        .session_create(&SessionRequest::with_ttl("crashed", ttl))
-        .await
-        .unwrap();
+    let crashed = ttl_session(&consul, "crashed", ttl).await;
     let info = consul.session_info(&crashed).await.unwrap().unwrap();
     assert_eq!(info.lock_delay, Duration::ZERO);
     assert!(consul
@@ -281,10 +295,7 @@ async fn zero_lock_delay_lets_another_session_acquire_right_after_invalidation()
         .await
         .unwrap());
     consul.session_destroy(&crashed).await.unwrap();
-    let next = consul
-        .session_create(&SessionRequest::with_ttl("next", ttl))
-        .await
-        .unwrap();
+    let next = ttl_session(&consul, "next", ttl).await;
     assert!(consul
         .kv_put("drawbridge/lock-a", b"", PutMode::Acquire(&next))
         .await
@@ -307,14 +318,9 @@ async fn zero_lock_delay_lets_another_session_acquire_right_after_invalidation()
 
 #[tokio::test]
 async fn renew_of_a_destroyed_session_is_session_not_found() {
-    let dir = TestDir::new("session_renew");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, _server, consul) = start_server("session_renew").await;
     let ttl = Duration::from_secs(10);
-    let id = consul
-        .session_create(&SessionRequest::with_ttl("maintctl", ttl))
-        .await
-        .unwrap();
+    let id = ttl_session(&consul, "maintctl", ttl).await;
 
     assert_eq!(consul.session_renew(&id).await.unwrap(), ttl);
     let info = consul.session_info(&id).await.unwrap().unwrap();
@@ -343,11 +349,9 @@ async fn renew_of_a_destroyed_session_is_session_not_found() {
 
 #[tokio::test]
 async fn node_maintenance_on_a_client_agent_shows_on_the_server_and_clears() {
-    let dir = TestDir::new("node_maintenance");
-    let server = ConsulServer::start(&dir).await;
+    let (dir, server, catalog) = start_server("node_maintenance").await;
     let api1 = ConsulClientAgent::start(&dir, &server, "api1", API1).await;
     let agent = api1.client();
-    let catalog = server.client();
 
     let me = agent.agent_self().await.unwrap();
     assert_eq!(me.node_name, "api1");
@@ -363,42 +367,31 @@ async fn node_maintenance_on_a_client_agent_shows_on_the_server_and_clears() {
     let check = &local[NODE_MAINTENANCE_CHECK];
     assert_eq!(check.status, CheckStatus::Critical);
     assert_eq!(check.notes, reason);
-    eventually("maintenance check in the catalog", SHORT, POLL, || {
-        let catalog = catalog.clone();
-        async move {
-            let checks = catalog
-                .health_node("api1")
-                .await
-                .map_err(|e| e.to_string())?;
-            match checks.iter().find(|c| c.is_node_maintenance()) {
-                Some(c) if c.status == CheckStatus::Critical && c.notes == reason => Ok(()),
-                other => Err(format!("maintenance check: {other:?}")),
-            }
-        }
-    })
+    wait_node_checks(
+        &catalog,
+        "maintenance check in the catalog",
+        "api1",
+        |checks| match checks.iter().find(|c| c.is_node_maintenance()) {
+            Some(c) if c.status == CheckStatus::Critical && c.notes == reason => Ok(()),
+            other => Err(format!("maintenance check: {other:?}")),
+        },
+    )
     .await;
     // Idempotent.
     agent.agent_node_maintenance(true, reason).await.unwrap();
 
     agent.agent_node_maintenance(false, "").await.unwrap();
-    eventually(
+    wait_node_checks(
+        &catalog,
         "maintenance check gone from the catalog",
-        SHORT,
-        POLL,
-        || {
-            let catalog = catalog.clone();
-            async move {
-                let checks = catalog
-                    .health_node("api1")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if checks.iter().any(|c| c.is_node_maintenance()) {
-                    Err("still in maintenance".to_owned())
-                } else if checks.iter().any(|c| c.check_id == "serfHealth") {
-                    Ok(())
-                } else {
-                    Err(format!("node checks missing: {checks:?}"))
-                }
+        "api1",
+        |checks| {
+            if checks.iter().any(|c| c.is_node_maintenance()) {
+                Err("still in maintenance".to_owned())
+            } else if checks.iter().any(|c| c.check_id == "serfHealth") {
+                Ok(())
+            } else {
+                Err(format!("node checks missing: {checks:?}"))
             }
         },
     )
@@ -412,11 +405,9 @@ async fn node_maintenance_on_a_client_agent_shows_on_the_server_and_clears() {
 
 #[tokio::test]
 async fn service_register_maintenance_and_deregister() {
-    let dir = TestDir::new("service_register");
-    let server = ConsulServer::start(&dir).await;
+    let (dir, server, catalog) = start_server("service_register").await;
     let api1 = ConsulClientAgent::start(&dir, &server, "api1", API1).await;
     let agent = api1.client();
-    let catalog = server.client();
     // Something for the TCP check to reach, on the box's own address.
     let listener = std::net::TcpListener::bind((API1, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -518,11 +509,9 @@ async fn service_register_maintenance_and_deregister() {
 
 #[tokio::test]
 async fn passing_only_health_service_drops_a_node_in_maintenance_and_a_blocking_query_wakes() {
-    let dir = TestDir::new("health_service_maintenance");
-    let server = ConsulServer::start(&dir).await;
+    let (dir, server, catalog) = start_server("health_service_maintenance").await;
     let api1 = ConsulClientAgent::start(&dir, &server, "api1", API1).await;
     let api2 = ConsulClientAgent::start(&dir, &server, "api2", API2).await;
-    let catalog = server.client();
     for (agent, id) in [(&api1, "web-api1"), (&api2, "web-api2")] {
         let reg = ServiceRegistration {
             id: id.into(),
@@ -585,9 +574,7 @@ async fn passing_only_health_service_drops_a_node_in_maintenance_and_a_blocking_
 
 #[tokio::test]
 async fn status_leader_and_agent_self_describe_the_server() {
-    let dir = TestDir::new("leader_self");
-    let server = ConsulServer::start(&dir).await;
-    let consul = server.client();
+    let (_dir, server, consul) = start_server("leader_self").await;
     let leader = consul.status_leader().await.unwrap();
     assert_eq!(leader, format!("127.0.0.1:{}", server.ports().server));
     let me = consul.agent_self().await.unwrap();
@@ -598,17 +585,8 @@ async fn status_leader_and_agent_self_describe_the_server() {
 
 #[tokio::test]
 async fn stopped_server_is_unreachable_and_restart_keeps_the_data() {
-    let dir = TestDir::new("server_restart");
-    let mut server = ConsulServer::start(&dir).await;
-    let consul = server.client();
-    consul
-        .kv_put("drawbridge/gate", b"maintenance", PutMode::Always)
-        .await
-        .unwrap();
-    let before = consul
-        .kv_get("drawbridge/gate", &QueryOptions::default())
-        .await
-        .unwrap();
+    let (_dir, mut server, consul) = start_server("server_restart").await;
+    let before = put_gate(&consul, b"maintenance").await;
 
     server.stop();
     let err = consul

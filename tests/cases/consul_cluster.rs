@@ -4,6 +4,7 @@
 //!
 //! Each test owns its cluster, since each kills servers; timings are printed for `--nocapture`.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use drawbridge_core::consul::{Client, Consistency, KvRead, PutMode, QueryOptions};
@@ -44,12 +45,45 @@ async fn write(consul: &Client, key: &str, value: &str) {
     assert!(wrote, "PUT {key} via {} answered false", consul.address());
 }
 
+/// The test's folder, when the test started, and a cluster formed in that folder (how long it
+/// took is printed).
+async fn start_cluster(test: &str) -> (TestDir, Instant, ConsulCluster) {
+    let dir = TestDir::new(test);
+    let started = Instant::now();
+    let cluster = ConsulCluster::start(&dir).await;
+    eprintln!("cluster formed in {:?}", started.elapsed());
+    (dir, started, cluster)
+}
+
+/// Waits up to `deadline` until `list` (the cluster's `listed`: its healthy voters or its raft
+/// members) answers exactly `want`.
+async fn wait_for_servers<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    listed: &str,
+    want: &[usize],
+    list: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Vec<usize>, String>>,
+{
+    eventually(what, deadline, POLL, || {
+        let servers = list();
+        async move {
+            let servers = servers.await?;
+            if servers == want {
+                Ok(())
+            } else {
+                Err(format!("{listed} {servers:?}"))
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_value_survives_restarting_each_server_in_turn() {
-    let dir = TestDir::new("cluster_restarts");
-    let test = Instant::now();
-    let mut cluster = ConsulCluster::start(&dir).await;
-    eprintln!("cluster formed in {:?}", test.elapsed());
+    let (_dir, test, mut cluster) = start_cluster("cluster_restarts").await;
     let key = "drawbridge/cluster-restarts/gate";
 
     write(&cluster.client(0), key, "maintenance").await;
@@ -140,10 +174,7 @@ async fn a_value_survives_restarting_each_server_in_turn() {
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_and_rejoins_as_a_voter() {
-    let dir = TestDir::new("cluster_leader_loss");
-    let test = Instant::now();
-    let mut cluster = ConsulCluster::start(&dir).await;
-    eprintln!("cluster formed in {:?}", test.elapsed());
+    let (_dir, test, mut cluster) = start_cluster("cluster_leader_loss").await;
     let key = "drawbridge/cluster-leader-loss/gate";
     write(&cluster.client(0), key, "normal").await;
 
@@ -176,19 +207,13 @@ async fn a_killed_leader_is_replaced_and_rejoins_as_a_voter() {
         }
     }
     // Autopilot sees the dead server: two healthy voters, the third still a member.
-    let healthy = survivors.clone();
-    eventually("autopilot counts the survivors only", SHORT, POLL, || {
-        let voters = cluster.healthy_voters();
-        let healthy = healthy.clone();
-        async move {
-            let voters = voters.await?;
-            if voters == healthy {
-                Ok(())
-            } else {
-                Err(format!("healthy voters {voters:?}"))
-            }
-        }
-    })
+    wait_for_servers(
+        "autopilot counts the survivors only",
+        SHORT,
+        "healthy voters",
+        &survivors,
+        || cluster.healthy_voters(),
+    )
     .await;
 
     let started = Instant::now();
@@ -198,17 +223,13 @@ async fn a_killed_leader_is_replaced_and_rejoins_as_a_voter() {
         cluster.node_name(old),
         started.elapsed()
     );
-    eventually("3 healthy voters again", SHORT, POLL, || {
-        let voters = cluster.healthy_voters();
-        async move {
-            let voters = voters.await?;
-            if voters == [0, 1, 2] {
-                Ok(())
-            } else {
-                Err(format!("healthy voters {voters:?}"))
-            }
-        }
-    })
+    wait_for_servers(
+        "3 healthy voters again",
+        SHORT,
+        "healthy voters",
+        &[0, 1, 2],
+        || cluster.healthy_voters(),
+    )
     .await;
     // The write made while it was down reached it, and it takes writes itself.
     let last = format!("via {}", survivors[1]);
@@ -237,22 +258,12 @@ async fn a_server_removed_by_autopilot_rejoins_as_a_voter() {
     cluster.stop(down);
     let rest: Vec<usize> = (0..CLUSTER_SIZE).filter(|&i| i != down).collect();
     // Marked failed within ~1 s, removed at the leader's next autopilot tick (every 10 s).
-    eventually(
+    wait_for_servers(
         "autopilot removed the stopped server",
         SHORT * 3,
-        POLL,
-        || {
-            let members = cluster.raft_members();
-            let rest = rest.clone();
-            async move {
-                let members = members.await?;
-                if members == rest {
-                    Ok(())
-                } else {
-                    Err(format!("raft members {members:?}"))
-                }
-            }
-        },
+        "raft members",
+        &rest,
+        || cluster.raft_members(),
     )
     .await;
     eprintln!(

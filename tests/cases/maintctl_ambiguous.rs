@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use drawbridge_core::consul::{KvEntry, QueryOptions};
 use drawbridge_core::gate::Mode;
-use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::fault_relay::{Fault, FaultRelay};
-use drawbridge_tests::maintctl::{Inventory, Maintctl, RunView, ENV, PREFIX};
+use drawbridge_tests::maintctl::{wait_registered, Inventory, Maintctl, RunView, ENV, PREFIX};
 use drawbridge_tests::maintctl::{JournalView, MaintctlOutput};
 use drawbridge_tests::proxy::Site;
 use http::Method;
@@ -35,24 +34,7 @@ impl Fleet {
     /// `set_key` step, `up` the `clear_key` step.
     async fn start(test: &str) -> Fleet {
         let site = Site::start_with(test, |b| b.name("edge1").register_as("drawbridge")).await;
-        let consul = site.consul.client();
-        eventually(
-            "the proxy is registered in Consul",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || async {
-                let (entries, _) = consul
-                    .health_service("drawbridge", false, &QueryOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if entries.is_empty() {
-                    Err("no instance of drawbridge yet".to_owned())
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await;
+        wait_registered(&site.consul, 1).await;
         let relay = FaultRelay::start(&site.consul.http_addr(), &site.key);
         let inventory = Inventory {
             consul: relay.http_addr(),
@@ -107,6 +89,16 @@ impl Fleet {
         (run, output)
     }
 
+    /// Runs `up`, asserts that it succeeded and the proxy serves normal, and returns the
+    /// journal output of its `clear_key` step (the run must be done).
+    async fn up(&self) -> String {
+        let up = self.run(&["up", "--env", ENV, "--yes"]).await;
+        up.assert_success();
+        self.assert_normal(&up).await;
+        let (_, output) = self.latest("up", "done", "clear_key").await;
+        output
+    }
+
     /// Asserts the key holds maintenance and the proxy serves it from at least its index.
     async fn assert_maintenance(&self, out: &MaintctlOutput) -> KvEntry {
         let key = self.gate().await.unwrap_or_else(|| panic!("no key\n{out}"));
@@ -129,6 +121,13 @@ impl Fleet {
         );
         let page = self.site.edge.get("/").await;
         assert_eq!(page.status(), 200, "{out}");
+    }
+}
+
+/// Asserts that `output` contains every one of `needles`.
+fn assert_contains_all(output: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(output.contains(needle), "{needle:?} not in {output:?}");
     }
 }
 
@@ -166,9 +165,10 @@ async fn a_gate_write_answered_500_is_done_when_a_reread_finds_it_landed() {
     let key = fleet.assert_maintenance(&resumed).await;
     let (_, output) = fleet.latest("down", "done", "set_key").await;
     let landed = format!("but landed at index {}", key.modify_index);
-    for needle in ["the write was answered 500 (", LEADERSHIP_LOST, &landed] {
-        assert!(output.contains(needle), "{needle:?} not in {output:?}");
-    }
+    assert_contains_all(
+        &output,
+        &["the write was answered 500 (", LEADERSHIP_LOST, &landed],
+    );
     resumed.assert_mentions(&landed);
 
     // The delete of `up`, committed, then answered 500 "No cluster leader".
@@ -176,17 +176,15 @@ async fn a_gate_write_answered_500_is_done_when_a_reread_finds_it_landed() {
         status: 500,
         body: "No cluster leader".to_owned(),
     });
-    let up = fleet.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    fleet.assert_normal(&up).await;
-    let (_, output) = fleet.latest("up", "done", "clear_key").await;
-    for needle in [
-        "the delete was answered 500 (",
-        "no cluster leader",
-        "but landed: the key is gone",
-    ] {
-        assert!(output.contains(needle), "{needle:?} not in {output:?}");
-    }
+    let output = fleet.up().await;
+    assert_contains_all(
+        &output,
+        &[
+            "the delete was answered 500 (",
+            "no cluster leader",
+            "but landed: the key is gone",
+        ],
+    );
 
     // The relay did what the test says: three writes met a fault, and Consul applied the two
     // that reached it.
@@ -238,20 +236,16 @@ async fn a_gate_write_that_timed_out_is_done_when_a_reread_finds_it_landed() {
     let key = fleet.assert_maintenance(&down).await;
     let (_, output) = fleet.latest("down", "done", "set_key").await;
     let landed = format!("but landed at index {}", key.modify_index);
-    for needle in ["the write got no answer within 10s (", &landed] {
-        assert!(output.contains(needle), "{needle:?} not in {output:?}");
-    }
+    assert_contains_all(&output, &["the write got no answer within 10s (", &landed]);
 
-    let up = fleet.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    fleet.assert_normal(&up).await;
-    let (_, output) = fleet.latest("up", "done", "clear_key").await;
-    for needle in [
-        "the delete got no answer within 10s (",
-        "but landed: the key is gone",
-    ] {
-        assert!(output.contains(needle), "{needle:?} not in {output:?}");
-    }
+    let output = fleet.up().await;
+    assert_contains_all(
+        &output,
+        &[
+            "the delete got no answer within 10s (",
+            "but landed: the key is gone",
+        ],
+    );
     let methods: Vec<_> = fleet
         .relay
         .intercepted()

@@ -51,17 +51,9 @@ async fn maintctl_killed_mid_step_is_finished_by_resume() {
     // outside agrees (its stop is still waiting, its processes run).
     let run = journal.latest().await.expect("the run");
     assert_eq!(run.status(), "running", "{run}");
-    assert_eq!(run.step_status("set_key").as_deref(), Some("done"), "{run}");
-    assert_eq!(
-        run.step_status("node_maintenance_on").as_deref(),
-        Some("done"),
-        "{run}"
-    );
-    assert_eq!(
-        run.target_status("stop_workers", "worker1").as_deref(),
-        Some("intent"),
-        "{run}"
-    );
+    run.assert_step("set_key", "done");
+    run.assert_step("node_maintenance_on", "done");
+    run.assert_target("stop_workers", "worker1", "intent");
     assert_eq!(scene.worker1.running_count(), WORKER_PROCESSES);
     // The dead run's lock is still there, naming it.
     let (holder, session) = journal.lock().await.expect("the lock key");
@@ -78,16 +70,8 @@ async fn maintctl_killed_mid_step_is_finished_by_resume() {
     let after = journal.latest().await.expect("the run");
     assert_eq!(after.id(), run.id(), "{after}");
     assert_eq!(after.status(), "done", "{after}");
-    assert_eq!(
-        after.target_status("stop_workers", "worker1").as_deref(),
-        Some("done"),
-        "{after}"
-    );
-    assert_eq!(
-        after.target_status("disable_jobs", "sched1").as_deref(),
-        Some("done"),
-        "{after}"
-    );
+    after.assert_target("stop_workers", "worker1", "done");
+    after.assert_target("disable_jobs", "sched1", "done");
     // Every effect of `down` is there.
     assert!(scene.gate_entry().await.is_some());
     scene.assert_closed().await;
@@ -112,18 +96,12 @@ async fn maintctl_killed_mid_step_is_finished_by_resume() {
         ("stop_workers", "worker1"),
         ("disable_jobs", "sched1"),
     ] {
-        assert_eq!(
-            rerun.target_status(step, target).as_deref(),
-            Some("skipped"),
-            "{rerun}"
-        );
+        rerun.assert_target(step, target, "skipped");
     }
 
     // `up` restores what the killed-and-resumed run changed, not only the last run (which
     // changed nothing).
-    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    let restored = journal.latest().await.expect("the up run");
+    let restored = scene.up_ok().await;
     assert_eq!(restored.direction(), "up", "{restored}");
     assert_eq!(
         restored.0["restores"],

@@ -62,31 +62,15 @@ async fn a_box_lost_mid_run_stops_the_run_and_resume_finishes_it() {
 
     let run = journal.latest().await.expect("the run");
     assert_eq!(run.status(), "failed", "{run}");
-    assert_eq!(run.step_status("set_key").as_deref(), Some("done"), "{run}");
+    run.assert_step("set_key", "done");
     assert_eq!(status_of(&run, "node_maintenance_on", "api1"), "done");
     assert_eq!(status_of(&run, "node_maintenance_on", "api2"), "done");
-    assert_eq!(
-        run.step_status("stop_workers").as_deref(),
-        Some("failed"),
-        "{run}"
-    );
-    assert_eq!(status_of(&run, "stop_workers", "worker1"), "done", "{run}");
-    assert_eq!(
-        status_of(&run, "stop_workers", "worker2"),
-        "failed",
-        "{run}"
-    );
+    run.assert_step("stop_workers", "failed");
+    run.assert_target("stop_workers", "worker1", "done");
+    run.assert_target("stop_workers", "worker2", "failed");
     // The run stopped before the next step.
-    assert_eq!(
-        run.step_status("disable_jobs").as_deref(),
-        Some("pending"),
-        "{run}"
-    );
-    assert_eq!(
-        status_of(&run, "disable_jobs", "sched1"),
-        "pending",
-        "{run}"
-    );
+    run.assert_step("disable_jobs", "pending");
+    run.assert_target("disable_jobs", "sched1", "pending");
 
     // Outside: the gate is closed, the nodes are out, worker1 stopped, worker2 untouched,
     // the jobs never touched (only pre-flight's check).
@@ -106,16 +90,8 @@ async fn a_box_lost_mid_run_stops_the_run_and_resume_finishes_it() {
     let after = journal.latest().await.expect("the run");
     assert_eq!(after.id(), run.id(), "resume continues the run:\n{after}");
     assert_eq!(after.status(), "done", "{after}");
-    assert_eq!(
-        status_of(&after, "stop_workers", "worker2"),
-        "done",
-        "{after}"
-    );
-    assert_eq!(
-        status_of(&after, "disable_jobs", "sched1"),
-        "done",
-        "{after}"
-    );
+    after.assert_target("stop_workers", "worker2", "done");
+    after.assert_target("disable_jobs", "sched1", "done");
     assert_eq!(scene.worker2.running_count(), 0);
     assert_eq!(scene.sched1.state(), SchedulerState::Disabled);
     // Steps recorded done were not run again.
@@ -142,20 +118,12 @@ async fn a_failing_smoke_test_keeps_the_page_up() {
     assert_eq!(run.direction(), "up", "{run}");
     assert_eq!(run.status(), "failed", "{run}");
     for step in ["enable_jobs", "start_workers", "node_maintenance_off"] {
-        assert_eq!(run.step_status(step).as_deref(), Some("done"), "{run}");
+        run.assert_step(step, "done");
     }
-    assert_eq!(
-        run.step_status("smoke_tests").as_deref(),
-        Some("failed"),
-        "{run}"
-    );
-    assert_eq!(status_of(&run, "smoke_tests", "ui home"), "failed", "{run}");
-    assert_eq!(status_of(&run, "smoke_tests", "api ping"), "done", "{run}");
-    assert_eq!(
-        run.step_status("clear_key").as_deref(),
-        Some("pending"),
-        "{run}"
-    );
+    run.assert_step("smoke_tests", "failed");
+    run.assert_target("smoke_tests", "ui home", "failed");
+    run.assert_target("smoke_tests", "api ping", "done");
+    run.assert_step("clear_key", "pending");
 
     // The public still sees the page; what came before the smoke tests is restored.
     assert!(scene.gate_entry().await.is_some(), "the key was cleared");
@@ -218,9 +186,7 @@ async fn up_after_a_partial_down_restores_exactly_what_was_changed() {
         "the jobs were never disabled, yet the plan enables them:\n{plan}"
     );
 
-    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    let up_run = scene.journal().latest().await.expect("the up run");
+    let up_run = scene.up_ok().await;
     assert_eq!(up_run.direction(), "up", "{up_run}");
     assert_eq!(up_run.status(), "done", "{up_run}");
     assert_eq!(
@@ -247,17 +213,9 @@ async fn up_after_a_partial_down_restores_exactly_what_was_changed() {
     assert!(
         at(&up_run, "node_maintenance_off", "ended_at") <= at(&up_run, "clear_key", "started_at")
     );
-    assert_eq!(
-        status_of(&up_run, "start_workers", "worker1"),
-        "done",
-        "{up_run}"
-    );
+    up_run.assert_target("start_workers", "worker1", "done");
     // worker2's stop failed: it may or may not have stopped, so up looks, finds it running.
-    assert_eq!(
-        status_of(&up_run, "start_workers", "worker2"),
-        "skipped",
-        "{up_run}"
-    );
+    up_run.assert_target("start_workers", "worker2", "skipped");
 
     // Outside: everything back, worker2's processes never restarted, sched1 never touched.
     assert_eq!(scene.worker1.running_count(), WORKER_PROCESSES);

@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use drawbridge_tests::maintctl::{ExtraStep, MaintScene, MaintctlOutput, ENV, WORKER_PROCESSES};
-use drawbridge_tests::services::SchedulerState;
+use drawbridge_tests::maintctl::{ExtraStep, MaintScene, MaintctlOutput, ENV};
 use serde_json::Value;
 
 const HOOK: &str = "/hooks/partners";
@@ -30,20 +29,8 @@ async fn down_json(scene: &MaintScene, extra: &[&str]) -> MaintctlOutput {
 /// Asserts every part of the scene is back: key gone, gate open, nodes serving, workers and jobs
 /// running.
 async fn assert_restored(scene: &MaintScene) {
-    assert!(
-        scene.gate_entry().await.is_none(),
-        "the gate key is still set"
-    );
+    scene.assert_untouched().await;
     scene.assert_open().await;
-    for node in ["api1", "api2"] {
-        assert!(
-            !scene.node_in_maintenance(node).await,
-            "{node} in maintenance"
-        );
-    }
-    assert_eq!(scene.worker1.running_count(), WORKER_PROCESSES);
-    assert_eq!(scene.worker2.running_count(), WORKER_PROCESSES);
-    assert_eq!(scene.sched1.state(), SchedulerState::Enabled);
 }
 
 /// `down`, `down` again, then `up`: the re-run finds everything already so and journals it
@@ -132,9 +119,7 @@ async fn down_twice_then_up_restores_everything_and_repeats_nothing() {
     assert_eq!(scene.ui.requests_to(HOOK), 2);
     assert_eq!(runs_of_command(), 2);
 
-    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    let restored = scene.journal().latest().await.expect("the up run");
+    let restored = scene.up_ok().await;
     assert_eq!(restored.direction(), "up", "{restored}");
     assert_eq!(restored.status(), "done", "{restored}");
     assert_eq!(
@@ -142,18 +127,8 @@ async fn down_twice_then_up_restores_everything_and_repeats_nothing() {
         Some(3),
         "{restored}"
     );
-    assert_eq!(
-        restored
-            .target_status("node_maintenance_off", "api1")
-            .as_deref(),
-        Some("done"),
-        "{restored}"
-    );
-    assert_eq!(
-        restored.target_status("verify_up", ENV).as_deref(),
-        Some("done"),
-        "{restored}"
-    );
+    restored.assert_target("node_maintenance_off", "api1", "done");
+    restored.assert_target("verify_up", ENV, "done");
     assert_restored(&scene).await;
 
     // The environment is open: `up` again changes nothing and says so.
@@ -326,9 +301,7 @@ async fn up_closes_a_maintenance_whose_down_changed_nothing() {
     assert_eq!(scene.ui.requests_to(HOOK), 1);
     scene.assert_open().await;
 
-    let up = scene.run(&["up", "--env", ENV, "--yes"]).await;
-    up.assert_success();
-    let closed = scene.journal().latest().await.expect("the up run");
+    let closed = scene.up_ok().await;
     assert_eq!(closed.direction(), "up", "{closed}");
     assert_eq!(closed.step_ids(), ["verify_up"], "{closed}");
 

@@ -18,26 +18,37 @@ type Expect<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
 /// Waits until every `(name, labels, expected)` holds in `/metrics` (counters are updated when
 /// a request is logged, just after its answer is sent); returns the last scrape.
 async fn wait_metrics(edge: &Drawbridge, base: &Metrics, want: &[Expect<'_>]) -> Metrics {
+    wait_scrape(edge, "metrics reach the expected values", |now| {
+        let wrong: Vec<String> = want
+            .iter()
+            .filter_map(|(name, labels, expected)| {
+                let delta = now.value(name, labels) - base.value(name, labels);
+                ((delta - expected).abs() > f64::EPSILON)
+                    .then(|| format!("{name}{labels:?}: +{delta}, expected +{expected}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            Ok(now)
+        } else {
+            Err(format!("{}\n{}", wrong.join("\n"), now.text))
+        }
+    })
+    .await
+}
+
+/// Scrapes `/metrics` every 100 ms, for up to 5 s, until `check` accepts a scrape; what it
+/// returns.
+async fn wait_scrape<T>(
+    edge: &Drawbridge,
+    what: &str,
+    check: impl Fn(Metrics) -> Result<T, String>,
+) -> T {
+    let check = &check;
     eventually(
-        "metrics reach the expected values",
+        what,
         Duration::from_secs(5),
         Duration::from_millis(100),
-        || async move {
-            let now = edge.metrics().await;
-            let wrong: Vec<String> = want
-                .iter()
-                .filter_map(|(name, labels, expected)| {
-                    let delta = now.value(name, labels) - base.value(name, labels);
-                    ((delta - expected).abs() > f64::EPSILON)
-                        .then(|| format!("{name}{labels:?}: +{delta}, expected +{expected}"))
-                })
-                .collect();
-            if wrong.is_empty() {
-                Ok(now)
-            } else {
-                Err(format!("{}\n{}", wrong.join("\n"), now.text))
-            }
-        },
+        || async move { check(edge.metrics().await) },
     )
     .await
 }
@@ -107,7 +118,7 @@ async fn status_reports_the_gate_the_watch_and_the_pools() {
 #[tokio::test]
 async fn admin_token_guards_status_and_metrics() {
     let site = Site::start_with("admin_token_guards_status_and_metrics", |b| {
-        b.admin_token("e2e-admin-token")
+        b.admin_token("e2e-admin-token-0123")
     })
     .await;
     let client = site.edge.client();
@@ -119,7 +130,7 @@ async fn admin_token_guards_status_and_metrics() {
         assert_eq!(wrong.status(), 401, "{path} with a wrong token");
         let right = site
             .edge
-            .send(client.get(&url).bearer_auth("e2e-admin-token"))
+            .send(client.get(&url).bearer_auth("e2e-admin-token-0123"))
             .await;
         assert_eq!(right.status(), 200, "{path} with the token");
     }
@@ -250,13 +261,10 @@ async fn metrics_count_what_happened() {
         answer.status()
     );
     let before = metrics.value("drawbridge_upstream_errors_total", &[("pool", "api")]);
-    let edge = &site.edge;
-    eventually(
+    wait_scrape(
+        &site.edge,
         "drawbridge_upstream_errors_total{pool=\"api\"} counts the failed request",
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        || async move {
-            let now = edge.metrics().await;
+        |now| {
             let errors = now.value("drawbridge_upstream_errors_total", &[("pool", "api")]);
             if errors > before {
                 Ok(())

@@ -26,8 +26,12 @@ fn token(env: &str, issued: i64, ttl_secs: u64) -> String {
     keyring("k1", SECRET).sign(env, issued, Duration::from_secs(ttl_secs), Some("test"))
 }
 
-async fn start(test: &str) -> Site {
-    Site::start_with(test, |b| b.bypass_key(ENV, "k1", SECRET)).await
+/// A site with the bypass key of [`ENV`], its gate closed, and a client from an untrusted
+/// address.
+async fn closed_with_key(test: &str) -> (Site, reqwest::Client) {
+    let site = Site::start_with(test, |b| b.bypass_key(ENV, "k1", SECRET)).await;
+    site.put_gate(r#"{"mode":"maintenance"}"#).await;
+    (site, test_client(Some(UNTRUSTED)))
 }
 
 /// Asserts `answer` is the planned maintenance answer of its route kind, not a bypass and
@@ -52,6 +56,16 @@ fn assert_refused(answer: &reqwest::Response, api: bool, what: &str) {
     }
 }
 
+/// Asserts that `answer` passed the closed gate: a 200 with `X-Drawbridge-Bypassed: <via>`.
+fn assert_bypassed(answer: &reqwest::Response, via: &str, what: &str) {
+    assert_eq!(answer.status(), 200, "{what}");
+    assert_eq!(
+        header(answer, "x-drawbridge-bypassed").as_deref(),
+        Some(via),
+        "{what}"
+    );
+}
+
 /// With `trusted_cidrs = ["127.0.0.1/32"]`, a client from 127.0.0.1 passes the closed gate
 /// (200 from the upstream, `X-Drawbridge-Bypassed: cidr`) while a client from 127.0.0.2 gets
 /// the maintenance answer.
@@ -65,12 +79,7 @@ async fn trusted_cidr_client_passes_and_others_get_maintenance() {
 
     for path in ["/", "/api/orders"] {
         let trusted = site.edge.get(path).await;
-        assert_eq!(trusted.status(), 200, "trusted {path}");
-        assert_eq!(
-            header(&trusted, "x-drawbridge-bypassed").as_deref(),
-            Some("cidr"),
-            "trusted {path}"
-        );
+        assert_bypassed(&trusted, "cidr", &format!("trusted {path}"));
         assert!(header(&trusted, "x-upstream").is_some(), "trusted {path}");
     }
     let outsider = test_client(Some(UNTRUSTED));
@@ -88,9 +97,7 @@ async fn trusted_cidr_client_passes_and_others_get_maintenance() {
 /// the upstream never sees the bypass header.
 #[tokio::test]
 async fn valid_token_in_header_or_cookie_passes() {
-    let site = start("valid_token_in_header_or_cookie_passes").await;
-    site.put_gate(r#"{"mode":"maintenance"}"#).await;
-    let client = test_client(Some(UNTRUSTED));
+    let (site, client) = closed_with_key("valid_token_in_header_or_cookie_passes").await;
     let token = token(ENV, now_unix(), 600);
 
     let by_header = site
@@ -101,11 +108,7 @@ async fn valid_token_in_header_or_cookie_passes() {
                 .header("x-drawbridge-bypass", &token),
         )
         .await;
-    assert_eq!(by_header.status(), 200, "token in the header");
-    assert_eq!(
-        header(&by_header, "x-drawbridge-bypassed").as_deref(),
-        Some("token")
-    );
+    assert_bypassed(&by_header, "token", "token in the header");
     assert_eq!(header(&by_header, "x-upstream").as_deref(), Some("api"));
     let seen = site.api.last_request().expect("the upstream got it");
     assert_eq!(
@@ -121,11 +124,7 @@ async fn valid_token_in_header_or_cookie_passes() {
             format!("theme=dark; drawbridge_bypass={token}; lang=en"),
         ))
         .await;
-    assert_eq!(by_cookie.status(), 200, "token in the cookie");
-    assert_eq!(
-        header(&by_cookie, "x-drawbridge-bypassed").as_deref(),
-        Some("token")
-    );
+    assert_bypassed(&by_cookie, "token", "token in the cookie");
     assert_eq!(header(&by_cookie, "x-upstream").as_deref(), Some("ui"));
 
     // Without the token the same client is refused.
@@ -138,9 +137,7 @@ async fn valid_token_in_header_or_cookie_passes() {
 /// (503 page or problem+json), in the header and in the cookie, never a 4xx or 500.
 #[tokio::test]
 async fn expired_forged_and_foreign_tokens_get_the_maintenance_answer() {
-    let site = start("expired_forged_and_foreign_tokens_refused").await;
-    site.put_gate(r#"{"mode":"maintenance"}"#).await;
-    let client = test_client(Some(UNTRUSTED));
+    let (site, client) = closed_with_key("expired_forged_and_foreign_tokens_refused").await;
     let now = now_unix();
 
     let valid = token(ENV, now, 600);
@@ -262,12 +259,7 @@ async fn forwarded_for_from_trusted_proxy_is_honoured() {
             )
             .await;
         if passes {
-            assert_eq!(answer.status(), 200, "X-Forwarded-For {xff}");
-            assert_eq!(
-                header(&answer, "x-drawbridge-bypassed").as_deref(),
-                Some("cidr"),
-                "X-Forwarded-For {xff}"
-            );
+            assert_bypassed(&answer, "cidr", &format!("X-Forwarded-For {xff}"));
         } else {
             assert_refused(&answer, false, &format!("X-Forwarded-For {xff}"));
         }

@@ -31,6 +31,19 @@ fn from_env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The test's folder, a started cluster with a client per server, the `ui` upstream, and the
+/// test key named `key`.
+async fn start_cluster(
+    test: &str,
+    key: &str,
+) -> (TestDir, ConsulCluster, Vec<Client>, Upstream, String) {
+    let dir = TestDir::new(test);
+    let cluster = ConsulCluster::start(&dir).await;
+    let clients: Vec<Client> = (0..3).map(|i| cluster.client(i)).collect();
+    let ui = Upstream::builder("ui").kind(Kind::Page).start();
+    (dir, cluster, clients, ui, test_key(key))
+}
+
 /// A proxy of the usual shape (one page route) watching `key` through `addresses`.
 fn proxy(name: &str, addresses: &[String], key: &str, ui: &Upstream) -> DrawbridgeBuilder {
     Drawbridge::builder(&addresses[0], key)
@@ -44,16 +57,17 @@ fn proxy(name: &str, addresses: &[String], key: &str, ui: &Upstream) -> Drawbrid
 /// with all three addresses.
 async fn one_per_server_and_one_for_all(
     dir: &TestDir,
-    addresses: &[String],
+    cluster: &ConsulCluster,
     key: &str,
     ui: &Upstream,
 ) -> Vec<Drawbridge> {
+    let addresses = cluster.http_addrs();
     let mut edges = Vec::new();
     for i in 0..addresses.len() {
         let name = format!("server-{}", i + 1);
         edges.push(proxy(&name, &addresses[i..=i], key, ui).start(dir).await);
     }
-    edges.push(proxy("all-servers", addresses, key, ui).start(dir).await);
+    edges.push(proxy("all-servers", &addresses, key, ui).start(dir).await);
     edges
 }
 
@@ -180,20 +194,19 @@ async fn hold_through_restarts(
 /// apply an older index.
 #[tokio::test]
 async fn maintenance_holds_while_each_server_restarts_under_writes() {
-    let dir = TestDir::new("maintenance_holds_while_each_server_restarts_under_writes");
-    let cluster = ConsulCluster::start(&dir).await;
-    let ui = Upstream::builder("ui").kind(Kind::Page).start();
-    let key = test_key("cluster_maintenance");
+    let (dir, cluster, clients, ui, key) = start_cluster(
+        "maintenance_holds_while_each_server_restarts_under_writes",
+        "cluster_maintenance",
+    )
+    .await;
     let writes = Writes {
         key: key.clone(),
         value: |n| format!(r#"{{"mode":"maintenance","reason":"write {n}"}}"#),
     };
-    let clients: Vec<Client> = (0..3).map(|i| cluster.client(i)).collect();
     write_anywhere(&clients, &key, (writes.value)(0).as_bytes())
         .await
         .expect("the first write");
-    let addresses = cluster.http_addrs();
-    let edges = one_per_server_and_one_for_all(&dir, &addresses, &key, &ui).await;
+    let edges = one_per_server_and_one_for_all(&dir, &cluster, &key, &ui).await;
     assert_eq!(edges[0].get("/").await.status(), 503);
     hold_through_restarts(cluster, &edges, Mode::Maintenance, writes).await;
 }
@@ -202,11 +215,11 @@ async fn maintenance_holds_while_each_server_restarts_under_writes() {
 /// keys are written (a server replaying its log still has the old maintenance value).
 #[tokio::test]
 async fn normal_holds_while_each_server_restarts_after_the_key_was_deleted() {
-    let dir = TestDir::new("normal_holds_while_each_server_restarts_after_the_key_was_deleted");
-    let cluster = ConsulCluster::start(&dir).await;
-    let ui = Upstream::builder("ui").kind(Kind::Page).start();
-    let key = test_key("cluster_normal");
-    let clients: Vec<Client> = (0..3).map(|i| cluster.client(i)).collect();
+    let (dir, cluster, clients, ui, key) = start_cluster(
+        "normal_holds_while_each_server_restarts_after_the_key_was_deleted",
+        "cluster_normal",
+    )
+    .await;
     write_anywhere(&clients, &key, br#"{"mode":"maintenance","reason":"over"}"#)
         .await
         .expect("the maintenance write");
@@ -214,8 +227,7 @@ async fn normal_holds_while_each_server_restarts_after_the_key_was_deleted() {
         .kv_delete(&key, None)
         .await
         .expect("the key deleted");
-    let addresses = cluster.http_addrs();
-    let edges = one_per_server_and_one_for_all(&dir, &addresses, &key, &ui).await;
+    let edges = one_per_server_and_one_for_all(&dir, &cluster, &key, &ui).await;
     assert_eq!(edges[0].get("/").await.status(), 200);
     let writes = Writes {
         key: format!("{key}-neighbour"),
@@ -275,11 +287,8 @@ async fn an_old_answer_from_a_server_behind_is_refused() {
 /// the next write within 2 s of its acknowledgement, and `/status` names the address it reads.
 #[tokio::test]
 async fn a_proxy_moves_on_when_its_server_dies() {
-    let dir = TestDir::new("a_proxy_moves_on_when_its_server_dies");
-    let mut cluster = ConsulCluster::start(&dir).await;
-    let ui = Upstream::builder("ui").kind(Kind::Page).start();
-    let key = test_key("cluster_failover");
-    let clients: Vec<Client> = (0..3).map(|i| cluster.client(i)).collect();
+    let (dir, mut cluster, clients, ui, key) =
+        start_cluster("a_proxy_moves_on_when_its_server_dies", "cluster_failover").await;
     let addresses = cluster.http_addrs();
     let edge = proxy("failover", &addresses, &key, &ui).start(&dir).await;
     for round in 0..2 {

@@ -50,6 +50,24 @@ async fn start_slow_request(
     task
 }
 
+/// The answer to a request of [`start_slow_request`], once it completes.
+///
+/// # Panics
+/// When the request failed (with the proxy's log).
+async fn slow_answer(
+    site: &Site,
+    slow: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> reqwest::Response {
+    slow.await
+        .expect("the request task does not panic")
+        .unwrap_or_else(|e| {
+            panic!(
+                "the in-flight request failed: {e}\n{}",
+                site.edge.log_tail()
+            )
+        })
+}
+
 /// A request to a slow upstream path (1.5 s) that started before the key flips to
 /// maintenance completes with the upstream's 200; requests after the flip get 503.
 #[tokio::test]
@@ -75,15 +93,7 @@ async fn request_in_flight_during_the_switch_completes() {
         "the slow request finished before the flip was applied; the test proves nothing"
     );
 
-    let answer = slow
-        .await
-        .expect("the request task does not panic")
-        .unwrap_or_else(|e| {
-            panic!(
-                "the in-flight request failed: {e}\n{}",
-                site.edge.log_tail()
-            )
-        });
+    let answer = slow_answer(&site, slow).await;
     assert_eq!(answer.status(), 200, "the in-flight request was cut");
     assert_eq!(header(&answer, "x-upstream").as_deref(), Some("ui"));
     assert!(started.elapsed() >= SLOW_PATH_DELAY);
@@ -98,15 +108,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
 
     let term = Instant::now();
     site.edge.signal(Signal::SIGTERM);
-    let answer = slow
-        .await
-        .expect("the request task does not panic")
-        .unwrap_or_else(|e| {
-            panic!(
-                "the in-flight request failed: {e}\n{}",
-                site.edge.log_tail()
-            )
-        });
+    let answer = slow_answer(&site, slow).await;
     assert_eq!(answer.status(), 200, "the in-flight request was cut");
 
     let status = exit_after_sigterm(&mut site);

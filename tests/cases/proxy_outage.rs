@@ -5,11 +5,21 @@
 use std::time::Duration;
 
 use drawbridge_core::gate::Mode;
+use drawbridge_core::status::StatusReport;
 use drawbridge_tests::assert_eventually;
 use drawbridge_tests::proxy::{clear_gate, Ready, Site};
 
 /// Consul restarts and the watcher's backoff may take a while to try again.
 const RECOVERY: Duration = Duration::from_secs(40);
+
+/// Kills Consul and waits until the proxy reports it unreachable and stale (`what`); the
+/// report that says so.
+async fn stop_consul_until_stale(site: &mut Site, what: &str) -> StatusReport {
+    site.consul.stop();
+    site.edge
+        .wait_status(what, RECOVERY, |r| !r.consul.reachable && r.consul.stale)
+        .await
+}
 
 /// Consul SIGKILLed while the gate is closed: requests keep getting 503; `/status` says
 /// unreachable, then stale after `stale_after` (raised to one wait, 2 s + 1/16), and the metrics
@@ -25,13 +35,7 @@ async fn consul_stopped_keeps_the_last_state() {
         .await;
     assert_eq!(site.edge.get("/").await.status(), 503);
 
-    site.consul.stop();
-    let report = site
-        .edge
-        .wait_status("consul unreachable and stale", RECOVERY, |r| {
-            !r.consul.reachable && r.consul.stale
-        })
-        .await;
+    let report = stop_consul_until_stale(&mut site, "consul unreachable and stale").await;
     assert_eq!(report.gate.mode, Mode::Maintenance);
     assert_eq!(report.gate.reason.as_deref(), Some("kept"));
     assert!(report.consul.last_answer_at.is_some());
@@ -65,13 +69,7 @@ async fn consul_stopped_keeps_the_last_state() {
         .await;
     assert_eq!(site.edge.get("/").await.status(), 200);
 
-    site.consul.stop();
-    let report = site
-        .edge
-        .wait_status("consul unreachable and stale again", RECOVERY, |r| {
-            !r.consul.reachable && r.consul.stale
-        })
-        .await;
+    let report = stop_consul_until_stale(&mut site, "consul unreachable and stale again").await;
     assert_eq!(report.gate.mode, Mode::Normal);
     for _ in 0..5 {
         assert_eq!(site.edge.get("/").await.status(), 200, "open gate kept");

@@ -67,48 +67,54 @@ fn server_health(report: &StatusReport, pool: &str, address: &str) -> Option<boo
         .map(|s| s.healthy)
 }
 
-async fn two_server_edge(
-    dir: &TestDir,
-    consul: &ConsulServer,
-    a: &Upstream,
-    b: &Upstream,
-) -> Drawbridge {
-    Drawbridge::builder(&consul.http_addr(), &test_key("pools"))
-        .static_pool("ui", &[a, b], Some(HealthCheck::http_fast()))
+/// Upstreams `a` and `b` in one pool with a fast HTTP health check behind a proxy, with the
+/// test's own folder and Consul; returned once requests have reached both.
+async fn two_server_edge(test: &str) -> (TestDir, ConsulServer, Upstream, Upstream, Drawbridge) {
+    let dir = TestDir::new(test);
+    let consul = ConsulServer::start(&dir).await;
+    let a = Upstream::builder("a").kind(Kind::Page).start();
+    let b = Upstream::builder("b").kind(Kind::Page).start();
+    let edge = Drawbridge::builder(&consul.http_addr(), &test_key("pools"))
+        .static_pool("ui", &[&a, &b], Some(HealthCheck::http_fast()))
         .route(Route::page("ui", "/", "ui"))
-        .start(dir)
-        .await
+        .start(&dir)
+        .await;
+    wait_all_seen(&edge, "/", &["a", "b"]).await;
+    (dir, consul, a, b, edge)
+}
+
+/// Waits until `/status` reports server `address` of pool `ui` healthy or not (`healthy`).
+async fn wait_ui_health(edge: &Drawbridge, what: &str, address: &str, healthy: bool) {
+    edge.wait_status(what, HEALTH_DEADLINE, |r| {
+        server_health(r, "ui", address) == Some(healthy)
+    })
+    .await;
+}
+
+/// Sends 20 GETs to `path` and asserts that all of them reached upstream `name`.
+async fn assert_all_reach(edge: &Drawbridge, path: &str, name: &str) {
+    let seen = spread(edge, path, 20).await;
+    assert_eq!(
+        seen.get(name),
+        Some(&20),
+        "requests went elsewhere: {seen:?}"
+    );
 }
 
 /// Two servers with an HTTP health check: when one's `/healthz` answers 500, `/status` marks
 /// it unhealthy and every request goes to the other; when it recovers it gets requests again.
 #[tokio::test]
 async fn failing_health_check_takes_a_server_out_of_rotation() {
-    let dir = TestDir::new("failing_health_check_takes_a_server_out");
-    let consul = ConsulServer::start(&dir).await;
-    let a = Upstream::builder("a").kind(Kind::Page).start();
-    let b = Upstream::builder("b").kind(Kind::Page).start();
-    let edge = two_server_edge(&dir, &consul, &a, &b).await;
-    wait_all_seen(&edge, "/", &["a", "b"]).await;
+    let (_dir, _consul, a, _b, edge) =
+        two_server_edge("failing_health_check_takes_a_server_out").await;
 
     a.set_healthy(false);
     let a_addr = a.addr().to_string();
-    edge.wait_status("server a unhealthy", HEALTH_DEADLINE, |r| {
-        server_health(r, "ui", &a_addr) == Some(false)
-    })
-    .await;
-    let seen = spread(&edge, "/", 20).await;
-    assert_eq!(
-        seen.get("b"),
-        Some(&20),
-        "requests went elsewhere: {seen:?}"
-    );
+    wait_ui_health(&edge, "server a unhealthy", &a_addr, false).await;
+    assert_all_reach(&edge, "/", "b").await;
 
     a.set_healthy(true);
-    edge.wait_status("server a healthy again", HEALTH_DEADLINE, |r| {
-        server_health(r, "ui", &a_addr) == Some(true)
-    })
-    .await;
+    wait_ui_health(&edge, "server a healthy again", &a_addr, true).await;
     wait_all_seen(&edge, "/", &["a"]).await;
 }
 
@@ -116,25 +122,12 @@ async fn failing_health_check_takes_a_server_out_of_rotation() {
 /// every request still gets a 200 from the other.
 #[tokio::test]
 async fn closed_port_takes_a_server_out_of_rotation() {
-    let dir = TestDir::new("closed_port_takes_a_server_out");
-    let consul = ConsulServer::start(&dir).await;
-    let mut a = Upstream::builder("a").kind(Kind::Page).start();
-    let b = Upstream::builder("b").kind(Kind::Page).start();
-    let edge = two_server_edge(&dir, &consul, &a, &b).await;
-    wait_all_seen(&edge, "/", &["a", "b"]).await;
+    let (_dir, _consul, mut a, _b, edge) = two_server_edge("closed_port_takes_a_server_out").await;
 
     let a_addr = a.addr().to_string();
     a.stop();
-    edge.wait_status("closed server a unhealthy", HEALTH_DEADLINE, |r| {
-        server_health(r, "ui", &a_addr) == Some(false)
-    })
-    .await;
-    let seen = spread(&edge, "/", 20).await;
-    assert_eq!(
-        seen.get("b"),
-        Some(&20),
-        "requests went elsewhere: {seen:?}"
-    );
+    wait_ui_health(&edge, "closed server a unhealthy", &a_addr, false).await;
+    assert_all_reach(&edge, "/", "b").await;
 }
 
 /// A pool following Consul service `api` gets both boxes' instances; putting box 1 into node
@@ -183,12 +176,7 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
         server_health(r, "api", &box1_addr) != Some(true)
     })
     .await;
-    let seen = spread(&edge, "/orders", 20).await;
-    assert_eq!(
-        seen.get("api-box2"),
-        Some(&20),
-        "requests went elsewhere: {seen:?}"
-    );
+    assert_all_reach(&edge, "/orders", "api-box2").await;
 
     box1.client()
         .agent_node_maintenance(false, "")

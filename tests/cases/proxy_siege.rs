@@ -1,8 +1,8 @@
 //! Attacks on connections with legitimate traffic beside them, measured (the reliability tests
 //! of slowloris and of a connection flood): slow headers are cut at `header_timeout` however
 //! their bytes trickle, connections over `max_connections` are closed at once while the admin
-//! listener answers, legitimate requests keep being served, and the proxy's descriptors come
-//! back. The suite runs small sizes; the long runs take theirs from the environment:
+//! listener answers, legitimate requests keep being served, and the proxy's client
+//! connections close. The suite runs small sizes; the long runs take theirs from the environment:
 //! `DRAWBRIDGE_SIEGE_SLOW` (slow connections, 200), `DRAWBRIDGE_SIEGE_GAP_MS` (between two
 //! bytes of one, 1000), `DRAWBRIDGE_SIEGE_HEADER_SECS` (2), `DRAWBRIDGE_SIEGE_RATE` (legitimate
 //! requests a second, 100), `DRAWBRIDGE_SIEGE_SECS` (how long the attack lasts, 5),
@@ -100,12 +100,47 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
 
-/// Waits up to `within` for the proxy's descriptors to come down to `at_most`; returns the
-/// last count.
-async fn fds_settle(pid: u32, at_most: usize, within: Duration) -> usize {
+/// The proxy's client connections: its sockets whose local port is `port` (the listener
+/// itself aside). Its connections to the upstreams, pooled for reuse, are not among them.
+fn client_sockets(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let listening = fields.get(3) == Some(&"0A");
+            local_port == Some(port)
+                && !listening
+                && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+        })
+        .count()
+}
+
+/// Waits up to `within` for the proxy's client connections on `port` to come down to
+/// `at_most`; returns the last count.
+async fn clients_settle(pid: u32, port: u16, at_most: usize, within: Duration) -> usize {
     let started = Instant::now();
     loop {
-        let now = open_fds(pid);
+        let now = client_sockets(pid, port);
         if now <= at_most || started.elapsed() > within {
             return now;
         }
@@ -152,13 +187,19 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
     let attack = Duration::from_secs(from_env("DRAWBRIDGE_SIEGE_SECS", 5));
     let site = Site::start_with(
         "slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_served",
-        |b| b.limit("header_timeout", format!("{}s", header_timeout.as_secs())),
+        |b| {
+            // The legitimate load comes from one address and may open many connections when
+            // answers slow down: this test is about the deadline, not the per-client cap.
+            b.limit("header_timeout", format!("{}s", header_timeout.as_secs()))
+                .limit("max_connections_per_client", 10_000)
+        },
     )
     .await;
     let addr = site.edge.listen_addr();
     let url = site.edge.url("/legit");
     let pid = site.edge.pid();
     let fds_before = open_fds(pid);
+    let clients_before = client_sockets(pid, addr.port());
     let client = legitimate_client();
     let baseline = legitimate_load(&client, &url, rate, Duration::from_secs(2)).await;
 
@@ -212,7 +253,14 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
         attacker.await.expect("an attacker task does not panic");
     }
     drop(client);
-    let fds_after = fds_settle(pid, fds_before + 10, Duration::from_secs(15)).await;
+    let clients_after = clients_settle(
+        pid,
+        addr.port(),
+        clients_before + 10,
+        Duration::from_secs(15),
+    )
+    .await;
+    let fds_after = open_fds(pid);
 
     let mut cuts = cuts.lock().unwrap().clone();
     cuts.sort();
@@ -220,7 +268,8 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
         "slowloris: {slow} connections, a byte every {gap:?}, header_timeout {header_timeout:?}: \
          {} cuts after {:.0}..{:.0} ms (median {:.0}); legitimate {}/{} ok at {rate}/s, \
          p50 {:.1} ms, p99 {:.1} ms (before the attack {:.1} ms); proxy descriptors {fds_before} \
-         before, {fds_during} during, {fds_after} after",
+         before, {fds_during} during, {fds_after} after ({clients_before} client connections \
+         before, {clients_after} 15 s after)",
         cuts.len(),
         ms(cuts.first().copied().unwrap_or_default()),
         ms(cuts.last().copied().unwrap_or_default()),
@@ -255,8 +304,9 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
         baseline.p99
     );
     assert!(
-        fds_after <= fds_before + 10,
-        "the proxy holds {fds_after} descriptors 15 s after the attack, {fds_before} before"
+        clients_after <= clients_before + 10,
+        "the proxy holds {clients_after} client connections 15 s after the attack, \
+         {clients_before} before"
     );
     assert_eq!(site.ui.requests_to("/slowloris"), 0);
 }
@@ -277,6 +327,7 @@ async fn a_connection_flood_is_refused_at_once_and_the_admin_listener_answers() 
     let addr = site.edge.listen_addr();
     let pid = site.edge.pid();
     let fds_before = open_fds(pid);
+    let clients_before = client_sockets(pid, addr.port());
     let healthz = site.edge.admin_url("/healthz");
     let client = legitimate_client();
 
@@ -349,11 +400,19 @@ async fn a_connection_flood_is_refused_at_once_and_the_admin_listener_answers() 
     probing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (slowest_healthz, healthz_failed) = probe.await.expect("the probe does not panic");
     drop(client);
-    let fds_after = fds_settle(pid, fds_before + 10, Duration::from_secs(15)).await;
+    let clients_after = clients_settle(
+        pid,
+        addr.port(),
+        clients_before + 10,
+        Duration::from_secs(15),
+    )
+    .await;
+    let fds_after = open_fds(pid);
     eprintln!(
         "connection flood: {} connections opened in {:.0} ms against max_connections \
          {max_connections}: {closed} closed within 1.5 s, {} held; proxy descriptors \
-         {fds_before} before, {fds_peak} at the peak, {fds_held} held, {fds_after} after; \
+         {fds_before} before, {fds_peak} at the peak, {fds_held} held, {fds_after} after \
+         ({clients_after} client connections 15 s after); \
          /healthz slowest {:.1} ms, {healthz_failed} failed; served again {:?} after the flood",
         max_connections + flood,
         ms(connected),
@@ -380,7 +439,7 @@ async fn a_connection_flood_is_refused_at_once_and_the_admin_listener_answers() 
         "served {served_after:?} after the flood"
     );
     assert!(
-        fds_after <= fds_before + 10,
-        "{fds_after} descriptors after, {fds_before} before"
+        clients_after <= clients_before + 10,
+        "{clients_after} client connections after, {clients_before} before"
     );
 }

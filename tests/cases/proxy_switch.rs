@@ -54,6 +54,17 @@ fn instant(rfc3339: &str) -> OffsetDateTime {
         .unwrap_or_else(|e| panic!("{rfc3339:?} is not RFC 3339: {e}"))
 }
 
+/// A GET of `/api/orders` sent with `Origin: origin`.
+async fn get_orders_from(site: &Site, origin: &str) -> reqwest::Response {
+    site.edge
+        .send(
+            site.edge
+                .request(Method::GET, "/api/orders")
+                .header("origin", origin),
+        )
+        .await
+}
+
 /// With the key missing, the page route and the API route proxy to their pools: the upstream
 /// answers 200, names itself in `X-Upstream`, gets the query string and sees the client in
 /// `X-Forwarded-For`; `/status` says normal, from Consul.
@@ -448,14 +459,7 @@ async fn cors_is_echoed_only_for_allowed_origins() {
     .await;
     site.put_gate(r#"{"mode":"maintenance"}"#).await;
 
-    let allowed = site
-        .edge
-        .send(
-            site.edge
-                .request(Method::GET, "/api/orders")
-                .header("origin", "https://app.example.test"),
-        )
-        .await;
+    let allowed = get_orders_from(&site, "https://app.example.test").await;
     assert_maintenance_headers(&allowed, "allowed origin");
     assert_eq!(
         header(&allowed, "access-control-allow-origin").as_deref(),
@@ -473,14 +477,7 @@ async fn cors_is_echoed_only_for_allowed_origins() {
         .to_ascii_lowercase();
     assert!(vary.contains("origin"), "Vary {vary:?}");
 
-    let other = site
-        .edge
-        .send(
-            site.edge
-                .request(Method::GET, "/api/orders")
-                .header("origin", "https://evil.example.test"),
-        )
-        .await;
+    let other = get_orders_from(&site, "https://evil.example.test").await;
     assert_maintenance_headers(&other, "other origin");
     assert_eq!(header(&other, "access-control-allow-origin"), None);
 }

@@ -239,14 +239,10 @@ impl Agent {
 
     /// Fails fast with the log when the process died during a wait.
     fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.as_mut().map(|c| c.exit_status()) {
-            Some(Some(status)) => Err(format!(
-                "consul {} exited with {status}\n{}",
-                self.node,
-                self.log_tail()
-            )),
-            _ => Ok(()),
-        }
+        let what = format!("consul {}", self.node);
+        self.child
+            .as_mut()
+            .map_or(Ok(()), |c| c.still_running(&what))
     }
 
     /// Waits until `check` holds, panicking with the agent's log tail on timeout.
@@ -275,6 +271,14 @@ impl Agent {
             node_is_healthy(server.clone(), node.clone())
         })
         .await;
+    }
+
+    /// Starts the process (stopping it first if it runs) and waits until it is ready in the
+    /// catalog of the server at `server_http`.
+    async fn start_ready(&mut self, server_http: &str) {
+        self.stop();
+        self.spawn();
+        self.wait_ready(server_http).await;
     }
 }
 
@@ -377,47 +381,44 @@ async fn node_is_healthy(server: Client, node: String) -> Result<(), String> {
     }
 }
 
-/// A single-node Consul server (`-server -bootstrap-expect=1`) on 127.0.0.1, with its own
-/// ports and data directory; SIGTERM, then SIGKILL, on drop.
+/// A Consul agent process of the tests, on its own ports and data directory; SIGTERM, then
+/// SIGKILL, on drop. `S` is its side: a [`ConsulServer`] or a [`ConsulClientAgent`].
 #[derive(Debug)]
-pub struct ConsulServer {
+pub struct ConsulAgent<S> {
     agent: Agent,
+    side: S,
+}
+
+/// What only a [`ConsulServer`] keeps.
+#[derive(Debug)]
+pub struct ServerSide {
     /// Node name and serf LAN address of every client agent started against this server.
     clients: Mutex<Vec<(String, String)>>,
 }
 
-impl ConsulServer {
-    /// Starts the server in `dir` and waits until it has elected itself leader and registered
-    /// its own node (about 2 s).
-    ///
-    /// # Panics
-    /// When consul is missing, or not ready within [`READY_DEADLINE`] (with its log).
-    pub async fn start(dir: &TestDir) -> ConsulServer {
-        let role = Role::Server {
-            expect: 1,
-            join: Vec::new(),
-        };
-        let mut agent = Agent::new(dir, role, SERVER_NODE, Ipv4Addr::LOCALHOST);
-        agent.spawn();
-        let http = agent.http_addr();
-        agent.wait_ready(&http).await;
-        ConsulServer {
-            agent,
-            clients: Mutex::new(Vec::new()),
-        }
-    }
+/// What only a [`ConsulClientAgent`] keeps.
+#[derive(Debug)]
+pub struct ClientSide {
+    /// The HTTP API address of the server it joined.
+    server_http: String,
+}
 
-    /// The HTTP API address, e.g. `http://127.0.0.1:24817`.
+/// A single-node Consul server (`-server -bootstrap-expect=1`) on 127.0.0.1, with its own
+/// ports and data directory; SIGTERM, then SIGKILL, on drop.
+pub type ConsulServer = ConsulAgent<ServerSide>;
+
+/// A Consul client agent standing for one box: its own loopback address (127.0.0.N), node
+/// name, ports and data directory, joined to a [`ConsulServer`].
+pub type ConsulClientAgent = ConsulAgent<ClientSide>;
+
+impl<S> ConsulAgent<S> {
+    /// The HTTP API address, e.g. `http://127.0.0.1:24817`; a client agent's is where node
+    /// maintenance for its box must be sent.
     pub fn http_addr(&self) -> String {
         self.agent.http_addr()
     }
 
-    /// The serf LAN address client agents join, e.g. `127.0.0.1:25011`.
-    pub fn serf_lan_addr(&self) -> String {
-        self.agent.serf_lan_addr()
-    }
-
-    /// The node name (`consul-server`).
+    /// The node name (the server's is `consul-server`).
     pub fn node_name(&self) -> &str {
         &self.agent.node
     }
@@ -425,11 +426,6 @@ impl ConsulServer {
     /// The ports it listens on.
     pub fn ports(&self) -> ConsulPorts {
         self.agent.ports
-    }
-
-    /// The data directory (kept across [`ConsulServer::restart`]).
-    pub fn data_dir(&self) -> PathBuf {
-        self.agent.home.join("data")
     }
 
     /// A client for its HTTP API.
@@ -442,9 +438,41 @@ impl ConsulServer {
         self.agent.log_tail()
     }
 
-    /// Kills the server with SIGKILL, as in a crash: connections are refused from now on.
+    /// Kills the agent with SIGKILL, as in a crash: connections are refused from now on.
     pub fn stop(&mut self) {
         self.agent.stop();
+    }
+}
+
+impl ConsulAgent<ServerSide> {
+    /// Starts the server in `dir` and waits until it has elected itself leader and registered
+    /// its own node (about 2 s).
+    ///
+    /// # Panics
+    /// When consul is missing, or not ready within [`READY_DEADLINE`] (with its log).
+    pub async fn start(dir: &TestDir) -> ConsulServer {
+        let role = Role::Server {
+            expect: 1,
+            join: Vec::new(),
+        };
+        let mut agent = Agent::new(dir, role, SERVER_NODE, Ipv4Addr::LOCALHOST);
+        agent.start_ready(&agent.http_addr()).await;
+        ConsulAgent {
+            agent,
+            side: ServerSide {
+                clients: Mutex::new(Vec::new()),
+            },
+        }
+    }
+
+    /// The serf LAN address client agents join, e.g. `127.0.0.1:25011`.
+    pub fn serf_lan_addr(&self) -> String {
+        self.agent.serf_lan_addr()
+    }
+
+    /// The data directory (kept across [`ConsulServer::restart`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.agent.home.join("data")
     }
 
     /// Stops the server gracefully (SIGTERM, then SIGKILL after the grace).
@@ -465,11 +493,10 @@ impl ConsulServer {
     /// # Panics
     /// When not ready within [`READY_DEADLINE`].
     pub async fn restart(&mut self) {
-        self.agent.stop();
-        self.agent.spawn();
         let http = self.agent.http_addr();
-        self.agent.wait_ready(&http).await;
+        self.agent.start_ready(&http).await;
         let clients = self
+            .side
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -501,15 +528,7 @@ impl ConsulServer {
     }
 }
 
-/// A Consul client agent standing for one box: its own loopback address (127.0.0.N), node
-/// name, ports and data directory, joined to a [`ConsulServer`].
-#[derive(Debug)]
-pub struct ConsulClientAgent {
-    agent: Agent,
-    server_http: String,
-}
-
-impl ConsulClientAgent {
+impl ConsulAgent<ClientSide> {
     /// Starts a client agent `node` bound to `ip` (a 127.0.0.x address other than 127.0.0.1)
     /// that joins `server`, and waits until the server's catalog shows it healthy.
     ///
@@ -525,51 +544,23 @@ impl ConsulClientAgent {
             join: server.serf_lan_addr(),
         };
         let mut agent = Agent::new(dir, role, node, ip);
-        agent.spawn();
         let server_http = server.http_addr();
-        agent.wait_ready(&server_http).await;
+        agent.start_ready(&server_http).await;
         server
+            .side
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((node.to_owned(), format!("{ip}:{}", agent.ports.serf_lan)));
-        ConsulClientAgent { agent, server_http }
-    }
-
-    /// Its HTTP API address, e.g. `http://127.0.0.2:23001`: where node maintenance for this
-    /// box must be sent.
-    pub fn http_addr(&self) -> String {
-        self.agent.http_addr()
-    }
-
-    /// Its node name.
-    pub fn node_name(&self) -> &str {
-        &self.agent.node
+        ConsulAgent {
+            agent,
+            side: ClientSide { server_http },
+        }
     }
 
     /// Its loopback address.
     pub fn ip(&self) -> Ipv4Addr {
         self.agent.ip
-    }
-
-    /// The ports it listens on.
-    pub fn ports(&self) -> ConsulPorts {
-        self.agent.ports
-    }
-
-    /// A client for its HTTP API.
-    pub fn client(&self) -> Client {
-        self.agent.client()
-    }
-
-    /// The tail of its logs, for failure messages.
-    pub fn log_tail(&self) -> String {
-        self.agent.log_tail()
-    }
-
-    /// Kills the agent with SIGKILL, as in a crash.
-    pub fn stop(&mut self) {
-        self.agent.stop();
     }
 
     /// Starts it again on the same ports and data directory and waits until it is back in
@@ -578,10 +569,7 @@ impl ConsulClientAgent {
     /// # Panics
     /// When not within [`READY_DEADLINE`].
     pub async fn restart(&mut self) {
-        self.agent.stop();
-        self.agent.spawn();
-        let server_http = self.server_http.clone();
-        self.agent.wait_ready(&server_http).await;
+        self.agent.start_ready(&self.side.server_http).await;
     }
 }
 
@@ -857,11 +845,9 @@ impl ConsulCluster {
             agent.spawn();
         }
         let mut cluster = ConsulCluster { servers };
-        let members = cluster.members();
         let all = cluster.server_addrs();
         cluster
-            .wait(READY_DEADLINE, "3 healthy voters and a leader", || {
-                let members = members.clone();
+            .wait_members(READY_DEADLINE, "3 healthy voters and a leader", |members| {
                 let all = all.clone();
                 async move {
                     for m in &members {
@@ -906,11 +892,11 @@ impl ConsulCluster {
     /// # Panics
     /// When they do not agree within [`READY_DEADLINE`].
     pub async fn leader_index(&mut self) -> usize {
-        let members = self.members();
-        self.wait(READY_DEADLINE, "running servers agree on a leader", || {
-            let members = members.clone();
-            async move { agreed_leader(&members).await }
-        })
+        self.wait_members(
+            READY_DEADLINE,
+            "running servers agree on a leader",
+            |members| async move { agreed_leader(&members).await },
+        )
         .await
     }
 
@@ -972,14 +958,12 @@ impl ConsulCluster {
     pub async fn restart(&mut self, i: usize) {
         self.servers[i].stop();
         self.servers[i].spawn();
-        let members = self.members();
         let all = self.server_addrs();
         let node = self.servers[i].node.clone();
-        self.wait(
+        self.wait_members(
             REJOIN_DEADLINE,
             &format!("{node} rejoined as a voter"),
-            || {
-                let members = members.clone();
+            |members| {
                 let all = all.clone();
                 async move {
                     let me = members
@@ -1004,11 +988,11 @@ impl ConsulCluster {
     /// # Panics
     /// When not within [`READY_DEADLINE`].
     pub async fn wait_for_leader(&mut self) -> usize {
-        let members = self.members();
-        self.wait(READY_DEADLINE, "a leader that commits writes", || {
-            let members = members.clone();
-            async move { commits_writes(&members).await }
-        })
+        self.wait_members(
+            READY_DEADLINE,
+            "a leader that commits writes",
+            |members| async move { commits_writes(&members).await },
+        )
         .await
     }
 
@@ -1046,14 +1030,16 @@ impl ConsulCluster {
         self.servers.iter().map(Agent::server_addr).collect()
     }
 
-    /// Waits until `check` holds; a running server that exits fails the wait at once.
-    async fn wait<T, F, Fut>(&mut self, deadline: Duration, what: &str, check: F) -> T
+    /// Waits until `check` holds for the servers running now (each try gets its own copy of
+    /// them); a running server that exits fails the wait at once.
+    async fn wait_members<T, F, Fut>(&mut self, deadline: Duration, what: &str, check: F) -> T
     where
-        F: FnMut() -> Fut,
+        F: Fn(Vec<Member>) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
+        let members = self.members();
         let mut running: Vec<&mut Agent> = self.servers.iter_mut().filter(|a| a.running).collect();
-        wait_for(&mut running, deadline, what, check).await
+        wait_for(&mut running, deadline, what, || check(members.clone())).await
     }
 }
 

@@ -210,6 +210,18 @@ impl ChildGuard {
         self.status
     }
 
+    /// `Ok` while the child runs; once it has exited, an error naming it (`what`), its exit
+    /// status and the tail of its logs: for waits that fail fast on a dead process.
+    pub fn still_running(&mut self, what: &str) -> Result<(), String> {
+        match self.exit_status() {
+            Some(status) => Err(format!(
+                "{what} exited with {status}\n{}",
+                self.log_tail(TAIL_LINES)
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Waits up to `timeout` for the child to exit by itself; `None` if it still runs.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let start = Instant::now();

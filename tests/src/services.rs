@@ -15,6 +15,7 @@
 //! appended to `calls.log` (see [`Call`]); `inject/<script>.fail` and `inject/<script>.delay`
 //! make a script fail or stall for failure tests.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,41 +49,147 @@ pub struct Call {
     pub script: String,
 }
 
-/// What the box directories of both kinds share: layout, markers, injection, the call log.
+/// A box's scripts and the real state they act on, in `<dir>/<prefix>-<name>/`, with the call
+/// log, failure injection and the marker-checked processes; `K` is the kind of box,
+/// [`Service`] ([`ServiceBox`]) or [`Scheduler`] ([`SchedulerBox`]), which decides the scripts
+/// and how the state is read from outside.
 #[derive(Debug)]
-struct BoxDir {
+pub struct ScriptedBox<K> {
     name: String,
     root: PathBuf,
     /// Process slot names (`1`, `2`, … or `runner`).
     slots: Vec<String>,
+    kind: PhantomData<K>,
 }
 
-impl BoxDir {
-    fn new(dir: &TestDir, prefix: &str, name: &str, slots: Vec<String>) -> BoxDir {
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            "box name {name:?} must be a plain name (letters, digits, - and _)"
-        );
+/// The kind of a worker's service box: see [`ServiceBox`].
+#[derive(Debug)]
+pub enum Service {}
+
+/// The kind of a scheduler box: see [`SchedulerBox`].
+#[derive(Debug)]
+pub enum Scheduler {}
+
+impl<K> ScriptedBox<K> {
+    /// Creates `<dir>/<prefix>-<name>/` and writes `scripts` (name, purpose, body) into it.
+    fn create(
+        dir: &TestDir,
+        prefix: &str,
+        name: &str,
+        slots: Vec<String>,
+        scripts: [(&str, &str, &str); 3],
+    ) -> ScriptedBox<K> {
+        assert_plain_name("box name", name);
         let root = dir.join(format!("{prefix}-{name}"));
         for sub in ["run", "inject"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
         }
-        BoxDir {
+        let scripted = ScriptedBox {
             name: name.to_owned(),
             root,
             slots,
+            kind: PhantomData,
+        };
+        for (script, purpose, body) in scripts {
+            scripted.write_script(script, purpose, body);
         }
+        scripted
     }
 
-    fn script(&self, name: &str) -> PathBuf {
+    /// The name given at construction.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The box directory (`<dir>/svc-<name>` or `<dir>/sched-<name>`).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of `<script>.sh` (`start`, `stop`, `check`; `enable`, `disable`,
+    /// `check`).
+    ///
+    /// # Panics
+    /// When there is no such script.
+    pub fn script(&self, name: &str) -> PathBuf {
         let path = self.root.join(format!("{name}.sh"));
         assert!(path.is_file(), "box {} has no script {name}.sh", self.name);
         path
+    }
+
+    /// Runs `<script>.sh` here (not over SSH) and returns its output: for the initial state.
+    pub fn run(&self, name: &str) -> Output {
+        let path = self.script(name);
+        Command::new(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+    }
+
+    /// As [`ScriptedBox::run`], asserting exit 0.
+    ///
+    /// # Panics
+    /// When the script fails (with its output).
+    pub fn run_ok(&self, name: &str) -> Output {
+        let out = self.run(name);
+        assert!(
+            out.status.success(),
+            "{name}.sh of box {} failed: {}\nstdout: {}\nstderr: {}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Makes `<script>.sh` fail (exit 1, `message` on stderr, before doing anything) until
+    /// cleared with `None`.
+    pub fn fail_script(&self, script: &str, message: Option<&str>) {
+        self.inject(script, "fail", message.map(str::to_owned));
+    }
+
+    /// Makes `<script>.sh` sleep `delay` before doing anything, until cleared with `None`.
+    pub fn delay_script(&self, script: &str, delay: Option<Duration>) {
+        self.inject(
+            script,
+            "delay",
+            delay.map(|d| format!("{:.3}", d.as_secs_f64())),
+        );
+    }
+
+    /// Every script call so far, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        let text = std::fs::read_to_string(self.root.join("calls.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (nanos, script) = line.split_once(' ')?;
+                let nanos: u64 = nanos.parse().ok()?;
+                Some(Call {
+                    at: UNIX_EPOCH + Duration::from_nanos(nanos),
+                    box_name: self.name.clone(),
+                    script: script.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every process of this box that still runs (marker-checked) and waits, up to
+    /// 5 s, until they are gone: delivery of SIGKILL is not instant. Also done on drop.
+    pub fn kill_all(&self) {
+        let start = Instant::now();
+        loop {
+            let pids = self.live_pids();
+            if pids.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                return;
+            }
+            for pid in pids {
+                signal(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn write_script(&self, name: &str, purpose: &str, body: &str) {
@@ -133,27 +240,6 @@ impl BoxDir {
         self.slots.iter().filter_map(|s| self.live_pid(s)).collect()
     }
 
-    fn run(&self, name: &str) -> Output {
-        let path = self.script(name);
-        Command::new(&path)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
-    }
-
-    fn run_ok(&self, name: &str) -> Output {
-        let out = self.run(name);
-        assert!(
-            out.status.success(),
-            "{name}.sh of box {} failed: {}\nstdout: {}\nstderr: {}",
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
     fn inject(&self, script: &str, kind: &str, content: Option<String>) {
         self.script(script);
         let path = self.root.join("inject").join(format!("{script}.{kind}"));
@@ -166,40 +252,9 @@ impl BoxDir {
         };
         result.unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
-
-    fn calls(&self) -> Vec<Call> {
-        let text = std::fs::read_to_string(self.root.join("calls.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| {
-                let (nanos, script) = line.split_once(' ')?;
-                let nanos: u64 = nanos.parse().ok()?;
-                Some(Call {
-                    at: UNIX_EPOCH + Duration::from_nanos(nanos),
-                    box_name: self.name.clone(),
-                    script: script.to_owned(),
-                })
-            })
-            .collect()
-    }
-
-    /// SIGKILLs every process of this box that still runs (marker-checked) and waits, up to
-    /// 5 s, until they are gone: delivery of SIGKILL is not instant.
-    fn kill_all(&self) {
-        let start = Instant::now();
-        loop {
-            let pids = self.live_pids();
-            if pids.is_empty() || start.elapsed() > Duration::from_secs(5) {
-                return;
-            }
-            for pid in pids {
-                signal(pid, Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
 
-impl Drop for BoxDir {
+impl<K> Drop for ScriptedBox<K> {
     fn drop(&mut self) {
         self.kill_all();
     }
@@ -326,19 +381,16 @@ esac
 "#;
 
 /// A worker box's service: `start.sh`, `stop.sh` and `check.sh` over N real processes, in
-/// `<dir>/svc-<name>/`. Nothing runs until a script (or [`ServiceBox::run_ok`]) starts it.
+/// `<dir>/svc-<name>/`. Nothing runs until a script (or [`ScriptedBox::run_ok`]) starts it.
 ///
 /// - `start.sh` starts the processes that are not running (idempotent) and waits until all
 ///   run; exit 0, or 1 if they did not come up.
 /// - `stop.sh` stops them (SIGTERM, then SIGKILL) and waits until they are gone; idempotent.
 /// - `check.sh` exits [`CHECK_RUNNING`] (0), [`CHECK_STOPPED`] (3) or [`CHECK_PARTIAL`] (1)
 ///   with a one-line message on stdout.
-#[derive(Debug)]
-pub struct ServiceBox {
-    inner: BoxDir,
-}
+pub type ServiceBox = ScriptedBox<Service>;
 
-impl ServiceBox {
+impl ScriptedBox<Service> {
     /// Writes the scripts of service `name` with `processes` processes into
     /// `<dir>/svc-<name>/`.
     ///
@@ -347,60 +399,44 @@ impl ServiceBox {
     pub fn new(dir: &TestDir, name: &str, processes: usize) -> ServiceBox {
         assert!(processes > 0, "a service needs at least one process");
         let slots = (1..=processes).map(|i| i.to_string()).collect();
-        let inner = BoxDir::new(dir, "svc", name, slots);
-        for (script, purpose, body) in [
-            (
-                "start",
-                "Starts the service's processes that are not running; idempotent.",
-                SERVICE_START,
-            ),
-            (
-                "stop",
-                "Stops the service's processes and waits until they are gone; idempotent.",
-                SERVICE_STOP,
-            ),
-            (
-                "check",
-                "Exit 0: all processes run; 3: all stopped; 1: partially running.",
-                SERVICE_CHECK,
-            ),
-        ] {
-            inner.write_script(script, purpose, body);
-        }
-        ServiceBox { inner }
-    }
-
-    /// The name given at construction.
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    /// The box directory (`<dir>/svc-<name>`).
-    pub fn dir(&self) -> &Path {
-        &self.inner.root
-    }
-
-    /// The absolute path of `<script>.sh` (`start`, `stop`, `check`).
-    ///
-    /// # Panics
-    /// When there is no such script.
-    pub fn script(&self, script: &str) -> PathBuf {
-        self.inner.script(script)
+        ScriptedBox::create(
+            dir,
+            "svc",
+            name,
+            slots,
+            [
+                (
+                    "start",
+                    "Starts the service's processes that are not running; idempotent.",
+                    SERVICE_START,
+                ),
+                (
+                    "stop",
+                    "Stops the service's processes and waits until they are gone; idempotent.",
+                    SERVICE_STOP,
+                ),
+                (
+                    "check",
+                    "Exit 0: all processes run; 3: all stopped; 1: partially running.",
+                    SERVICE_CHECK,
+                ),
+            ],
+        )
     }
 
     /// How many processes the service has.
     pub fn process_count(&self) -> usize {
-        self.inner.slots.len()
+        self.slots.len()
     }
 
     /// How many of its processes run now, read from the pid files and `/proc`.
     pub fn running_count(&self) -> usize {
-        self.inner.live_pids().len()
+        self.live_pids().len()
     }
 
     /// The PIDs of its running processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.inner.live_pids()
+        self.live_pids()
     }
 
     /// SIGKILLs process number `n` (1-based), as in a crash, leaving the service partially
@@ -413,11 +449,11 @@ impl ServiceBox {
             (1..=self.process_count()).contains(&n),
             "process {n} out of range"
         );
-        match self.inner.live_pid(&n.to_string()) {
+        match self.live_pid(&n.to_string()) {
             Some(pid) => {
                 signal(pid, Signal::SIGKILL);
                 let start = Instant::now();
-                while self.inner.live_pid(&n.to_string()).is_some() {
+                while self.live_pid(&n.to_string()).is_some() {
                     assert!(
                         start.elapsed() < Duration::from_secs(5),
                         "pid {pid} survived SIGKILL"
@@ -428,45 +464,6 @@ impl ServiceBox {
             }
             None => false,
         }
-    }
-
-    /// Runs `<script>.sh` here (not over SSH) and returns its output: for the initial state.
-    pub fn run(&self, script: &str) -> Output {
-        self.inner.run(script)
-    }
-
-    /// As [`ServiceBox::run`], asserting exit 0.
-    ///
-    /// # Panics
-    /// When the script fails (with its output).
-    pub fn run_ok(&self, script: &str) -> Output {
-        self.inner.run_ok(script)
-    }
-
-    /// Makes `<script>.sh` fail (exit 1, `message` on stderr, before doing anything) until
-    /// cleared with `None`.
-    pub fn fail_script(&self, script: &str, message: Option<&str>) {
-        self.inner
-            .inject(script, "fail", message.map(str::to_owned));
-    }
-
-    /// Makes `<script>.sh` sleep `delay` before doing anything, until cleared with `None`.
-    pub fn delay_script(&self, script: &str, delay: Option<Duration>) {
-        self.inner.inject(
-            script,
-            "delay",
-            delay.map(|d| format!("{:.3}", d.as_secs_f64())),
-        );
-    }
-
-    /// Every script call so far, oldest first.
-    pub fn calls(&self) -> Vec<Call> {
-        self.inner.calls()
-    }
-
-    /// SIGKILLs every process that still runs (also done on drop).
-    pub fn kill_all(&self) {
-        self.inner.kill_all();
     }
 }
 
@@ -483,72 +480,53 @@ pub enum SchedulerState {
 
 /// A scheduler box: `enable.sh`, `disable.sh` and `check.sh` over a real state, a
 /// `jobs-enabled` flag file plus one process standing for the job runner, in
-/// `<dir>/sched-<name>/`. It starts disabled; [`SchedulerBox::run_ok`]`("enable")` sets the
+/// `<dir>/sched-<name>/`. It starts disabled; [`ScriptedBox::run_ok`]`("enable")` sets the
 /// usual pre-maintenance state.
 ///
 /// - `enable.sh` sets the flag and starts the runner if needed; idempotent.
 /// - `disable.sh` clears the flag and stops the runner, waiting until it is gone; idempotent.
 /// - `check.sh` exits 0 (enabled), 3 (disabled) or 1 (flag and runner disagree).
-#[derive(Debug)]
-pub struct SchedulerBox {
-    inner: BoxDir,
-}
+pub type SchedulerBox = ScriptedBox<Scheduler>;
 
-impl SchedulerBox {
+impl ScriptedBox<Scheduler> {
     /// Writes the scripts of scheduler `name` into `<dir>/sched-<name>/`.
     ///
     /// # Panics
     /// When `name` is not a plain name or a file cannot be written.
     pub fn new(dir: &TestDir, name: &str) -> SchedulerBox {
-        let inner = BoxDir::new(dir, "sched", name, vec!["runner".to_owned()]);
-        for (script, purpose, body) in [
-            (
-                "enable",
-                "Enables jobs: sets the flag and starts the job runner; idempotent.",
-                SCHEDULER_ENABLE,
-            ),
-            (
-                "disable",
-                "Disables jobs: clears the flag and stops the job runner; idempotent.",
-                SCHEDULER_DISABLE,
-            ),
-            (
-                "check",
-                "Exit 0: jobs enabled; 3: jobs disabled; 1: flag and runner disagree.",
-                SCHEDULER_CHECK,
-            ),
-        ] {
-            inner.write_script(script, purpose, body);
-        }
-        SchedulerBox { inner }
-    }
-
-    /// The name given at construction.
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    /// The box directory (`<dir>/sched-<name>`).
-    pub fn dir(&self) -> &Path {
-        &self.inner.root
-    }
-
-    /// The absolute path of `<script>.sh` (`enable`, `disable`, `check`).
-    ///
-    /// # Panics
-    /// When there is no such script.
-    pub fn script(&self, script: &str) -> PathBuf {
-        self.inner.script(script)
+        ScriptedBox::create(
+            dir,
+            "sched",
+            name,
+            vec!["runner".to_owned()],
+            [
+                (
+                    "enable",
+                    "Enables jobs: sets the flag and starts the job runner; idempotent.",
+                    SCHEDULER_ENABLE,
+                ),
+                (
+                    "disable",
+                    "Disables jobs: clears the flag and stops the job runner; idempotent.",
+                    SCHEDULER_DISABLE,
+                ),
+                (
+                    "check",
+                    "Exit 0: jobs enabled; 3: jobs disabled; 1: flag and runner disagree.",
+                    SCHEDULER_CHECK,
+                ),
+            ],
+        )
     }
 
     /// Whether the jobs flag is set.
     pub fn jobs_enabled(&self) -> bool {
-        self.inner.root.join("jobs-enabled").exists()
+        self.root.join("jobs-enabled").exists()
     }
 
     /// Whether the job runner process runs.
     pub fn runner_running(&self) -> bool {
-        self.inner.live_pid("runner").is_some()
+        self.live_pid("runner").is_some()
     }
 
     /// The state `check.sh` would report, read from outside.
@@ -559,44 +537,6 @@ impl SchedulerBox {
             _ => SchedulerState::Inconsistent,
         }
     }
-
-    /// Runs `<script>.sh` here (not over SSH) and returns its output.
-    pub fn run(&self, script: &str) -> Output {
-        self.inner.run(script)
-    }
-
-    /// As [`SchedulerBox::run`], asserting exit 0.
-    ///
-    /// # Panics
-    /// When the script fails (with its output).
-    pub fn run_ok(&self, script: &str) -> Output {
-        self.inner.run_ok(script)
-    }
-
-    /// Makes `<script>.sh` fail (exit 1, `message` on stderr) until cleared with `None`.
-    pub fn fail_script(&self, script: &str, message: Option<&str>) {
-        self.inner
-            .inject(script, "fail", message.map(str::to_owned));
-    }
-
-    /// Makes `<script>.sh` sleep `delay` before doing anything, until cleared with `None`.
-    pub fn delay_script(&self, script: &str, delay: Option<Duration>) {
-        self.inner.inject(
-            script,
-            "delay",
-            delay.map(|d| format!("{:.3}", d.as_secs_f64())),
-        );
-    }
-
-    /// Every script call so far, oldest first.
-    pub fn calls(&self) -> Vec<Call> {
-        self.inner.calls()
-    }
-
-    /// SIGKILLs the runner if it runs (also done on drop).
-    pub fn kill_all(&self) {
-        self.inner.kill_all();
-    }
 }
 
 /// Merges the call logs of several boxes into one list, oldest first: for asserting the
@@ -605,6 +545,21 @@ pub fn merged_calls(logs: &[Vec<Call>]) -> Vec<Call> {
     let mut all: Vec<Call> = logs.iter().flatten().cloned().collect();
     all.sort_by_key(|c| c.at);
     all
+}
+
+/// Asserts that `name` (a box's `what`) is a plain name: letters, digits, `-` and `_`, so it
+/// can stand in paths, shell scripts and SSH configs as it is.
+///
+/// # Panics
+/// When it is empty or has another character.
+pub(crate) fn assert_plain_name(what: &str, name: &str) {
+    assert!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{what} {name:?} must be a plain name (letters, digits, - and _)"
+    );
 }
 
 /// Single-quotes `s` for a shell.
@@ -691,7 +646,7 @@ mod tests {
         svc.run_ok("start");
         let pids = svc.pids();
         assert_eq!(pids.len(), 2);
-        let markers: Vec<String> = ["1", "2"].iter().map(|s| svc.inner.marker(s)).collect();
+        let markers: Vec<String> = ["1", "2"].iter().map(|s| svc.marker(s)).collect();
         drop(svc);
         for (pid, marker) in pids.iter().zip(markers) {
             let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

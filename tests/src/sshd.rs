@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 use crate::eventually::try_eventually;
 use crate::ports::free_port_on;
 use crate::process::{ChildGuard, TestDir, TAIL_LINES};
+use crate::services::assert_plain_name;
 
 /// The sshd binary (Debian's openssh-server). It must be run by absolute path: sshd re-executes
 /// itself for every connection and refuses a relative path.
@@ -105,13 +106,7 @@ impl SshFleet {
     /// When `alias` is taken or not a plain name, sshd is missing, or the box is not ready
     /// within [`READY_DEADLINE`] (with its log).
     pub async fn start_box(&mut self, alias: &str, ip: Ipv4Addr) -> SshBox {
-        assert!(
-            !alias.is_empty()
-                && alias
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            "box alias {alias:?} must be a plain name (letters, digits, - and _)"
-        );
+        assert_plain_name("box alias", alias);
         assert!(
             self.hosts.iter().all(|h| h.alias != alias),
             "box alias {alias:?} is already in this fleet"
@@ -126,13 +121,7 @@ impl SshFleet {
             &sshd_config,
             &sshd_config_text(ip, port, &dir, &self.authorized_keys),
         );
-        let public = read(&host_key.with_extension("pub"));
-        // `ssh-keygen` writes "type base64 comment"; known_hosts wants "type base64".
-        let host_key_line = public
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let host_key_line = known_hosts_key(&host_key);
         self.hosts.push(HostEntry {
             alias: alias.to_owned(),
             ip,
@@ -390,14 +379,10 @@ impl SshBox {
     }
 
     fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.as_mut().map(|c| c.exit_status()) {
-            Some(Some(status)) => Err(format!(
-                "sshd for box {} exited with {status}\n{}",
-                self.alias,
-                self.log_tail()
-            )),
-            _ => Ok(()),
-        }
+        let what = format!("sshd for box {}", self.alias);
+        self.child
+            .as_mut()
+            .map_or(Ok(()), |c| c.still_running(&what))
     }
 }
 
@@ -483,6 +468,16 @@ fn keygen(path: &Path, comment: &str) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The public half of the key pair at `path` as known_hosts wants it: `ssh-keygen` writes
+/// "type base64 comment", known_hosts takes "type base64".
+fn known_hosts_key(path: &Path) -> String {
+    read(&path.with_extension("pub"))
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ensure_privsep_dir() {
@@ -636,12 +631,7 @@ mod tests {
         // Swap the known key for another one: the client must refuse, not learn the new one.
         let other = dir.join("other_key");
         keygen(&other, "other");
-        let other_pub = read(&other.with_extension("pub"));
-        let other_line = other_pub
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let other_line = known_hosts_key(&other);
         write_atomic(
             fleet.known_hosts(),
             &format!("[{}]:{} {other_line}\n", worker.ip(), worker.port()),

@@ -71,6 +71,28 @@ impl RunView {
             .map(str::to_owned)
     }
 
+    /// Asserts that step `id` has status `want`, showing the run when not.
+    ///
+    /// # Panics
+    /// When the step's status is another or the step is missing.
+    #[track_caller]
+    pub fn assert_step(&self, id: &str, want: &str) {
+        assert_eq!(self.step_status(id).as_deref(), Some(want), "{self}");
+    }
+
+    /// Asserts that `target` in step `step` has status `want`, showing the run when not.
+    ///
+    /// # Panics
+    /// When the target's status is another or the target is missing.
+    #[track_caller]
+    pub fn assert_target(&self, step: &str, target: &str, want: &str) {
+        assert_eq!(
+            self.target_status(step, target).as_deref(),
+            Some(want),
+            "{self}"
+        );
+    }
+
     /// The record of `target` in step `step`.
     pub fn target(&self, step: &str, target: &str) -> Option<Value> {
         self.step(step)?["targets"]

@@ -31,6 +31,6 @@ pub use run::{
     RUN_DEADLINE,
 };
 pub use scene::{
-    content_type, MaintScene, API1_IP, API2_IP, BYPASS_KEY_ID, BYPASS_SECRET, GATE_KEY, SCHED1_IP,
-    WORKER1_IP, WORKER2_IP, WORKER_PROCESSES,
+    content_type, wait_registered, MaintScene, API1_IP, API2_IP, BYPASS_KEY_ID, BYPASS_SECRET,
+    GATE_KEY, SCHED1_IP, WORKER1_IP, WORKER2_IP, WORKER_PROCESSES,
 };

@@ -9,13 +9,13 @@ use drawbridge_core::consul::{KvEntry, QueryOptions};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::inventory::{Bypass, BypassKey, Inventory, InventoryBox, SmokeTest, ENV};
-use super::journal::{JournalView, PREFIX};
+use super::journal::{JournalView, RunView, PREFIX};
 use super::run::{Maintctl, MaintctlOutput};
 use crate::consul::{ConsulClientAgent, ConsulServer};
 use crate::eventually::try_eventually;
 use crate::process::TestDir;
 use crate::proxy::{Drawbridge, Route};
-use crate::services::{SchedulerBox, SchedulerState, ServiceBox};
+use crate::services::{SchedulerBox, SchedulerState, ScriptedBox, ServiceBox};
 use crate::sshd::{SshBox, SshFleet};
 use crate::upstream::{Kind, Upstream};
 
@@ -159,29 +159,13 @@ impl MaintScene {
             boxes: vec![
                 InventoryBox::api_ui("api1", &api1.http_addr()),
                 InventoryBox::api_ui("api2", &api2.http_addr()),
-                InventoryBox::over_ssh(
-                    "worker1",
-                    "worker",
-                    "worker1",
-                    &worker1.script("stop"),
-                    &worker1.script("start"),
-                    &worker1.script("check"),
-                ),
-                InventoryBox::over_ssh(
-                    "worker2",
-                    "worker",
-                    "worker2",
-                    &worker2.script("stop"),
-                    &worker2.script("start"),
-                    &worker2.script("check"),
-                ),
-                InventoryBox::over_ssh(
+                over_ssh("worker1", "worker", &worker1, ["stop", "start", "check"]),
+                over_ssh("worker2", "worker", &worker2, ["stop", "start", "check"]),
+                over_ssh(
                     "sched1",
                     "scheduler",
-                    "sched1",
-                    &sched1.script("disable"),
-                    &sched1.script("enable"),
-                    &sched1.script("check"),
+                    &sched1,
+                    ["disable", "enable", "check"],
                 ),
             ],
             steps: Vec::new(),
@@ -217,6 +201,18 @@ impl MaintScene {
     /// Runs `maintctl <args>` against the scene's inventory.
     pub async fn run(&self, args: &[&str]) -> MaintctlOutput {
         self.maintctl.run(args).await
+    }
+
+    /// Runs `maintctl up --env mock --yes`, asserts that it succeeded, and returns the latest
+    /// run of the journal: the one it wrote.
+    ///
+    /// # Panics
+    /// When `up` fails, or the journal has no run.
+    pub async fn up_ok(&self) -> RunView {
+        self.run(&["up", "--env", ENV, "--yes"])
+            .await
+            .assert_success();
+        self.journal().latest().await.expect("the up run")
     }
 
     /// maintctl's journal and lock in the scene's Consul.
@@ -330,9 +326,24 @@ pub fn content_type(answer: &reqwest::Response) -> String {
     crate::proxy::header(answer, "content-type").unwrap_or_default()
 }
 
+/// The inventory entry of box `name` of `role`, reached as `ssh <name>`, whose stop, start
+/// and check commands are the `scripts` of `scripted`, in that order.
+fn over_ssh<K>(
+    name: &str,
+    role: &str,
+    scripted: &ScriptedBox<K>,
+    scripts: [&str; 3],
+) -> InventoryBox {
+    let [stop, start, check] = scripts.map(|script| scripted.script(script));
+    InventoryBox::over_ssh(name, role, name, &stop, &start, &check)
+}
+
 /// Waits until `count` instances of service `drawbridge` are in the server's catalog: maintctl
 /// finds the proxies there.
-async fn wait_registered(consul: &ConsulServer, count: usize) {
+///
+/// # Panics
+/// When they are not there within 20 s.
+pub async fn wait_registered(consul: &ConsulServer, count: usize) {
     let client = consul.client();
     let result = try_eventually(
         Duration::from_secs(20),
