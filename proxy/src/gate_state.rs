@@ -239,30 +239,26 @@ mod tests {
         GateDoc::parse(json.as_bytes()).unwrap()
     }
 
+    /// The state of gate document `json` at index 7, or why it was refused.
+    fn built(json: &str) -> Result<GateState, String> {
+        builder().build(
+            doc(json),
+            7,
+            StateSource::Consul,
+            OffsetDateTime::UNIX_EPOCH,
+        )
+    }
+
     #[test]
     fn scope_limits_the_mode_to_named_routes() {
-        let state = builder()
-            .build(
-                doc(r#"{"mode":"maintenance","scope":["api"]}"#),
-                7,
-                StateSource::Consul,
-                OffsetDateTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let state = built(r#"{"mode":"maintenance","scope":["api"]}"#).unwrap();
         assert_eq!(state.mode_for(0), Mode::Normal);
         assert_eq!(state.mode_for(1), Mode::Maintenance);
     }
 
     #[test]
     fn unknown_scope_route_is_refused() {
-        let err = builder()
-            .build(
-                doc(r#"{"mode":"maintenance","scope":["admin"]}"#),
-                7,
-                StateSource::Consul,
-                OffsetDateTime::UNIX_EPOCH,
-            )
-            .unwrap_err();
+        let err = built(r#"{"mode":"maintenance","scope":["admin"]}"#).unwrap_err();
         assert!(err.contains("\"admin\""), "{err}");
     }
 
@@ -285,14 +281,10 @@ mod tests {
 
     #[test]
     fn bodies_are_rendered_once_with_the_document() {
-        let state = builder()
-            .build(
-                doc(r#"{"mode":"maintenance","reason":"db <upgrade>","until":"2026-11-25T21:00:00Z"}"#),
-                7,
-                StateSource::Consul,
-                OffsetDateTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let state = built(
+            r#"{"mode":"maintenance","reason":"db <upgrade>","until":"2026-11-25T21:00:00Z"}"#,
+        )
+        .unwrap();
         let page = std::str::from_utf8(&state.page_html).unwrap();
         assert_eq!(
             page,

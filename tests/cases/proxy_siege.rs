@@ -135,13 +135,13 @@ fn client_sockets(pid: u32, port: u16) -> usize {
         .count()
 }
 
-/// Waits up to `within` for the proxy's client connections on `port` to come down to
-/// `at_most`; returns the last count.
-async fn clients_settle(pid: u32, port: u16, at_most: usize, within: Duration) -> usize {
+/// Waits up to 15 s for the proxy's client connections on `port` to come down to `before` + 10;
+/// returns the last count.
+async fn clients_settle(pid: u32, port: u16, before: usize) -> usize {
     let started = Instant::now();
     loop {
         let now = client_sockets(pid, port);
-        if now <= at_most || started.elapsed() > within {
+        if now <= before + 10 || started.elapsed() > Duration::from_secs(15) {
             return now;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -253,13 +253,7 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
         attacker.await.expect("an attacker task does not panic");
     }
     drop(client);
-    let clients_after = clients_settle(
-        pid,
-        addr.port(),
-        clients_before + 10,
-        Duration::from_secs(15),
-    )
-    .await;
+    let clients_after = clients_settle(pid, addr.port(), clients_before).await;
     let fds_after = open_fds(pid);
 
     let mut cuts = cuts.lock().unwrap().clone();
@@ -400,13 +394,7 @@ async fn a_connection_flood_is_refused_at_once_and_the_admin_listener_answers() 
     probing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (slowest_healthz, healthz_failed) = probe.await.expect("the probe does not panic");
     drop(client);
-    let clients_after = clients_settle(
-        pid,
-        addr.port(),
-        clients_before + 10,
-        Duration::from_secs(15),
-    )
-    .await;
+    let clients_after = clients_settle(pid, addr.port(), clients_before).await;
     let fds_after = open_fds(pid);
     eprintln!(
         "connection flood: {} connections opened in {:.0} ms against max_connections \
