@@ -280,9 +280,10 @@ async fn slowloris_is_cut_at_the_header_deadline_while_legitimate_traffic_is_ser
         cuts.len()
     );
     let (first, last) = (cuts[0], cuts[cuts.len() - 1]);
+    // Timed from the client's connect, which a busy client sees returning late: the proxy's
+    // clock, from its accept, may have started a little earlier.
     assert!(
-        first >= header_timeout - Duration::from_millis(100)
-            && last <= header_timeout + Duration::from_secs(2),
+        first >= header_timeout * 9 / 10 && last <= header_timeout + Duration::from_secs(2),
         "cuts between {first:?} and {last:?}; header_timeout is {header_timeout:?}"
     );
     assert_eq!(
