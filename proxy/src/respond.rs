@@ -231,26 +231,32 @@ impl FailureBodies {
     }
 }
 
-/// The bodies of the failures that happen in bulk when an upstream is down or slow, rendered
-/// once; rarer statuses are rendered when they occur.
-static BAD_GATEWAY: LazyLock<FailureBodies> = LazyLock::new(|| FailureBodies::new(502));
-static GATEWAY_TIMEOUT: LazyLock<FailureBodies> = LazyLock::new(|| FailureBodies::new(504));
+/// The statuses the proxy answers failures and refusals with; their bodies are rendered once,
+/// since they come in bulk when an upstream is down or a client misbehaves.
+const FAILURE_STATUSES: [u16; 8] = [400, 408, 413, 414, 431, 500, 502, 504];
 
-/// The answer to a request the proxy could not proxy: `status` (from [`failure_status`]) with a
-/// body in the form `answer`, as a maintenance answer of the route would have (the page for page
-/// routes, problem+json for API routes and clients that prefer JSON), never cached. Without
-/// `X-Drawbridge-Outage`: the outage is not planned.
+static FAILURE_BODIES: LazyLock<Vec<FailureBodies>> = LazyLock::new(|| {
+    FAILURE_STATUSES
+        .iter()
+        .map(|&s| FailureBodies::new(s))
+        .collect()
+});
+
+/// The answer to a request the proxy could not proxy or refused: `status` (from
+/// [`failure_status`], or a refusal's) with a body in the form `answer`, as a maintenance
+/// answer of the route would have (the page for page routes, problem+json for API routes and
+/// clients that prefer JSON), never cached. Without `X-Drawbridge-Outage`: the outage is not
+/// planned.
 ///
 /// # Errors
 /// As [`maintenance`].
 pub fn failure(status: u16, answer: Answer) -> Result<(ResponseHeader, Bytes)> {
-    let rare;
-    let bodies = match status {
-        502 => &*BAD_GATEWAY,
-        504 => &*GATEWAY_TIMEOUT,
-        _ => {
-            rare = FailureBodies::new(status);
-            &rare
+    let other;
+    let bodies = match FAILURE_STATUSES.iter().position(|&s| s == status) {
+        Some(at) => &FAILURE_BODIES[at],
+        None => {
+            other = FailureBodies::new(status);
+            &other
         }
     };
     let (content_type, body) = match answer {
