@@ -188,7 +188,7 @@ impl GateWatcher {
         self.publish(self.builder.fail_safe(self.unknown_state, now));
     }
 
-    /// After the first read: when it brought no state (Consul did not answer, or its value was
+    /// After the first read: when it brought no state (it failed or timed out, or its value was
     /// refused) and no saved state was restored, the state is unknown: serves the fail-safe one.
     fn fail_safe_if_unknown(&self) {
         if self.gate.load().source != StateSource::Default {
@@ -196,7 +196,7 @@ impl GateWatcher {
         }
         let status = self.status.load();
         let why = match (&status.last_error, &status.last_rejected) {
-            (Some(error), _) => format!("Consul did not answer: {}", OneLine(error)),
+            (Some(error), _) => format!("the first read of Consul failed: {}", OneLine(error)),
             (None, Some(rejected)) => {
                 format!(
                     "the value at the key was refused: {}",
@@ -366,8 +366,13 @@ impl GateWatcher {
             .with_label_values(&[error_kind(error)])
             .inc();
         let text = error.to_string();
+        // A denial, a missing leader or an error status is an answer: Consul is reachable.
+        let reached = !matches!(
+            error,
+            consul::Error::Unreachable { .. } | consul::Error::Timeout { .. }
+        );
         self.update_status(|s| {
-            s.reachable = false;
+            s.reachable = reached;
             s.open_read_until = None;
             s.last_error = Some(text.clone());
         });

@@ -1,11 +1,18 @@
 //! Pre-flight: everything a run needs is checked before it touches anything (a leader, the
-//! proxies, every box it will act on), and every problem is reported at once.
+//! proxies, every box it will act on and the Consul token's right to switch its node
+//! maintenance), and every problem is reported at once.
+//!
+//! Consul 1.8 has no endpoint that answers "may this token do that", and a token cannot read
+//! its own policies' rules without `acl:read`; so the right is tried with a write that Consul
+//! checks the right for first and that then changes nothing. The token's other rights are met
+//! before anything changes anyway: the lock (`session:write`, `key:write` on the prefix) is
+//! taken before pre-flight, and the gate key is the first thing a run writes.
 
 use crate::config::{BoxAccess, BoxSettings, Environment};
 use crate::plan::Plan;
 use crate::proxies::{self, Proxy};
 use crate::remote;
-use drawbridge_core::consul::Client;
+use drawbridge_core::consul::{Client, Error, NODE_MAINTENANCE_CHECK};
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,22 +66,62 @@ pub(super) async fn preflight(
             env.consul_token.clone(),
             env.step_timeout,
         );
-        checks.spawn(async move { reach(&b, &http, ssh_config.as_deref(), token, timeout).await });
+        checks.spawn(async move {
+            reach(&b, &http, ssh_config.as_deref(), token.clone(), timeout)
+                .await
+                .map_err(|e| format!("box unreachable: {e}"))?;
+            may_switch_maintenance(&b, token).await
+        });
     }
-    let mut unreachable: Vec<String> = Vec::new();
+    let mut box_problems: Vec<String> = Vec::new();
     while let Some(checked) = checks.join_next().await {
         match checked {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => unreachable.push(format!("box unreachable: {e}")),
-            Err(e) => unreachable.push(format!("a box check ended abnormally: {e}")),
+            Ok(Err(e)) => box_problems.push(e),
+            Err(e) => box_problems.push(format!("a box check ended abnormally: {e}")),
         }
     }
-    unreachable.sort();
-    problems.extend(unreachable);
+    box_problems.sort();
+    problems.extend(box_problems);
     if problems.is_empty() {
         Ok(proxies)
     } else {
         Err(problems)
+    }
+}
+
+/// Whether `token` may switch node maintenance on `b` (`node:write`), when `b` is switched
+/// through its Consul agent: the agent is asked to set the state it has, which it checks the
+/// right for first and then leaves as it is (a node already in maintenance keeps its reason).
+/// A box switched over ssh uses that box's own Consul token: nothing to try from here.
+///
+/// The state is read just before, as the step itself does; without `node:read` the read shows
+/// no maintenance, but such a token has no `node:write` either and the request is refused. A
+/// change someone else makes on that node between the two calls would be undone.
+async fn may_switch_maintenance(b: &BoxSettings, token: Option<String>) -> Result<(), String> {
+    let BoxAccess::ConsulAgent(agent) = &b.access else {
+        return Ok(());
+    };
+    let cannot_check = |e: Error| {
+        format!(
+            "{}: cannot check the Consul token's right to switch node maintenance: {e}",
+            b.name
+        )
+    };
+    let client = Client::new(agent, token).map_err(cannot_check)?;
+    let on = client
+        .agent_checks()
+        .await
+        .map_err(cannot_check)?
+        .contains_key(NODE_MAINTENANCE_CHECK);
+    match client.agent_node_maintenance(on, "").await {
+        Ok(()) => Ok(()),
+        Err(e @ Error::AclDenied { .. }) => Err(format!(
+            "{}: the Consul token may not switch node maintenance of node {} (node:write is \
+             needed): {e}",
+            b.name, b.node
+        )),
+        Err(e) => Err(cannot_check(e)),
     }
 }
 
