@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Drawbridge needs on a Debian bookworm machine, when it is missing:
-# cmake (Pingora's zlib-ng build), OpenSSH server and client (the boxes of the maintctl tests), and the
-# Consul agent. Consul is not in bookworm, so it is fetched from the bullseye suite of the same Debian
+# cmake (Pingora's zlib-ng build), OpenSSH server and client (the boxes of the maintctl tests), the
+# openssl command (certificates for the TLS tests), and the Consul agent. Consul is not in bookworm, so it is fetched from the bullseye suite of the same Debian
 # archive this machine already uses, unpacked into .tools/consul (git-ignored) and reused on later runs.
 #
 #   scripts/setup.sh            install what is missing
@@ -103,5 +103,7 @@ esac
 
 command -v cmake >/dev/null || apt_install cmake
 apt_install openssh-server openssh-client
+# The TLS tests make their certificates and test protocol versions with the openssl command.
+command -v openssl >/dev/null || apt_install openssl
 install_consul
 log "ready"

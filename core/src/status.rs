@@ -20,6 +20,9 @@ pub struct StatusReport {
     pub consul: ConsulStatus,
     /// The upstream pools and the health of their servers.
     pub pools: Vec<PoolStatus>,
+    /// The TLS listeners and their certificates; absent when the proxy has no TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
 }
 
 /// The gate state a proxy serves and where it came from.
@@ -97,4 +100,36 @@ pub struct PoolStatus {
 pub struct ServerStatus {
     pub address: String,
     pub healthy: bool,
+}
+
+/// The TLS listeners and the certificates they serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// The TLS listeners' addresses.
+    pub listen: Vec<String>,
+    /// Every `[[tls.certificates]]` entry, in config order.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate entry: what is served, and how the last read of its files went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The certificate chain file.
+    pub cert: String,
+    /// The private key file.
+    pub key: String,
+    /// Whether it is served to clients whose name (SNI) matches no certificate, or who send none.
+    pub default: bool,
+    /// The DNS names of the certificate being served (wildcards as `*.example.com`).
+    pub names: Vec<String>,
+    /// The validity of the certificate being served (RFC 3339).
+    pub not_before: String,
+    pub not_after: String,
+    /// When the certificate being served was read (RFC 3339).
+    pub loaded_at: String,
+    /// When the files were last read, at start, on SIGHUP or after a change (RFC 3339).
+    pub last_read_at: String,
+    /// Why the last read was refused, naming the file; the certificate read before is still
+    /// served. `None` when the last read was served.
+    pub last_error: Option<String>,
 }

@@ -1,16 +1,21 @@
 //! The admin listener: `/healthz` (always 200 while the proxy serves, maintenance or not),
 //! `/status` (the gate state, the Consul watch, the pools) and `/metrics` (Prometheus text).
-//! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`.
+//! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`; a
+//! missing or wrong one is counted and logged at most once a second. Only GET and HEAD are
+//! answered: nothing here changes anything, and any other method gets 405.
 
 use crate::gate_state::GateState;
+use crate::guard::{Refusal, RefusalLog};
 use crate::metrics::Metrics;
+use crate::one_line::OneLine;
 use crate::pools::Pool;
+use crate::tls::Certificates;
 use crate::watcher::WatchStatus;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drawbridge_core::status::{ConsulStatus, GateStatus, StatusReport};
 use drawbridge_core::timestamp;
-use http::{header, Response, StatusCode};
+use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
@@ -28,6 +33,10 @@ pub struct Admin {
     pub watch: Arc<ArcSwap<WatchStatus>>,
     pub pools: Vec<Arc<Pool>>,
     pub metrics: Arc<Metrics>,
+    /// Where requests refused for their token are counted and logged.
+    pub refusals: Arc<RefusalLog>,
+    /// The TLS listeners' certificates; `None` without TLS listeners.
+    pub tls: Option<Arc<Certificates>>,
 }
 
 impl Admin {
@@ -72,6 +81,7 @@ impl Admin {
                 last_rejected: watch.last_rejected.clone(),
             },
             pools: self.pools.iter().map(|p| p.status()).collect(),
+            tls: self.tls.as_ref().map(|t| t.status()),
         }
     }
 
@@ -87,6 +97,21 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
+    /// Counts a request refused for its token and logs it, unless a line went out this second;
+    /// the line names the client and the path, never what the client sent.
+    fn token_refused(&self, session: &ServerSession, path: &str) {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        self.refusals.refused(Refusal::AdminToken, client, || {
+            format!(
+                "{} on the admin listener without the right bearer token (admin.token)",
+                OneLine(path)
+            )
+        });
     }
 }
 
@@ -111,9 +136,21 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let method = &session.req_header().method;
+        if method != Method::GET && method != Method::HEAD {
+            let mut r = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"the admin endpoints are read-only: use GET\n".to_vec(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
         match path.as_str() {
             "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/status" | "/metrics" if !self.authorized(session) => {
+                self.token_refused(session, &path);
                 let mut r = respond(
                     StatusCode::UNAUTHORIZED,
                     "text/plain",
@@ -148,5 +185,18 @@ impl ServeHttp for Admin {
                 b"admin endpoints: /healthz /status /metrics\n".to_vec(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
     }
 }

@@ -15,7 +15,8 @@
 //!
 //! A failure that says "this address cannot serve" (no connection, no answer) moves to the next
 //! configured address after a short jittered pause; once every address has failed in a row,
-//! full-jitter backoff applies. A token bucket turns a churning value into polling.
+//! full-jitter backoff applies. A token bucket turns a churning value into polling, and a
+//! blocking read answered at once with no news is followed by a pause.
 
 use async_trait::async_trait;
 use drawbridge_core::consul::{
@@ -32,6 +33,11 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Reads go straight through while calm; under churn at most one per this interval.
 const CHURN_INTERVAL: Duration = Duration::from_millis(100);
+/// A blocking read that comes back with the index it was sent with brought no news, which
+/// Consul does only once its wait is over unless something is wrong with it; the next read goes
+/// out no sooner than this after the one that brought nothing, so a server answering "no
+/// change" at once is read at most 2.5 times a second (the token bucket alone allows 10).
+const NO_NEWS_INTERVAL: Duration = Duration::from_millis(400);
 
 /// How one read is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +167,7 @@ impl Cursor {
         // wait long, until every address has failed in a row (and, for a leader in trouble,
         // the confirmation after the failed watch too).
         let quick = (moved && self.failures_in_a_row <= self.addresses)
-            || (leader_trouble && self.failures_in_a_row <= self.addresses + 1);
+            || (leader_trouble && self.failures_in_a_row <= self.addresses.saturating_add(1));
         if quick {
             jitter(BACKOFF_BASE)
         } else {
@@ -177,6 +183,16 @@ fn is_leader_trouble(error: &consul::Error) -> bool {
         consul::Error::NoLeader { .. } => true,
         consul::Error::Status { code, .. } => *code >= 500,
         _ => false,
+    }
+}
+
+/// The pause after a read of `kind` sent with index `sent` answered `answered` after `took`:
+/// none, unless a blocking read came back with no news before [`NO_NEWS_INTERVAL`] had passed.
+fn pause_after_answer(kind: ReadKind, sent: u64, answered: u64, took: Duration) -> Duration {
+    if kind != ReadKind::Confirm && sent >= 1 && answered == sent {
+        NO_NEWS_INTERVAL.saturating_sub(took)
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -197,6 +213,7 @@ async fn step<F: Followed>(followed: &F, cursor: &mut Cursor) -> Duration {
     let (kind, index) = cursor.next();
     let failover = followed.failover();
     let (at, client) = failover.current();
+    let sent = Instant::now();
     match followed.read(client, kind, index).await {
         Ok((answer, answered)) => {
             if kind != ReadKind::Confirm && answered < index {
@@ -209,7 +226,7 @@ async fn step<F: Followed>(followed: &F, cursor: &mut Cursor) -> Duration {
             }
             let taken = followed.take(answer, answered, kind).await;
             cursor.answered(kind, answered, taken);
-            Duration::ZERO
+            pause_after_answer(kind, index, answered, sent.elapsed())
         }
         Err(e) => {
             followed.failed(&e);
@@ -364,6 +381,167 @@ mod tests {
         c.answered(ReadKind::Confirm, 9, Taken::Settled);
         assert_eq!(c.backoff.ceiling(), BACKOFF_BASE);
         assert!(c.failed(ReadKind::Watch, &timeout(), true) <= BACKOFF_BASE);
+    }
+
+    /// The reads `follow` sends on a simulated clock: each needs a token of the loop's bucket,
+    /// and `pause_after(n)` is the pause `step` returns after read `n`. Returns when each went.
+    fn simulate(reads: usize, mut pause_after: impl FnMut(usize) -> Duration) -> Vec<Instant> {
+        let mut now = Instant::now();
+        let mut bucket = TokenBucket::new(2, CHURN_INTERVAL, now);
+        let mut sent = Vec::with_capacity(reads);
+        for n in 0..reads {
+            while let Err(wait) = bucket.try_take(now) {
+                assert!(!wait.is_zero(), "an empty bucket asks for no wait");
+                now += wait;
+            }
+            sent.push(now);
+            now += pause_after(n);
+        }
+        sent
+    }
+
+    /// The most reads within any one second.
+    fn most_in_a_second(sent: &[Instant]) -> usize {
+        let mut most = 0;
+        let mut first = 0;
+        for (last, at) in sent.iter().enumerate() {
+            while *at - sent[first] >= Duration::from_secs(1) {
+                first += 1;
+            }
+            most = most.max(last - first + 1);
+        }
+        most
+    }
+
+    /// RELIABILITY-TESTS §6, test 9: 10 000 failures in a row, of every kind, over one address
+    /// and several (and an absurd number, for the arithmetic): every pause is within
+    /// `[0, BACKOFF_CAP]`, the loop never spins (at most the bucket's 2 + 10 reads in any second,
+    /// hardly any pause near zero once the backoff applies), and the cursor never gives up: a
+    /// read still follows, and one answer starts over from the base.
+    #[test]
+    fn ten_thousand_failures_in_a_row_stay_within_the_cap_and_never_give_up() {
+        let errors = [
+            timeout(),
+            no_leader(),
+            consul::Error::Status {
+                what: "kv get k".into(),
+                address: "http://127.0.0.1:8500".into(),
+                code: 503,
+                body: "rpc error".into(),
+            },
+            consul::Error::NoServers {
+                what: "kv get k".into(),
+                address: "http://127.0.0.1:8500".into(),
+            },
+        ];
+        const FAILURES: usize = 10_000;
+        for addresses in [1, 3, usize::MAX] {
+            let mut c = Cursor::new(addresses);
+            c.answered(ReadKind::Confirm, 40, Taken::Settled);
+            let mut pauses = Vec::with_capacity(FAILURES);
+            let sent = simulate(FAILURES, |n| {
+                let (kind, _) = c.next();
+                let error = &errors[n % errors.len()];
+                // As the failover decides: an address that cannot serve is left, when there is
+                // another to go to.
+                let moved = addresses > 1
+                    && matches!(
+                        error,
+                        consul::Error::Timeout { .. } | consul::Error::NoServers { .. }
+                    );
+                let pause = c.failed(kind, error, moved);
+                pauses.push(pause);
+                pause
+            });
+            assert!(
+                pauses.iter().all(|p| *p <= BACKOFF_CAP),
+                "{addresses} addresses: a pause above the cap: {:?}",
+                pauses.iter().max()
+            );
+            let near_zero = pauses
+                .iter()
+                .skip(100)
+                .filter(|p| **p < Duration::from_millis(1))
+                .count();
+            assert!(
+                near_zero <= FAILURES / 100,
+                "{addresses} addresses: {near_zero} pauses under 1 ms"
+            );
+            let most = most_in_a_second(&sent);
+            assert!(
+                most <= 12,
+                "{addresses} addresses: {most} reads in one second"
+            );
+            let took = *sent.last().unwrap() - sent[0];
+            if addresses < usize::MAX {
+                // Full jitter over [0, cap] averages cap / 2 once the quick moves are spent.
+                let least = BACKOFF_CAP / 2 * (FAILURES as u32) * 8 / 10;
+                assert!(
+                    took >= least,
+                    "{addresses} addresses: {took:?} for {FAILURES}"
+                );
+                assert_eq!(c.backoff.ceiling(), BACKOFF_CAP);
+            }
+            assert_eq!(c.failures_in_a_row, FAILURES as u32);
+            // Still reading, and the first answer starts over.
+            assert!(matches!(c.next().0, ReadKind::Confirm | ReadKind::Stale));
+            let (kind, _) = c.next();
+            c.answered(kind, 41, Taken::Settled);
+            assert_eq!(c.next(), (ReadKind::Watch, 41));
+            assert_eq!(c.backoff.ceiling(), BACKOFF_BASE);
+            assert_eq!(c.failures_in_a_row, 0);
+        }
+    }
+
+    #[test]
+    fn a_blocking_read_answered_at_once_with_no_news_is_followed_by_a_pause() {
+        use ReadKind::{Confirm, Stale, Watch};
+        let quick = Duration::from_millis(3);
+        assert_eq!(
+            pause_after_answer(Watch, 40, 40, quick),
+            NO_NEWS_INTERVAL - quick
+        );
+        assert_eq!(
+            pause_after_answer(Stale, 40, 40, quick),
+            NO_NEWS_INTERVAL - quick
+        );
+        // After its wait, no news is the usual answer: the next read goes at once.
+        let waited = Duration::from_secs(55);
+        assert_eq!(pause_after_answer(Watch, 40, 40, waited), Duration::ZERO);
+        // News, an index that went back or to 0, or a confirmation: at once too.
+        for (kind, sent, answered) in [
+            (Watch, 40, 41),
+            (Watch, 40, 3),
+            (Watch, 40, 0),
+            (Confirm, 0, 40),
+            (Stale, 0, 0),
+        ] {
+            assert_eq!(
+                pause_after_answer(kind, sent, answered, quick),
+                Duration::ZERO,
+                "{kind:?} {sent} -> {answered}"
+            );
+        }
+    }
+
+    /// RELIABILITY-TESTS §6, test 7 (the pace): a server answering the same index at once 100
+    /// times in a row is read at most 3 times in any second; a churning value (news every time)
+    /// at most 12 times, the bucket's burst of 2 and one per 100 ms.
+    #[test]
+    fn same_index_answers_are_read_at_most_three_times_a_second() {
+        let quick = Duration::from_millis(1);
+        let same = simulate(100, |_| pause_after_answer(ReadKind::Watch, 40, 40, quick));
+        assert!(most_in_a_second(&same) <= 3, "{}", most_in_a_second(&same));
+        let churn = simulate(100, |n| {
+            let sent = 40 + n as u64;
+            pause_after_answer(ReadKind::Watch, sent, sent + 1, quick)
+        });
+        assert!(
+            most_in_a_second(&churn) <= 12,
+            "{}",
+            most_in_a_second(&churn)
+        );
+        assert!(most_in_a_second(&churn) > 3, "churn is followed faster");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! * `guard`: connection caps at accept and the whole-request-header deadline.
 //! * `sessions`: each HTTP session's timeouts (keep-alive, body, slow reader), and idle
 //!   connections kept open through a shutdown's grace period.
+//! * `tls`: certificates of the TLS listeners, chosen by SNI and reloaded live.
 //! * `server`: wires everything into a Pingora server.
 
 pub mod admin;
@@ -37,4 +38,5 @@ pub mod router;
 pub mod server;
 pub mod sessions;
 pub mod state_file;
+pub mod tls;
 pub mod watcher;

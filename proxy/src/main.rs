@@ -37,7 +37,8 @@ fn no_huge_pages() {
                   Logs go to stderr; set DRAWBRIDGE_LOG (e.g. \"info\", \"drawbridge=debug\") to filter them.\n\
                   Signals: SIGTERM drains requests in flight for server.grace_period (idle kept-alive \
                   connections get their next answer with Connection: close), then exits; \
-                  SIGQUIT hands the listeners to a new process started with --upgrade."
+                  SIGQUIT hands the listeners to a new process started with --upgrade; \
+                  SIGHUP reads the TLS certificate files again."
 )]
 struct Cli {
     /// The configuration file (TOML; see config/drawbridge.example.toml).

@@ -5,7 +5,7 @@ use crate::config::RouteSettings;
 use crate::decide::Answer;
 use drawbridge_core::gate::Mode;
 use prometheus::{
-    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -48,12 +48,19 @@ pub struct Metrics {
     /// `other_key`).
     pub state_file_refused: IntCounterVec,
     /// Connections and requests the proxy's own limits cut, by reason (the [`Refusal`]s:
-    /// `max_connections`, `header_timeout`, `body_size`, …).
+    /// `max_connections`, `header_timeout`, `body_size`, …), and admin requests refused for
+    /// their token (`admin_token`).
     ///
     /// [`Refusal`]: crate::guard::Refusal
     pub refused: IntCounterVec,
     /// Client connections open on the public listeners (admitted by the caps).
     pub client_connections: IntGauge,
+    /// When each certificate served on the TLS listeners expires (Unix seconds), by its file
+    /// and its names (comma-separated).
+    pub tls_certificate_expiry: GaugeVec,
+    /// Reads of certificate files (on SIGHUP or after a change) that were refused: the
+    /// certificate read before is still served.
+    pub tls_reload_errors: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +95,14 @@ impl Metrics {
             &["mode"],
         )?;
         registry.register(Box::new(gate_mode.clone()))?;
+        let tls_certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "drawbridge_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate served on the TLS listeners expires, by file and names",
+            ),
+            &["cert", "names"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         Ok(Metrics {
             requests: counter_vec(
                 "drawbridge_requests_total",
@@ -164,6 +179,11 @@ impl Metrics {
             client_connections: int_gauge(
                 "drawbridge_client_connections",
                 "Client connections open on the public listeners",
+            )?,
+            tls_certificate_expiry,
+            tls_reload_errors: counter(
+                "drawbridge_tls_reload_errors_total",
+                "Certificate reloads refused (the certificate read before is still served)",
             )?,
             registry,
         })

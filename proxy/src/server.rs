@@ -1,7 +1,8 @@
-//! Wires a checked `Config` into a Pingora server: the gate watcher, the pools, the proxy
-//! service (which starts only once the watcher has a state: Consul's, the saved one, or the
-//! fail-safe one), the admin listener and the registration. Nothing here starts a thread:
-//! Pingora starts the runtimes in `run_forever`.
+//! Wires a checked `Config` into a Pingora server: the gate watcher, the pools, the certificate
+//! reloader, the proxy service (which starts only once the watcher has a state: Consul's, the
+//! saved one, or the fail-safe one), with its plain and TLS listeners, the admin listener and
+//! the registration. Nothing here starts a thread: Pingora starts the runtimes in
+//! `run_forever`.
 
 use crate::admin::Admin;
 use crate::config::Config;
@@ -13,12 +14,14 @@ use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
 use crate::sessions::SessionRules;
+use crate::tls::{Certificates, SniResolver, TlsReloader};
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use drawbridge_core::consul::Failover;
 use pingora::apps::http_app::HttpServer;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, ALPN};
 use pingora::prelude::{background_service, Opt};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -39,6 +42,19 @@ pub struct StartOptions {
 /// page (about 2 KiB with its header) and most proxied headers with their first body chunk go
 /// out in one, which saves a send and a TCP segment per answer.
 const CLIENT_WRITE_BUFFER: usize = 8 * 1024;
+
+/// The TLS settings of a public listener: TLS 1.2 and 1.3 (Pingora's rustls acceptor offers
+/// no others), certificates from `resolver`, and HTTP/1.1 only in ALPN.
+fn listener_tls(resolver: Arc<SniResolver>) -> anyhow::Result<TlsSettings> {
+    // No file paths: with a resolver set, `build()` reads no file (the path-based set-up would
+    // panic there on a bad file; ours were read and checked with the config).
+    let mut tls = TlsSettings::intermediate("", "")
+        .map_err(|e| anyhow::anyhow!("TLS listener settings: {e}"))?;
+    tls.set_cert_resolver(resolver);
+    // HTTP/2 is not served yet (issue 11): a client offering h2 gets HTTP/1.1.
+    tls.set_alpn(ALPN::H1);
+    Ok(tls)
+}
 
 fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -111,8 +127,28 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         pool_list.push(built.pool);
     }
 
+    let certificates = (!config.server.tls_listen.is_empty()).then(|| {
+        Arc::new(Certificates::new(
+            &config.tls,
+            &config.server.tls_listen,
+            metrics.clone(),
+        ))
+    });
+    let reloader = server.add_service(background_service(
+        "tls reloader",
+        TlsReloader {
+            certificates: certificates.clone(),
+            watch_interval: config.tls.watch_interval,
+        },
+    ));
+
     if config.consul.register {
-        let port = config.server.listen.first().map_or(0, |a| a.port());
+        let port = config
+            .server
+            .listen
+            .first()
+            .or(config.server.tls_listen.first())
+            .map_or(0, |a| a.port());
         server.add_service(background_service(
             "consul registration",
             Registration::new(
@@ -126,6 +162,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         ));
     }
 
+    let refusals = Arc::new(RefusalLog::new(metrics.clone()));
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(Admin {
@@ -138,6 +175,8 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             watch,
             pools: pool_list.clone(),
             metrics: metrics.clone(),
+            refusals: refusals.clone(),
+            tls: certificates.clone(),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -145,9 +184,9 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     server.add_service(admin);
 
     let listen = config.server.listen.clone();
+    let tls_listen = config.server.tls_listen.clone();
     let threads = config.server.threads;
     let trusted_proxies = config.bypass.trusted_proxies.clone();
-    let refusals = Arc::new(RefusalLog::new(metrics.clone()));
     let edge = Edge {
         gate,
         counters: RequestCounters::new(metrics.clone(), &config.routes),
@@ -179,8 +218,19 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
                 .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)),
         );
     }
+    if let Some(certificates) = &certificates {
+        for addr in &tls_listen {
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(listener_tls(certificates.resolver())?)
+                    .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)),
+            );
+        }
+    }
     proxy.threads = Some(threads);
     let proxy = server.add_service(proxy);
+    // SIGHUP is taken before any listener opens.
+    proxy.add_dependency(&reloader);
     // The listeners open only once the gate has a state (never the default one served before
     // the first read of Consul) and the pools know their servers.
     proxy.add_dependency(&watcher);

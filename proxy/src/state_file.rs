@@ -1,7 +1,7 @@
 //! The local copy of the last applied gate state, so a proxy restarted while Consul is down
 //! comes back in the state it had. Written atomically (a temporary file of this process beside
 //! it, fsync, rename, fsync of the folder); a file that cannot be used is refused with what is
-//! wrong ([`Refusal`]), never half-trusted, and the watcher then serves `server.unknown_state`.
+//! wrong ([`Unusable`]), never half-trusted, and the watcher then serves `server.unknown_state`.
 
 use drawbridge_core::gate::GateDoc;
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ struct SavedShape {
 
 /// Why a state file that exists was not used.
 #[derive(Debug)]
-pub enum Refusal {
+pub enum Unusable {
     /// It cannot be read (permissions, a folder at its path, an I/O error).
     Unreadable {
         path: PathBuf,
@@ -52,49 +52,49 @@ pub enum Refusal {
     },
 }
 
-impl Refusal {
+impl Unusable {
     /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::Unreadable { .. } => "unreadable",
-            Refusal::Damaged { .. } => "damaged",
-            Refusal::InvalidDocument { .. } => "invalid_document",
-            Refusal::OtherKey { .. } => "other_key",
+            Unusable::Unreadable { .. } => "unreadable",
+            Unusable::Damaged { .. } => "damaged",
+            Unusable::InvalidDocument { .. } => "invalid_document",
+            Unusable::OtherKey { .. } => "other_key",
         }
     }
 
     /// The file refused.
     pub fn path(&self) -> &Path {
         match self {
-            Refusal::Unreadable { path, .. }
-            | Refusal::Damaged { path, .. }
-            | Refusal::InvalidDocument { path, .. }
-            | Refusal::OtherKey { path, .. } => path,
+            Unusable::Unreadable { path, .. }
+            | Unusable::Damaged { path, .. }
+            | Unusable::InvalidDocument { path, .. }
+            | Unusable::OtherKey { path, .. } => path,
         }
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Unusable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Unreadable { path, error } => write!(
+            Unusable::Unreadable { path, error } => write!(
                 f,
                 "cannot read the state file {}: {error} (check its permissions and the disk)",
                 path.display()
             ),
-            Refusal::Damaged { path, detail } => write!(
+            Unusable::Damaged { path, detail } => write!(
                 f,
                 "the state file {} is damaged, not a saved gate state ({detail}); Consul's next \
                  answer rewrites it",
                 path.display()
             ),
-            Refusal::InvalidDocument { path, detail } => write!(
+            Unusable::InvalidDocument { path, detail } => write!(
                 f,
                 "the state file {} holds an invalid gate document ({detail}); Consul's next \
                  answer rewrites it",
                 path.display()
             ),
-            Refusal::OtherKey {
+            Unusable::OtherKey {
                 path,
                 found,
                 wanted,
@@ -108,7 +108,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for Unusable {}
 
 /// The temporary file a save writes first: the state file's whole name plus this process's id
 /// and `.tmp`, in the same folder (a rename is atomic only within one file system). The whole
@@ -154,7 +154,7 @@ pub fn save(path: &Path, saved: &SavedState) -> std::io::Result<()> {
 /// # Errors
 /// The file exists but cannot be read, is not a saved state, holds an invalid document, or was
 /// written for another key; the refusal names the file and says what is wrong.
-pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Refusal> {
+pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Unusable> {
     let mut raw = Vec::new();
     let read = std::fs::File::open(path).and_then(|file| {
         file.take(MAX_FILE_BYTES as u64 + 1)
@@ -165,13 +165,21 @@ pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Refusal> {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
-            return Err(Refusal::Unreadable {
+            return Err(Unusable::Unreadable {
                 path: path.to_owned(),
                 error,
             })
         }
     }
-    let damaged = |detail: String| Refusal::Damaged {
+    parse(path, &raw, key).map(Some)
+}
+
+/// Reads the bytes of a state file saved for `key`; `path` only names the file in a refusal.
+///
+/// # Errors
+/// As [`load`], except that there is no file to read.
+pub fn parse(path: &Path, raw: &[u8], key: &str) -> Result<SavedState, Unusable> {
+    let damaged = |detail: String| Unusable::Damaged {
         path: path.to_owned(),
         detail,
     };
@@ -183,25 +191,25 @@ pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Refusal> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(damaged("the file is empty".to_owned()));
     }
-    let shape: SavedShape = serde_json::from_slice(&raw).map_err(|e| damaged(e.to_string()))?;
+    let shape: SavedShape = serde_json::from_slice(raw).map_err(|e| damaged(e.to_string()))?;
     if shape.key != key {
-        return Err(Refusal::OtherKey {
+        return Err(Unusable::OtherKey {
             path: path.to_owned(),
             found: shape.key,
             wanted: key.to_owned(),
         });
     }
-    let invalid = |detail: String| Refusal::InvalidDocument {
+    let invalid = |detail: String| Unusable::InvalidDocument {
         path: path.to_owned(),
         detail,
     };
     let doc: GateDoc = serde_json::from_value(shape.doc).map_err(|e| invalid(e.to_string()))?;
     doc.validate().map_err(|e| invalid(e.to_string()))?;
-    Ok(Some(SavedState {
+    Ok(SavedState {
         key: shape.key,
         doc,
         applied_index: shape.applied_index,
-    }))
+    })
 }
 
 #[cfg(test)]

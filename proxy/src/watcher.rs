@@ -167,7 +167,7 @@ impl GateWatcher {
                         self.publish(state);
                         return;
                     }
-                    Err(detail) => state_file::Refusal::InvalidDocument {
+                    Err(detail) => state_file::Unusable::InvalidDocument {
                         path: self.state_file.clone(),
                         detail: format!("it does not fit this proxy's routes: {detail}"),
                     },

@@ -4,6 +4,8 @@
 mod consul_client;
 // The 3-server Consul cluster: restarts, leader loss and re-election.
 mod consul_cluster;
+// Admin and ACL hardening: admin tokens, Consul ACLs for the proxy and maintctl, no leaked secret.
+mod consul_acl;
 // The sshd and service fixtures themselves.
 mod fixtures_smoke;
 // /healthz, /status, /metrics and the admin token.
@@ -20,6 +22,8 @@ mod proxy_config;
 mod proxy_limits;
 // Slowloris and a connection flood, with legitimate traffic measured beside them.
 mod proxy_siege;
+// The size limits at volume, and clients that take a large answer slowly or not at all.
+mod proxy_limits_volume;
 // Upstreams that close, reset, hang or never read.
 mod proxy_upstream_faults;
 // In-flight requests, SIGTERM, registration.
@@ -34,8 +38,12 @@ mod proxy_state_file;
 mod proxy_pools;
 // Flipping the gate and what clients see.
 mod proxy_switch;
+// HTTPS: certificates by SNI, TLS versions, answers over TLS, live reload on SIGHUP and file change.
+mod proxy_tls;
 // Malformed values at the key change nothing.
 mod proxy_values;
+// Index anomalies and key churn through an index relay: resets, pacing, the last value served.
+mod proxy_index;
 // maintctl down and up on a whole fleet; status, history, bypass, probe.
 mod maintctl_cycle;
 // maintctl refusing to act: plan and dry run, a held lock, pre-flight.

@@ -126,6 +126,10 @@ struct Agent {
     child: Option<ChildGuard>,
     /// Spawned and not stopped on purpose: a cluster waits only on running agents.
     running: bool,
+    /// A configuration file read after `fast.hcl`, and the token the harness's own calls send
+    /// (see [`ConsulServer::start_with_config`]).
+    extra_config: Option<PathBuf>,
+    token: Option<String>,
 }
 
 impl Agent {
@@ -144,6 +148,8 @@ impl Agent {
             logs: dir.path().to_path_buf(),
             child: None,
             running: false,
+            extra_config: None,
+            token: None,
         }
     }
 
@@ -168,6 +174,11 @@ impl Agent {
             .arg("-grpc-port=-1")
             .arg("-https-port=-1")
             .arg("-disable-host-node-id")
+            .args(
+                self.extra_config
+                    .iter()
+                    .map(|file| format!("-config-file={}", file.display())),
+            )
             .arg("-log-level=info")
             // The agent reads CONSUL_HTTP_* itself in some code paths; keep the test's out.
             .env_remove("CONSUL_HTTP_ADDR")
@@ -213,7 +224,8 @@ impl Agent {
     }
 
     fn client(&self) -> Client {
-        Client::new(&self.http_addr(), None).expect("a loopback http address is valid")
+        Client::new(&self.http_addr(), self.token.clone())
+            .expect("a loopback http address is valid")
     }
 
     fn log_tail(&self) -> String {
@@ -265,7 +277,8 @@ impl Agent {
             }
         })
         .await;
-        let server = Client::new(server_http, None).expect("a loopback http address is valid");
+        let server =
+            Client::new(server_http, self.token.clone()).expect("a loopback http address is valid");
         let node = self.node.clone();
         self.wait("node registered in the catalog", move |_| {
             node_is_healthy(server.clone(), node.clone())
@@ -456,6 +469,32 @@ impl ConsulAgent<ServerSide> {
             join: Vec::new(),
         };
         let mut agent = Agent::new(dir, role, SERVER_NODE, Ipv4Addr::LOCALHOST);
+        agent.start_ready(&agent.http_addr()).await;
+        ConsulAgent {
+            agent,
+            side: ServerSide {
+                clients: Mutex::new(Vec::new()),
+            },
+        }
+    }
+
+    /// As [`ConsulServer::start`], with `config` (HCL, e.g. an `acl` block) added to the agent's
+    /// configuration as a file, and `token` sent by [`ConsulAgent::client`] and the readiness
+    /// checks (with ACLs on, an anonymous read of the catalog finds nothing).
+    ///
+    /// # Panics
+    /// As [`ConsulServer::start`], or when the file cannot be written.
+    pub async fn start_with_config(dir: &TestDir, config: &str, token: &str) -> ConsulServer {
+        let role = Role::Server {
+            expect: 1,
+            join: Vec::new(),
+        };
+        let mut agent = Agent::new(dir, role, SERVER_NODE, Ipv4Addr::LOCALHOST);
+        let file = agent.home.join("extra.hcl");
+        std::fs::write(&file, config)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+        agent.extra_config = Some(file);
+        agent.token = Some(token.to_owned());
         agent.start_ready(&agent.http_addr()).await;
         ConsulAgent {
             agent,

@@ -4,7 +4,8 @@
 //! # Layout
 //! * `ports`, `process`, `eventually`: ports, process guards and test folders, waiting.
 //! * `consul`: a Consul server and one client agent per "box" on its own loopback address;
-//!   a 3-server cluster for leader elections and server restarts.
+//!   a 3-server cluster for leader elections and server restarts; `consul_acl`: a server that
+//!   enforces ACLs, with policies, tokens in files, and the search for leaked secrets.
 //! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
 //!   `raw_http`: one HTTP/1.1 connection driven by hand; `http_thread`: the server thread both
 //!   the upstreams and the fault relay run on.
@@ -13,6 +14,7 @@
 //!   and answers chosen reads like a server that is behind.
 
 pub mod consul;
+pub mod consul_acl;
 pub mod eventually;
 pub mod fault_relay;
 pub mod http_thread;

@@ -19,6 +19,13 @@ use std::time::Duration;
 /// The path the proxy's health checks probe; it is not recorded as the last request.
 pub const HEALTH_PATH: &str = "/healthz";
 
+/// Paths under this prefix are answered with a body of as many bytes as the next segment says
+/// (`/big/1048576/any-tag`), for tests of slow readers.
+pub const BIG_PATH: &str = "/big/";
+
+/// The most bytes a [`BIG_PATH`] answer may ask for.
+const BIG_MAX: usize = 256 * 1024 * 1024;
+
 /// What an upstream answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -263,6 +270,15 @@ async fn handle(
         tokio::time::sleep(*delay).await;
     }
 
+    if let Some(len) = big_len(&path) {
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/octet-stream")
+            .header("x-upstream", shared.name.as_str())
+            .body(Full::new(filler(len)))
+            .expect("status and header values are valid by construction"));
+    }
+
     let (content_type, body) = match shared.kind {
         Kind::Api => (
             "application/json",
@@ -300,6 +316,28 @@ fn response(
         .header("x-upstream", shared.name.as_str())
         .body(Full::new(Bytes::from(body)))
         .expect("status and header values are valid by construction")
+}
+
+/// The body length a [`BIG_PATH`] path asks for.
+fn big_len(path: &str) -> Option<usize> {
+    let len: usize = path
+        .strip_prefix(BIG_PATH)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    (len <= BIG_MAX).then_some(len)
+}
+
+/// `len` bytes of filler, sliced from one buffer that every answer shares: hundreds of slow
+/// readers cost one copy, not hundreds.
+fn filler(len: usize) -> Bytes {
+    static FILLER: Mutex<Bytes> = Mutex::new(Bytes::new());
+    let mut shared = FILLER.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.len() < len {
+        *shared = Bytes::from(vec![b'x'; len]);
+    }
+    shared.slice(..len)
 }
 
 fn escape_html(text: &str) -> String {
@@ -362,6 +400,17 @@ mod tests {
         assert!(up.last_request().is_none());
         assert_eq!(up.proxied_requests(), 0);
         assert_eq!(up.total_requests(), 2);
+    }
+
+    #[test]
+    fn a_big_path_answers_that_many_bytes() {
+        let up = Upstream::start("delta");
+        let answer = get(up.addr(), "/big/70000/tag");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert_eq!(body.len(), 70_000);
+        assert_eq!(big_len("/big/x"), None);
+        assert_eq!(big_len(&format!("/big/{}", BIG_MAX + 1)), None);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(super) struct FileConfig {
     pub(super) routes: Vec<FileRoute>,
     #[serde(default)]
     pub(super) limits: super::limits::FileLimits,
+    #[serde(default)]
+    pub(super) tls: super::tls::FileTls,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +32,8 @@ pub(super) struct FileConfig {
 pub(super) struct FileServer {
     #[serde(default)]
     pub(super) listen: Vec<String>,
+    #[serde(default)]
+    pub(super) tls_listen: Vec<String>,
     pub(super) threads: Option<usize>,
     pub(super) pid_file: Option<PathBuf>,
     pub(super) upgrade_sock: Option<PathBuf>,

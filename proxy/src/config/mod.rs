@@ -11,10 +11,10 @@
 //! token, then the documented defaults apply. Every problem found is reported with the path of its
 //! key, not just the first one.
 //!
-//! Checking reads only the files the config names (page, token and key files) and whether the
-//! process files' folders exist. Finishing looks up pool servers given by host name (one that
-//! does not resolve is refused with its key, with any other problem) and fills the default
-//! `consul.service_id` from the host name. [`Config::load`] and [`Config::parse`] do both;
+//! Checking reads only the files the config names (page, token, key and certificate files) and
+//! whether the process files' folders exist. Finishing looks up pool servers given by host name
+//! (one that does not resolve is refused with its key, with any other problem) and fills the
+//! default `consul.service_id` from the host name. [`Config::load`] and [`Config::parse`] do both;
 //! [`Config::check_file`] only checks.
 //!
 //! # Layout
@@ -23,12 +23,15 @@
 //! * `consul`: `[consul]`.
 //! * `maintenance`: `[maintenance]` and `[bypass]`: what a closed gate answers, and who passes it.
 //! * `upstreams`: `[pools.*]` and `[[routes]]`.
+//! * `limits`: `[limits]`.
+//! * `tls`: `[tls]`: the certificates of the TLS listeners, read and checked.
 
 mod consul;
 mod file;
 mod limits;
 mod maintenance;
 mod server;
+mod tls;
 mod upstreams;
 
 pub use consul::ConsulSettings;
@@ -36,6 +39,7 @@ pub use drawbridge_core::settings::ConfigError;
 pub use limits::{Limits, BODY_RATE_GRACE};
 pub use maintenance::{BypassSettings, CorsPolicy, MaintenanceSettings};
 pub use server::{AccessLog, AdminSettings, ServerSettings};
+pub use tls::{CertificateSettings, TlsSettings};
 pub use upstreams::{HealthCheckSettings, PoolSettings, PoolSource, RouteKind, RouteSettings};
 
 use drawbridge_core::settings::{load_config, parse_config, Problems};
@@ -58,6 +62,7 @@ pub struct Config {
     pub pools: Vec<PoolSettings>,
     pub routes: Vec<RouteSettings>,
     pub limits: Limits,
+    pub tls: TlsSettings,
 }
 
 impl Config {
@@ -132,10 +137,15 @@ impl Checked {
         let mut config = self.config;
         upstreams::resolve_servers(&mut config.pools, self.named_servers, machine.resolve, p);
         if self.default_service_id {
+            let listen = if config.server.listen.is_empty() {
+                &config.server.tls_listen
+            } else {
+                &config.server.listen
+            };
             config.consul.service_id = consul::default_service_id(
                 &config.consul.service_name,
                 &(machine.host_name)(),
-                &config.server.listen,
+                listen,
             );
         }
         config
@@ -155,6 +165,13 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
     let (pools, named_servers) = upstreams::check_pools(file.pools, p);
     let routes = upstreams::check_routes(file.routes, &pools, p);
     let limits = limits::check_limits(file.limits, p);
+    let tls = tls::check_tls(
+        file.tls,
+        &server.tls_listen,
+        time::OffsetDateTime::now_utc(),
+        p,
+        &mut warnings,
+    );
     Checked {
         config: Config {
             warnings,
@@ -166,6 +183,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
             pools,
             routes,
             limits,
+            tls,
         },
         named_servers,
         default_service_id,

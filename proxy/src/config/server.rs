@@ -1,5 +1,5 @@
-//! `[server]` and `[admin]`: the listeners, threads and process files, and the admin listener
-//! with its token.
+//! `[server]` and `[admin]`: the listeners (plain HTTP and TLS), threads and process files, and
+//! the admin listener with its token.
 //!
 //! The folders of the pid file, upgrade socket and state file must exist (checked with a
 //! `stat`): the process cannot create them later, so a missing one is refused here.
@@ -15,7 +15,10 @@ use std::time::Duration;
 /// Listeners, threads, process files.
 #[derive(Debug)]
 pub struct ServerSettings {
+    /// The plain HTTP listeners.
     pub listen: Vec<SocketAddr>,
+    /// The TLS listeners (their certificates are `[tls]`).
+    pub tls_listen: Vec<SocketAddr>,
     pub threads: usize,
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
@@ -72,10 +75,10 @@ fn existing_parent(p: &mut Problems, key: &str, path: &Path) {
 }
 
 pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
-    if s.listen.is_empty() {
+    if s.listen.is_empty() && s.tls_listen.is_empty() {
         p.add(
             "server.listen",
-            "at least one \"ip:port\" listener is required",
+            "at least one \"ip:port\" listener is required (here or in server.tls_listen)",
         );
     }
     let listen: Vec<SocketAddr> = s
@@ -84,6 +87,23 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
         .enumerate()
         .filter_map(|(i, raw)| socket_addr(p, &format!("server.listen[{i}]"), raw))
         .collect();
+    let mut tls_listen = Vec::new();
+    for (i, raw) in s.tls_listen.iter().enumerate() {
+        let key = format!("server.tls_listen[{i}]");
+        let Some(addr) = socket_addr(p, &key, raw) else {
+            continue;
+        };
+        if listen.contains(&addr) {
+            p.add(
+                key,
+                format!(
+                    "{addr} is also in server.listen: a port serves plain HTTP or TLS, not both"
+                ),
+            );
+        } else {
+            tls_listen.push(addr);
+        }
+    }
     let threads = s.threads.unwrap_or(2);
     if !(1..=64).contains(&threads) {
         p.add(
@@ -131,6 +151,7 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
     };
     ServerSettings {
         listen,
+        tls_listen,
         threads,
         pid_file,
         upgrade_sock,

@@ -43,10 +43,12 @@ pub enum Refusal {
     BodyPace,
     /// No bytes of a body for `body_timeout` (408).
     BodyTimeout,
+    /// An admin request without the right bearer token (the admin listener answers 401).
+    AdminToken,
 }
 
 /// How many kinds of refusal there are.
-const REFUSALS: usize = 9;
+const REFUSALS: usize = 10;
 
 impl Refusal {
     /// The label value in `drawbridge_refused_requests_total`.
@@ -61,6 +63,7 @@ impl Refusal {
             Refusal::BodySize => "body_size",
             Refusal::BodyPace => "body_pace",
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::AdminToken => "admin_token",
         }
     }
 
@@ -72,9 +75,10 @@ impl Refusal {
             Refusal::UriLength => Some(414),
             Refusal::BodySize => Some(413),
             Refusal::BodyPace | Refusal::BodyTimeout => Some(408),
-            Refusal::MaxConnections | Refusal::MaxConnectionsPerClient | Refusal::HeaderTimeout => {
-                None
-            }
+            Refusal::MaxConnections
+            | Refusal::MaxConnectionsPerClient
+            | Refusal::HeaderTimeout
+            | Refusal::AdminToken => None,
         }
     }
 }
@@ -83,10 +87,35 @@ impl Refusal {
 /// connections must not become a flood of log lines): the line says how many were cut since.
 pub struct RefusalLog {
     metrics: Arc<Metrics>,
-    /// Per reason: the second of the last line, and the refusals not logged since.
-    last_logged: [AtomicU64; REFUSALS],
-    not_logged: [AtomicU64; REFUSALS],
+    lines: [EachSecond; REFUSALS],
     started: Instant,
+}
+
+/// Events of one kind, logged at most one line a second.
+#[derive(Default)]
+struct EachSecond {
+    /// The second of the last line (counted from 1).
+    last_second: AtomicU64,
+    /// Events not logged since the last line.
+    not_logged: AtomicU64,
+}
+
+impl EachSecond {
+    /// Notes one event in `second`: `Some(n)` when its line goes out, `n` being the events not
+    /// logged since the last line; `None` when a line for this second or a later one went out.
+    fn note(&self, second: u64) -> Option<u64> {
+        let last = self.last_second.load(Ordering::Relaxed);
+        if second <= last
+            || self
+                .last_second
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.not_logged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.not_logged.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl RefusalLog {
@@ -94,8 +123,7 @@ impl RefusalLog {
     pub fn new(metrics: Arc<Metrics>) -> RefusalLog {
         RefusalLog {
             metrics,
-            last_logged: Default::default(),
-            not_logged: Default::default(),
+            lines: Default::default(),
             started: Instant::now(),
         }
     }
@@ -112,19 +140,11 @@ impl RefusalLog {
             .refused
             .with_label_values(&[reason.as_str()])
             .inc();
-        let slot = reason as usize;
         // Seconds since start, plus one so that the first refusal is always logged.
         let second = self.started.elapsed().as_secs() + 1;
-        let last = self.last_logged[slot].load(Ordering::Relaxed);
-        if second <= last
-            || self.last_logged[slot]
-                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.not_logged[slot].fetch_add(1, Ordering::Relaxed);
+        let Some(also) = self.lines[reason as usize].note(second) else {
             return;
-        }
-        let also = self.not_logged[slot].swap(0, Ordering::Relaxed);
+        };
         let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         tracing::warn!(
             reason = reason.as_str(),
@@ -133,5 +153,24 @@ impl RefusalLog {
             "refused: {}",
             detail()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_one_line_a_second_with_the_count_since() {
+        let line = EachSecond::default();
+        assert_eq!(line.note(100), Some(0));
+        for _ in 0..499 {
+            assert_eq!(line.note(100), None);
+        }
+        assert_eq!(line.note(101), Some(499));
+        assert_eq!(line.note(101), None);
+        // A thread that read an older second does not move the line back.
+        assert_eq!(line.note(99), None);
+        assert_eq!(line.note(102), Some(2));
     }
 }

@@ -1,7 +1,8 @@
-//! The test's HTTP client ([`test_client`]) and reading its answers' headers ([`header`],
-//! [`retry_after`]).
+//! The test's HTTP client ([`test_client`]), its HTTPS variant ([`tls_test_client`]), and
+//! reading its answers' headers ([`header`], [`retry_after`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 /// Timeout of one request from the test client.
@@ -16,6 +17,33 @@ pub fn test_client(local_address: Option<IpAddr>) -> reqwest::Client {
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
         .local_address(local_address)
+        .build()
+        .expect("a client with these settings always builds")
+}
+
+/// An HTTPS client for the tests, as [`test_client`] from 127.0.0.1, that trusts only the CA
+/// certificate in the PEM file `ca`, reaches each `(host, address)` of `hosts` at that address
+/// (so the host name is the name it sends in SNI), and keeps the TLS details of each answer
+/// (`reqwest::tls::TlsInfo` in its extensions: the certificate the server presented).
+///
+/// # Panics
+/// When `ca` cannot be read or is not a PEM certificate.
+pub fn tls_test_client(ca: &Path, hosts: &[(&str, SocketAddr)]) -> reqwest::Client {
+    drawbridge_core::install_crypto_provider();
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("cannot read {}: {e}", ca.display()));
+    let ca = reqwest::Certificate::from_pem(&pem)
+        .unwrap_or_else(|e| panic!("{} is not a PEM certificate: {e}", ca.display()));
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .tls_certs_only([ca])
+        .tls_info(true);
+    for (host, addr) in hosts {
+        builder = builder.resolve(host, *addr);
+    }
+    builder
         .build()
         .expect("a client with these settings always builds")
 }

@@ -1,6 +1,6 @@
 //! The proxy's configuration, written as TOML: [`DrawbridgeBuilder`] with its [`Pool`]s,
-//! [`Route`]s ([`RouteKind`]) and [`HealthCheck`]s, the defaults [`Drawbridge::builder`] starts
-//! from, and [`Ready`], how far a start waits.
+//! [`Route`]s ([`RouteKind`]), [`HealthCheck`]s and [`TlsCertificate`]s, the defaults
+//! [`Drawbridge::builder`] starts from, and [`Ready`], how far a start waits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,6 +128,17 @@ pub struct Pool {
     pub read_timeout: String,
 }
 
+/// One `[[tls.certificates]]` entry.
+#[derive(Debug, Clone)]
+pub struct TlsCertificate {
+    /// The PEM chain file.
+    pub cert: PathBuf,
+    /// The PEM key file.
+    pub key: PathBuf,
+    /// `default = true`: served to clients whose name matches no certificate.
+    pub default: bool,
+}
+
 /// How far [`DrawbridgeBuilder::start`] and [`Drawbridge::restart`] wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {
@@ -175,6 +186,12 @@ pub struct DrawbridgeBuilder {
     pub routes: Vec<Route>,
     /// `[limits]`, as written (empty: the defaults).
     pub limits: toml::Table,
+    /// `server.tls_listen`: one TLS listener, or none.
+    pub tls_listen: Option<SocketAddr>,
+    /// `[[tls.certificates]]`, in order.
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// `tls.watch_interval`; `None` leaves the key out (the proxy's default).
+    pub tls_watch_interval: Option<String>,
     pub ready: Ready,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
@@ -304,6 +321,25 @@ impl DrawbridgeBuilder {
         self
     }
 
+    /// Adds a `[[tls.certificates]]` entry (a PEM chain and its key), and a TLS listener on a
+    /// fresh loopback port if there is none yet.
+    pub fn tls_certificate(mut self, cert: &Path, key: &Path, default: bool) -> Self {
+        self.tls_listen
+            .get_or_insert_with(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        self.tls_certificates.push(TlsCertificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            default,
+        });
+        self
+    }
+
+    /// `tls.watch_interval`: how often the certificate files are looked at for a change.
+    pub fn tls_watch_interval(mut self, interval: &str) -> Self {
+        self.tls_watch_interval = Some(interval.to_string());
+        self
+    }
+
     /// The state file (`server.state_file`) a proxy of this builder uses in `dir`.
     pub fn state_file_in(&self, dir: &Path) -> PathBuf {
         dir.join(format!("{}.gate-state.json", self.name))
@@ -320,6 +356,9 @@ impl DrawbridgeBuilder {
         let path = |name: &str| dir.join(name).display().to_string();
         let mut server = toml::Table::new();
         server.insert("listen".into(), vec![self.listen.to_string()].into());
+        if let Some(tls_listen) = self.tls_listen {
+            server.insert("tls_listen".into(), vec![tls_listen.to_string()].into());
+        }
         server.insert("threads".into(), (self.threads as i64).into());
         server.insert(
             "pid_file".into(),
@@ -458,6 +497,23 @@ impl DrawbridgeBuilder {
         if !self.limits.is_empty() {
             root.insert("limits".into(), self.limits.clone().into());
         }
+        if !self.tls_certificates.is_empty() || self.tls_watch_interval.is_some() {
+            let mut tls = toml::Table::new();
+            opt(&mut tls, "watch_interval", &self.tls_watch_interval);
+            let certificates: Vec<toml::Value> = self
+                .tls_certificates
+                .iter()
+                .map(|c| {
+                    let mut t = toml::Table::new();
+                    t.insert("cert".into(), c.cert.display().to_string().into());
+                    t.insert("key".into(), c.key.display().to_string().into());
+                    t.insert("default".into(), c.default.into());
+                    toml::Value::Table(t)
+                })
+                .collect();
+            tls.insert("certificates".into(), certificates.into());
+            root.insert("tls".into(), tls.into());
+        }
         root
     }
 
@@ -508,6 +564,9 @@ impl Drawbridge {
             pools: Vec::new(),
             routes: Vec::new(),
             limits: toml::Table::new(),
+            tls_listen: None,
+            tls_certificates: Vec::new(),
+            tls_watch_interval: None,
             ready: Ready::ConsulAnswered,
             env: Vec::new(),
         }

@@ -12,7 +12,7 @@ use drawbridge_core::gate::Mode;
 use drawbridge_core::status::StatusReport;
 use nix::sys::signal::Signal;
 
-use super::client::test_client;
+use super::client::{test_client, tls_test_client};
 use super::config::{DrawbridgeBuilder, Ready};
 use super::metrics::Metrics;
 use crate::eventually::{eventually, try_eventually};
@@ -177,6 +177,31 @@ impl Drawbridge {
     /// `http://<listener><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.builder.listen)
+    }
+
+    /// The address of the TLS listener.
+    ///
+    /// # Panics
+    /// When the proxy has none.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.builder
+            .tls_listen
+            .expect("a TLS listener (DrawbridgeBuilder::tls_certificate)")
+    }
+
+    /// `https://<host>:<TLS listener port><path>`, for a client from [`Drawbridge::tls_client`]
+    /// that reaches `host` at the TLS listener.
+    pub fn tls_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.tls_addr().port())
+    }
+
+    /// An HTTPS client that trusts only the CA certificate in the PEM file `ca`, reaches each of
+    /// `hosts` at the TLS listener (sending it in SNI), and keeps each answer's TLS details
+    /// (`reqwest::tls::TlsInfo`). Its connections are kept alive and reused, as [`test_client`]'s.
+    pub fn tls_client(&self, ca: &Path, hosts: &[&str]) -> reqwest::Client {
+        let addr = self.tls_addr();
+        let hosts: Vec<(&str, SocketAddr)> = hosts.iter().map(|h| (*h, addr)).collect();
+        tls_test_client(ca, &hosts)
     }
 
     /// `http://<admin listener><path>`.

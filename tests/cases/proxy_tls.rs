@@ -1,0 +1,637 @@
+//! TLS on the public listener: the certificate chosen by the name the client sends (exact,
+//! wildcard, default), TLS 1.2 and 1.3 only, the maintenance answers and the bypass over
+//! HTTPS, certificates reloaded on SIGHUP and on a file change without dropping a connection, a
+//! bad file at reload keeping the old certificate (reported in `/status` and a metric), and a
+//! bad file at start refused with its key.
+//!
+//! The certificates are made by each test in its folder with Debian's `openssl` command, the
+//! tool operators use; `openssl s_client` also plays the clients that pick the protocol
+//! version or send no name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_core::bypass::{BypassKey, Keyring};
+use drawbridge_tests::eventually::eventually;
+use drawbridge_tests::process::TestDir;
+use drawbridge_tests::proxy::{header, now_unix, run_drawbridge, Drawbridge, Route, Site};
+use drawbridge_tests::upstream::Upstream;
+use nix::sys::signal::Signal;
+
+const ENV: &str = "e2e";
+const SECRET: &str = "e2e-bypass-secret-0123456789abcdef-0123456789";
+/// How long a reload may take to reach new handshakes (a SIGHUP is read at once; a file
+/// change within `tls.watch_interval`, 1 s in these tests).
+const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs `openssl` with the words of `line` (none has a space) in `dir`; returns its output.
+///
+/// # Panics
+/// When the command is missing or fails, with its output.
+fn openssl(dir: &Path, line: &str) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(line.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install Debian's openssl package"));
+    assert!(
+        out.status.success(),
+        "openssl {line} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A certificate and its key, as files, with the DER of the certificate (what a client sees).
+#[derive(Debug, Clone)]
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+/// A certificate authority made for one test, in its folder (ECDSA P-256, valid 30 days).
+struct TestCa {
+    dir: PathBuf,
+    cert: PathBuf,
+}
+
+/// The key of every certificate of these tests.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        openssl(
+            dir,
+            &format!(
+                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 30 -subj /CN=drawbridge-e2e-ca \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+            ),
+        );
+        TestCa {
+            dir: dir.to_path_buf(),
+            cert: dir.join("ca.pem"),
+        }
+    }
+
+    /// Issues `<stem>.pem` and `<stem>.key` for DNS `names`, with common name `stem` (what
+    /// `openssl s_client` shows as `subject=CN = <stem>`).
+    fn issue(&self, stem: &str, names: &[&str]) -> Issued {
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            self.dir.join(format!("{stem}.ext")),
+            format!("subjectAltName={}\n", san.join(",")),
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &format!("req {NEW_KEY} -keyout {stem}.key -out {stem}.csr -subj /CN={stem}"),
+        );
+        openssl(
+            &self.dir,
+            &format!(
+                "x509 -req -in {stem}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+                 -extfile {stem}.ext -out {stem}.pem"
+            ),
+        );
+        Issued {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+            der: openssl(&self.dir, &format!("x509 -in {stem}.pem -outform DER")),
+        }
+    }
+}
+
+/// Replaces the file `to` with `from`'s bytes at once (a rename), as a certificate manager does.
+fn replace(from: &Path, to: &Path) {
+    let temporary = to.with_extension("new");
+    std::fs::copy(from, &temporary).unwrap();
+    std::fs::rename(&temporary, to).unwrap();
+}
+
+/// What `openssl s_client` saw of a handshake with `addr`: the subject of the certificate,
+/// `None` when the handshake failed, and the whole output.
+async fn s_client(addr: SocketAddr, args: &[&str]) -> (Option<String>, String) {
+    let run = tokio::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out: Output = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("openssl s_client ends once its standard input is closed")
+        .expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let subject = text
+        .lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .map(str::to_string);
+    (subject, text)
+}
+
+/// The DER certificate the server presented on the connection that carried `answer`.
+fn peer_certificate(answer: &reqwest::Response) -> Vec<u8> {
+    answer
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .expect("an answer over TLS from a client with tls_info")
+        .to_vec()
+}
+
+/// `GET https://<host><path>` from `client`; a transport error panics with the proxy's log.
+async fn get(
+    edge: &Drawbridge,
+    client: &reqwest::Client,
+    host: &str,
+    path: &str,
+) -> reqwest::Response {
+    edge.send(client.get(edge.tls_url(host, path))).await
+}
+
+/// Waits until a new connection to `host` is served `expected`.
+async fn wait_served(edge: &Drawbridge, ca: &Path, host: &str, expected: &Issued) {
+    eventually(
+        &format!("new handshakes for {host} get {}", expected.cert.display()),
+        RELOAD_DEADLINE,
+        Duration::from_millis(100),
+        || async move {
+            let fresh = edge.tls_client(ca, &[host]);
+            let answer = fresh
+                .get(edge.tls_url(host, "/"))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            if peer_certificate(&answer) == expected.der {
+                Ok(())
+            } else {
+                Err("the previous certificate".to_string())
+            }
+        },
+    )
+    .await;
+}
+
+/// With certificates for `a.test`, `b.test` (the default, though listed second) and
+/// `*.w.test`: each name gets its certificate over HTTPS and through the proxy to the upstream;
+/// a name two labels under the wildcard, an unknown name and no name get the default; TLS 1.0
+/// and 1.1 are refused, 1.2 and 1.3 served; ALPN gives HTTP/1.1 to a client offering h2;
+/// `/status` lists the certificates and the expiry gauge has one series each.
+#[tokio::test]
+async fn sni_picks_each_certificate_and_the_default_answers_the_rest() {
+    let test = "sni_picks_each_certificate";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let a = ca.issue("a", &["a.test"]);
+    let b = ca.issue("b", &["b.test"]);
+    let w = ca.issue("w", &["*.w.test"]);
+    let site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&a.cert, &a.key, false)
+            .tls_certificate(&b.cert, &b.key, true)
+            .tls_certificate(&w.cert, &w.key, false)
+    })
+    .await;
+    let edge = &site.edge;
+    let client = edge.tls_client(&ca.cert, &["a.test", "b.test", "x.w.test"]);
+    for (host, issued) in [("a.test", &a), ("b.test", &b), ("x.w.test", &w)] {
+        let answer = get(edge, &client, host, "/page").await;
+        assert_eq!(answer.status(), 200, "{host}");
+        assert_eq!(peer_certificate(&answer), issued.der, "{host}");
+        assert_eq!(
+            header(&answer, "x-upstream").as_deref(),
+            Some("ui"),
+            "{host}"
+        );
+    }
+    let addr = edge.tls_addr();
+    for (args, subject) in [
+        (&["-servername", "a.test"][..], "CN = a"),
+        (&["-servername", "X.W.Test"], "CN = w"),
+        (&["-servername", "y.x.w.test"], "CN = b"),
+        (&["-servername", "w.test"], "CN = b"),
+        (&["-servername", "other.test"], "CN = b"),
+        (&["-noservername"], "CN = b"),
+    ] {
+        let (seen, text) = s_client(addr, args).await;
+        assert_eq!(seen.as_deref(), Some(subject), "{args:?}:\n{text}");
+    }
+    for version in ["-tls1", "-tls1_1"] {
+        // The client's own floor is lowered, so the refusal is the server's.
+        let (seen, text) = s_client(
+            addr,
+            &[
+                "-servername",
+                "a.test",
+                version,
+                "-cipher",
+                "DEFAULT:@SECLEVEL=0",
+            ],
+        )
+        .await;
+        assert_eq!(seen, None, "{version} was served:\n{text}");
+        assert!(
+            text.contains("alert"),
+            "{version}: no alert from the server:\n{text}"
+        );
+    }
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (seen, text) = s_client(addr, &["-servername", "a.test", version]).await;
+        assert_eq!(seen.as_deref(), Some("CN = a"), "{version}:\n{text}");
+    }
+    let (_, text) = s_client(addr, &["-servername", "a.test", "-alpn", "h2,http/1.1"]).await;
+    assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
+
+    let report = edge.status().await;
+    let tls = report.tls.expect("/status has a tls section");
+    assert_eq!(tls.listen, [addr.to_string()]);
+    let summary: Vec<(Vec<String>, bool, Option<String>)> = tls
+        .certificates
+        .iter()
+        .map(|c| (c.names.clone(), c.default, c.last_error.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (vec!["a.test".to_string()], false, None),
+            (vec!["b.test".to_string()], true, None),
+            (vec!["*.w.test".to_string()], false, None),
+        ]
+    );
+    assert_eq!(tls.certificates[0].cert, a.cert.display().to_string());
+    let metrics = edge.metrics().await;
+    for (issued, names) in [(&a, "a.test"), (&b, "b.test"), (&w, "*.w.test")] {
+        let cert = issued.cert.display().to_string();
+        let expiry = metrics
+            .get(
+                "drawbridge_tls_certificate_expiry_timestamp_seconds",
+                &[("cert", cert.as_str()), ("names", names)],
+            )
+            .unwrap_or_else(|| panic!("no expiry for {names}:\n{}", metrics.text));
+        let days = (expiry - now_unix() as f64) / 86_400.0;
+        assert!(
+            (29.0..=30.0).contains(&days),
+            "{names} expires in {days} days"
+        );
+    }
+    // The plain listener still serves plain HTTP.
+    assert_eq!(edge.get("/page").await.status(), 200);
+}
+
+fn bypass_token() -> String {
+    let keyring = Keyring::new(vec![
+        BypassKey::new("k1", SECRET.as_bytes()).expect("a valid test key")
+    ])
+    .expect("one key is a valid keyring");
+    keyring.sign(ENV, now_unix(), Duration::from_secs(600), Some("test"))
+}
+
+/// With the gate closed, HTTPS clients get the maintenance page on page routes and
+/// problem+json on API routes, both marked as planned; a bypass token passes; opened again,
+/// the upstream answers.
+#[tokio::test]
+async fn maintenance_answers_and_the_bypass_work_over_tls() {
+    let test = "maintenance_over_tls";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let a = ca.issue("a", &["a.test"]);
+    let site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&a.cert, &a.key, false)
+            .bypass_key(ENV, "k1", SECRET)
+    })
+    .await;
+    site.put_gate(r#"{"mode":"maintenance","message":"Back soon"}"#)
+        .await;
+    let edge = &site.edge;
+    let client = edge.tls_client(&ca.cert, &["a.test"]);
+
+    let page = get(edge, &client, "a.test", "/").await;
+    assert_eq!(page.status(), 503);
+    assert_eq!(
+        header(&page, "x-drawbridge-outage").as_deref(),
+        Some("planned")
+    );
+    assert!(header(&page, "content-type")
+        .unwrap_or_default()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("Back soon"));
+
+    let problem = get(edge, &client, "a.test", "/api/orders").await;
+    assert_eq!(problem.status(), 503);
+    assert_eq!(
+        header(&problem, "x-drawbridge-outage").as_deref(),
+        Some("planned")
+    );
+    assert!(header(&problem, "content-type")
+        .unwrap_or_default()
+        .starts_with("application/problem+json"));
+    let body: serde_json::Value = serde_json::from_str(&problem.text().await.unwrap()).unwrap();
+    assert_eq!(body["status"], 503, "{body}");
+    assert_eq!(body["detail"], "Back soon", "{body}");
+
+    let passed = edge
+        .send(
+            client
+                .get(edge.tls_url("a.test", "/api/orders"))
+                .header("x-drawbridge-bypass", bypass_token()),
+        )
+        .await;
+    assert_eq!(passed.status(), 200);
+    assert_eq!(
+        header(&passed, "x-drawbridge-bypassed").as_deref(),
+        Some("token")
+    );
+    assert_eq!(header(&passed, "x-upstream").as_deref(), Some("api"));
+
+    site.delete_gate().await;
+    assert_eq!(get(edge, &client, "a.test", "/").await.status(), 200);
+}
+
+/// Counts requests and errors of a client that keeps sending on its kept-alive connection until
+/// told to stop.
+struct Sender {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    fn start(client: reqwest::Client, url: String) -> Sender {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, sent, errors) = (stop.clone(), sent.clone(), errors.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(answer) if answer.status() == 200 => {
+                            let _ = answer.bytes().await;
+                        }
+                        Ok(answer) => errors.lock().unwrap().push(answer.status().to_string()),
+                        Err(e) => errors.lock().unwrap().push(format!("{e:?}")),
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Sender {
+            stop,
+            sent,
+            errors,
+            task,
+        }
+    }
+
+    /// Waits until it has sent `more` requests beyond those sent now.
+    async fn wait_more(&self, more: usize) {
+        let target = self.sent.load(Ordering::Relaxed) + more;
+        eventually(
+            &format!("{more} more requests sent"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async move {
+                let sent = self.sent.load(Ordering::Relaxed);
+                if sent >= target {
+                    Ok(())
+                } else {
+                    Err(format!("{sent} sent"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Stops it; returns the requests sent and the errors met.
+    async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let errors = self.errors.lock().unwrap().clone();
+        (self.sent.load(Ordering::Relaxed), errors)
+    }
+}
+
+/// A client holds a kept-alive TLS connection and keeps sending while the certificate files
+/// are replaced and SIGHUP is sent (files are not watched in this test: `tls.watch_interval`
+/// is an hour): new handshakes get the new certificate, the held connection keeps working on
+/// the old one, and no request fails.
+#[tokio::test]
+async fn sighup_swaps_the_certificate_while_a_kept_alive_connection_keeps_working() {
+    let test = "sighup_swaps_the_certificate";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let served = ca.issue("served", &["a.test"]);
+    let new = ca.issue("new", &["a.test", "www.a.test"]);
+    let mut site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&served.cert, &served.key, false)
+            .tls_watch_interval("1h")
+    })
+    .await;
+    let held = site.edge.tls_client(&ca.cert, &["a.test"]);
+    let first = get(&site.edge, &held, "a.test", "/").await;
+    assert_eq!(peer_certificate(&first), served.der);
+    let sender = Sender::start(held.clone(), site.edge.tls_url("a.test", "/page"));
+    sender.wait_more(5).await;
+
+    // The files change; they are not read again before SIGHUP.
+    replace(&new.cert, &served.cert);
+    replace(&new.key, &served.key);
+    let fresh = site.edge.tls_client(&ca.cert, &["a.test"]);
+    let before = get(&site.edge, &fresh, "a.test", "/").await;
+    assert_eq!(
+        peer_certificate(&before),
+        served.der,
+        "reloaded without SIGHUP"
+    );
+
+    site.edge.signal(Signal::SIGHUP);
+    wait_served(&site.edge, &ca.cert, "a.test", &new).await;
+    sender.wait_more(5).await;
+    let (sent, errors) = sender.stop().await;
+    assert!(
+        errors.is_empty(),
+        "{} of {sent} requests failed: {errors:?}",
+        errors.len()
+    );
+    assert!(sent >= 10, "only {sent} requests sent");
+    // The held connection is the one made before the reload: it still shows the old certificate.
+    let after = get(&site.edge, &held, "a.test", "/").await;
+    assert_eq!(after.status(), 200);
+    assert_eq!(
+        peer_certificate(&after),
+        served.der,
+        "the held connection was replaced"
+    );
+
+    let report = site.edge.status().await;
+    let entry = &report.tls.expect("a tls section").certificates[0];
+    assert_eq!(entry.names, ["a.test", "www.a.test"]);
+    assert_eq!(entry.last_error, None);
+    assert!(site
+        .edge
+        .log()
+        .contains("SIGHUP: TLS certificates read again read=1 refused=0"));
+}
+
+/// With files looked at every second: a rotation that writes the certificate before its key is
+/// refused until the key follows (the old certificate is served meanwhile, and the refusal
+/// names the key file in the log, `/status` and the metric); then a certificate file that holds
+/// a key is refused, and the one served before stays.
+#[tokio::test]
+async fn changed_files_are_reloaded_and_a_bad_one_keeps_the_old_certificate() {
+    let test = "changed_files_are_reloaded";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let served = ca.issue("served", &["a.test"]);
+    let rotated = ca.issue("rotated", &["a.test", "*.a.test"]);
+    let site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&served.cert, &served.key, false)
+            .tls_watch_interval("1s")
+    })
+    .await;
+    let edge = &site.edge;
+    let cert = served.cert.display().to_string();
+    let key = served.key.display().to_string();
+    let status_error = |what: &'static str, needle: String| async move {
+        edge.wait_status(what, RELOAD_DEADLINE, |r| {
+            r.tls.as_ref().is_some_and(|t| {
+                t.certificates[0]
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.contains(&needle))
+            })
+        })
+        .await
+    };
+
+    // The certificate first: its key is still the old one.
+    replace(&rotated.cert, &served.cert);
+    status_error(
+        "the new certificate without its key refused",
+        format!("{key}: is not the key of the certificate in {cert}"),
+    )
+    .await;
+    edge.wait_metric("drawbridge_tls_reload_errors_total", &[], 1.0)
+        .await;
+    let fresh = edge.tls_client(&ca.cert, &["a.test"]);
+    let meanwhile = get(edge, &fresh, "a.test", "/").await;
+    assert_eq!(meanwhile.status(), 200);
+    assert_eq!(peer_certificate(&meanwhile), served.der);
+    assert!(
+        edge.log().contains("TLS certificate not reloaded"),
+        "{}",
+        edge.log_tail()
+    );
+
+    // Then the key: the pair is served, the error cleared, the gauge follows the names.
+    replace(&rotated.key, &served.key);
+    wait_served(edge, &ca.cert, "x.a.test", &rotated).await;
+    let report = edge.status().await;
+    let entry = &report.tls.expect("a tls section").certificates[0];
+    assert_eq!(entry.last_error, None);
+    assert_eq!(entry.names, ["a.test", "*.a.test"]);
+    let metrics = edge.metrics().await;
+    let gauge = "drawbridge_tls_certificate_expiry_timestamp_seconds";
+    assert!(metrics
+        .get(gauge, &[("cert", &cert), ("names", "a.test,*.a.test")])
+        .is_some());
+    assert_eq!(
+        metrics.get(gauge, &[("cert", &cert), ("names", "a.test")]),
+        None
+    );
+
+    // A certificate file that holds no certificate (a key, by mistake).
+    replace(&rotated.key, &served.cert);
+    status_error(
+        "a file without a certificate refused",
+        format!("{cert}: holds no \"BEGIN CERTIFICATE\" block"),
+    )
+    .await;
+    edge.wait_metric("drawbridge_tls_reload_errors_total", &[], 2.0)
+        .await;
+    let fresh = edge.tls_client(&ca.cert, &["a.test"]);
+    let still = get(edge, &fresh, "a.test", "/").await;
+    assert_eq!(peer_certificate(&still), rotated.der);
+}
+
+/// A certificate with the key of another, or a certificate file that is missing, is refused at
+/// start and by `--check` with exit 2 and its key named; the same config with the right key is
+/// valid.
+#[tokio::test]
+async fn a_bad_certificate_at_start_is_refused_with_its_key() {
+    let dir = TestDir::new("a_bad_certificate_at_start");
+    let ca = TestCa::new(dir.path());
+    let a = ca.issue("a", &["a.test"]);
+    let b = ca.issue("b", &["b.test"]);
+    let up = Upstream::start("unused");
+    let builder = |cert: &Path, key: &Path| {
+        Drawbridge::builder("http://127.0.0.1:1", "drawbridge/test/tls/gate")
+            .static_pool("ui", &[&up], None)
+            .route(Route::page("ui", "/", "ui"))
+            .tls_certificate(cert, key, false)
+    };
+    let deadline = Duration::from_secs(20);
+
+    let good = builder(&a.cert, &a.key)
+        .name("good")
+        .write_config(dir.path());
+    let out = run_drawbridge(&good, &["--check"], deadline).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let missing = dir.join("missing.pem");
+    for (name, cert, key, words) in [
+        (
+            "other-key",
+            &a.cert,
+            &b.key,
+            vec![
+                "tls.certificates[0].key".to_string(),
+                format!("is not the key of the certificate in {}", a.cert.display()),
+            ],
+        ),
+        (
+            "missing-cert",
+            &missing,
+            &a.key,
+            vec![
+                "tls.certificates[0].cert".to_string(),
+                format!("{}: cannot read it", missing.display()),
+            ],
+        ),
+    ] {
+        let config = builder(cert, key).name(name).write_config(dir.path());
+        for args in [&["--check"][..], &[]] {
+            let out = run_drawbridge(&config, args, deadline).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+            for word in &words {
+                assert!(
+                    stderr.contains(word.as_str()),
+                    "{name} {args:?}: no {word:?} in {stderr}"
+                );
+            }
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
