@@ -96,6 +96,12 @@ pub(super) fn check_consul(
     if service_name.is_empty() {
         p.add("consul.service_name", "is empty");
     }
+    if c.service_id.as_deref().is_some_and(str::is_empty) {
+        p.add(
+            "consul.service_id",
+            "is empty: leave it out for the default (service name, host name and port)",
+        );
+    }
     ConsulSettings {
         addresses,
         token,

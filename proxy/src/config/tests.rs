@@ -61,6 +61,13 @@ fn minimal_config_gets_the_documented_defaults() {
 }
 
 #[test]
+fn an_empty_service_id_is_refused() {
+    let text = MINIMAL.replace("[consul]", "[consul]\nservice_id = \"\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("consul.service_id: is empty"), "{err}");
+}
+
+#[test]
 fn limits_get_their_defaults_and_bad_ones_are_named() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.limits.max_connections, 10_000);
