@@ -365,7 +365,12 @@ impl GateWatcher {
             .consul_watch_errors
             .with_label_values(&[error_kind(error)])
             .inc();
-        let text = error.to_string();
+        let text = match error {
+            consul::Error::AclDenied { .. } => {
+                format!("{error}; the proxy needs key:read on {}", self.key)
+            }
+            _ => error.to_string(),
+        };
         // A denial, a missing leader or an error status is an answer: Consul is reachable.
         let reached = !matches!(
             error,

@@ -490,3 +490,41 @@ async fn a_body_slower_than_body_min_rate_is_cut_with_408() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_request_the_parser_cannot_read_is_counted_and_logged() {
+    let site = Site::start("a_request_the_parser_cannot_read_is_counted_and_logged").await;
+    let mut stream = TcpStream::connect(site.edge.listen_addr())
+        .await
+        .expect("connect");
+    // A space in a header name: no parser may read it.
+    stream
+        .write_all(b"GET /unreadable HTTP/1.1\r\nHost: limits.test\r\nX Bad: 1\r\n\r\n")
+        .await
+        .expect("write the request");
+    assert_eq!(read_status(&mut stream).await, 400);
+    site.edge
+        .wait_metric(
+            "drawbridge_refused_requests_total",
+            &[("reason", "bad_request")],
+            1.0,
+        )
+        .await;
+    assert!(
+        site.edge
+            .log()
+            .contains("refused: a request the HTTP/1 parser could not read"),
+        "{}",
+        site.edge.log_tail()
+    );
+    assert_eq!(site.ui.requests_to("/unreadable"), 0);
+    // A request it can read is not counted.
+    assert_eq!(site.edge.get("/readable").await.status(), 200);
+    site.edge
+        .wait_metric(
+            "drawbridge_refused_requests_total",
+            &[("reason", "bad_request")],
+            1.0,
+        )
+        .await;
+}

@@ -215,7 +215,12 @@ where
             return self.inner.process_new(stream, shutdown).await;
         }
         let clock = HeaderClock::new(self.header_timeout);
-        let stream: Stream = Box::new(Guarded::new(stream, clock.clone()));
+        let stream: Stream = Box::new(Guarded::new(
+            stream,
+            clock.clone(),
+            client,
+            self.caps.log.clone(),
+        ));
         let served = CLOCK.scope(clock.clone(), self.inner.process_new(stream, shutdown));
         tokio::select! {
             biased;

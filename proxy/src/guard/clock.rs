@@ -2,8 +2,11 @@
 //! connection is about to read its next request, [`header_read`] once the header is parsed,
 //! and the connection's [`Guarded`] stream notes the first byte of each header. The gatehouse
 //! waits on [`HeaderClock::expired`] beside the connection and drops it when the deadline
-//! passes, so no request is in flight and nothing else has to log it.
+//! passes, so no request is in flight and nothing else has to log it. An answer written while a
+//! header is still being read can only be the HTTP/1 parser's own 400 for a request it could
+//! not read: the stream counts and logs it as a refusal.
 
+use super::{Refusal, RefusalLog};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -11,6 +14,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +63,11 @@ impl HeaderClock {
         let _ =
             self.state
                 .compare_exchange(NOT_READING, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a request header is being read (or awaited).
+    fn reading(&self) -> bool {
+        self.state.load(Ordering::Acquire) != NOT_READING
     }
 
     /// The header is parsed.
@@ -118,11 +127,24 @@ pub(super) fn is_h2(stream: &Stream) -> bool {
     matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
 }
 
-/// A connection's stream that tells its clock when bytes arrive.
-#[derive(Debug)]
+/// A connection's stream that tells its clock when bytes arrive, and counts the parser's own
+/// refusal of a request.
 pub(super) struct Guarded {
     inner: Stream,
     clock: Arc<HeaderClock>,
+    client: Option<IpAddr>,
+    refusals: Arc<RefusalLog>,
+    /// The parser's refusal is counted (once: the connection is closed after it).
+    refusal_counted: bool,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for HeaderClock {
@@ -134,8 +156,30 @@ impl std::fmt::Debug for HeaderClock {
 }
 
 impl Guarded {
-    pub(super) fn new(inner: Stream, clock: Arc<HeaderClock>) -> Guarded {
-        Guarded { inner, clock }
+    pub(super) fn new(
+        inner: Stream,
+        clock: Arc<HeaderClock>,
+        client: Option<IpAddr>,
+        refusals: Arc<RefusalLog>,
+    ) -> Guarded {
+        Guarded {
+            inner,
+            clock,
+            client,
+            refusals,
+            refusal_counted: false,
+        }
+    }
+
+    /// An answer is being written: while a header is read, that is the parser's 400.
+    fn writing(&mut self) {
+        if self.refusal_counted || !self.clock.reading() {
+            return;
+        }
+        self.refusal_counted = true;
+        self.refusals.refused(Refusal::BadRequest, self.client, || {
+            "a request the HTTP/1 parser could not read (answered 400)".to_owned()
+        });
     }
 }
 
@@ -160,6 +204,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
 
@@ -168,6 +213,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
     }
 

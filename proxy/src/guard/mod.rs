@@ -45,10 +45,12 @@ pub enum Refusal {
     BodyTimeout,
     /// An admin request without the right bearer token (the admin listener answers 401).
     AdminToken,
+    /// A request the HTTP/1 parser could not read (it answers 400 itself).
+    BadRequest,
 }
 
 /// How many kinds of refusal there are.
-const REFUSALS: usize = 10;
+const REFUSALS: usize = 11;
 
 impl Refusal {
     /// The label value in `drawbridge_refused_requests_total`.
@@ -64,6 +66,7 @@ impl Refusal {
             Refusal::BodyPace => "body_pace",
             Refusal::BodyTimeout => "body_timeout",
             Refusal::AdminToken => "admin_token",
+            Refusal::BadRequest => "bad_request",
         }
     }
 
@@ -71,6 +74,7 @@ impl Refusal {
     /// without an answer.
     pub fn status(self) -> Option<u16> {
         match self {
+            Refusal::BadRequest => Some(400),
             Refusal::HeaderSize | Refusal::HeaderCount => Some(431),
             Refusal::UriLength => Some(414),
             Refusal::BodySize => Some(413),
