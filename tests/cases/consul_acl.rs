@@ -22,6 +22,7 @@ use drawbridge_tests::consul_acl::{
     logs_in, process_texts, run_maintctl, secret_hits, AclConsul, AclToken, TOKEN_TTL,
 };
 use drawbridge_tests::eventually::eventually;
+use drawbridge_tests::load::{open_loop, Served};
 use drawbridge_tests::ports::free_port;
 use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{
@@ -105,53 +106,9 @@ async fn assert_no_secret_leaks(
     texts.len()
 }
 
-/// What one run of legitimate requests saw.
-#[derive(Debug)]
-struct Served {
-    sent: usize,
-    ok: usize,
-    failures: Vec<String>,
-    p99: Duration,
-}
-
-/// Sends `GET <url>` at `rate` a second for `secs`, each on its own task (an open loop: a slow
-/// answer does not slow the sending), and waits for every answer.
+/// `GET <url>` at `rate` a second for `secs` with `client` ([`open_loop`]).
 async fn legitimate_load(client: &reqwest::Client, url: &str, rate: u32, secs: Duration) -> Served {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    while started.elapsed() < secs {
-        ticks.tick().await;
-        let request = client.get(url).timeout(Duration::from_secs(5)).send();
-        requests.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            match request.await {
-                Ok(answer) if answer.status() == 200 => Ok(sent.elapsed()),
-                Ok(answer) => Err(format!("status {}", answer.status())),
-                Err(e) => Err(format!("{e}")),
-            }
-        }));
-    }
-    let sent = requests.len();
-    let (mut latencies, mut failures) = (Vec::new(), Vec::new());
-    for request in requests {
-        match request.await.expect("a request task does not panic") {
-            Ok(latency) => latencies.push(latency),
-            Err(e) => failures.push(e),
-        }
-    }
-    latencies.sort();
-    let p99 = latencies
-        .get((latencies.len() * 99 / 100).min(latencies.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default();
-    failures.truncate(5);
-    Served {
-        sent,
-        ok: latencies.len(),
-        failures,
-        p99,
-    }
+    open_loop(client, url, u64::from(rate), secs, None).await
 }
 
 /// The `Authorization` header of wrong try `i` (`None`: no header at all): random tokens, near

@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drawbridge_tests::load::{open_loop, Served};
 use drawbridge_tests::proxy::Site;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -63,16 +64,6 @@ fn legitimate_rate() -> u64 {
     from_env("DRAWBRIDGE_LIMITS_RATE", 100).max(1)
 }
 
-/// What a run of legitimate requests saw.
-#[derive(Debug)]
-struct Served {
-    sent: usize,
-    ok: usize,
-    failures: Vec<String>,
-    p50: Duration,
-    p99: Duration,
-}
-
 /// Sends `GET <url>` at `rate` a second until `on` is cleared or `most` has passed, on a thread
 /// and runtime of its own (what the test sends beside it must not delay its answers' timing),
 /// and waits for every answer.
@@ -90,51 +81,13 @@ async fn legitimate_load(url: &str, rate: u64, on: Arc<AtomicBool>, most: Durati
         .expect("the load thread is joined")
 }
 
-/// The open loop of [`legitimate_load`]: each request on its own task, so that a slow answer
-/// does not slow the sending.
+/// `GET <url>` at `rate` a second with a client of its own ([`open_loop`]).
 async fn requests_at(url: &str, rate: u64, on: &AtomicBool, most: Duration) -> Served {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("a reqwest client");
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    while on.load(Ordering::Relaxed) && started.elapsed() < most {
-        ticks.tick().await;
-        let request = client.get(url).timeout(Duration::from_secs(5)).send();
-        requests.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            match request.await {
-                Ok(answer) if answer.status() == 200 => Ok(sent.elapsed()),
-                Ok(answer) => Err(format!("status {}", answer.status())),
-                Err(e) => Err(format!("{e}")),
-            }
-        }));
-    }
-    let sent = requests.len();
-    let mut latencies = Vec::new();
-    let mut failures = Vec::new();
-    for request in requests {
-        match request.await.expect("a request task does not panic") {
-            Ok(latency) => latencies.push(latency),
-            Err(e) => failures.push(e),
-        }
-    }
-    latencies.sort();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Served {
-        sent,
-        ok: latencies.len(),
-        p50: at(0.50),
-        p99: at(0.99),
-        failures: failures.into_iter().take(5).collect(),
-    }
+    open_loop(&client, url, rate, most, Some(on)).await
 }
 
 /// The proxy's resident memory in KiB.

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drawbridge_tests::load::{open_loop, Served};
 use drawbridge_tests::proxy::Site;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -27,58 +28,9 @@ fn from_env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// What a run of legitimate requests saw.
-#[derive(Debug)]
-struct Served {
-    sent: usize,
-    ok: usize,
-    /// The first failures, for the assertion message.
-    failures: Vec<String>,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Sends `GET /legit` at `rate` a second for `secs`, each on its own task (an open loop: a slow
-/// answer does not slow the sending), and waits for every answer.
+/// `GET <url>` at `rate` a second for `secs` with `client` ([`open_loop`]).
 async fn legitimate_load(client: &reqwest::Client, url: &str, rate: u64, secs: Duration) -> Served {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    while started.elapsed() < secs {
-        ticks.tick().await;
-        let request = client.get(url).timeout(Duration::from_secs(5)).send();
-        requests.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            match request.await {
-                Ok(answer) if answer.status() == 200 => Ok(sent.elapsed()),
-                Ok(answer) => Err(format!("status {}", answer.status())),
-                Err(e) => Err(format!("{e}")),
-            }
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut failures = Vec::new();
-    let sent = requests.len();
-    for request in requests {
-        match request.await.expect("a request task does not panic") {
-            Ok(latency) => latencies.push(latency),
-            Err(e) => failures.push(e),
-        }
-    }
-    latencies.sort();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Served {
-        sent,
-        ok: latencies.len(),
-        p50: at(0.50),
-        p99: at(0.99),
-        failures: failures.into_iter().take(5).collect(),
-    }
+    open_loop(client, url, rate, secs, None).await
 }
 
 /// The latency bound of the run (`DRAWBRIDGE_SIEGE_SLOWEST_MS`).

@@ -6,6 +6,7 @@
 //! * `consul`: a Consul server and one client agent per "box" on its own loopback address;
 //!   a 3-server cluster for leader elections and server restarts; `consul_acl`: a server that
 //!   enforces ACLs, with policies, tokens in files, and the search for leaked secrets.
+//! * `load`: legitimate traffic at a fixed rate beside an attack, and what it saw.
 //! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
 //!   `raw_http`: one HTTP/1.1 connection driven by hand; `http_thread`: the server thread both
 //!   the upstreams and the fault relay run on.
@@ -18,6 +19,7 @@ pub mod consul_acl;
 pub mod eventually;
 pub mod fault_relay;
 pub mod http_thread;
+pub mod load;
 pub mod maintctl;
 pub mod ports;
 pub mod process;
