@@ -232,6 +232,11 @@ async fn connections_over_the_caps_are_closed_at_once_and_the_admin_listener_ans
     for _ in 0..4 {
         held.push(TcpStream::connect(addr).await.expect("connect"));
     }
+    // Connections are admitted as the proxy gets to them: once these four are, the fifth is the
+    // one over the cap.
+    site.edge
+        .wait_metric("drawbridge_client_connections", &[], 4.0)
+        .await;
     let mut fifth = TcpStream::connect(addr).await.expect("connect");
     let started = Instant::now();
     closed_within(&mut fifth, Duration::from_secs(1))
