@@ -17,14 +17,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drawbridge_core::consul::Client;
 use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::consul::ConsulServer;
-use crate::maintctl::{maintctl_bin, MaintctlOutput, OPERATOR, RUN_DEADLINE};
+use crate::maintctl::{maintctl_bin, run_to_end, MaintctlOutput, OPERATOR, RUN_DEADLINE};
 use crate::process::TestDir;
 
 /// How long an agent caches what a token may do (`acl.token_ttl`): a revoked token is refused
@@ -274,7 +274,7 @@ pub fn secret_hits(texts: &[(String, String)], secrets: &[&str]) -> Vec<String> 
 /// When it cannot be started or does not exit in time.
 pub async fn run_maintctl(dir: &TestDir, config: &Path, args: &[&str]) -> MaintctlOutput {
     static RUNS: AtomicU32 = AtomicU32::new(0);
-    let mut cmd = tokio::process::Command::new(maintctl_bin());
+    let mut cmd = std::process::Command::new(maintctl_bin());
     cmd.arg("--config").arg(config).args(args);
     for var in [
         "CONSUL_HTTP_ADDR",
@@ -291,27 +291,8 @@ pub async fn run_maintctl(dir: &TestDir, config: &Path, args: &[&str]) -> Maintc
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("USER", OPERATOR)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let started = Instant::now();
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", maintctl_bin().display()));
-    let out = match tokio::time::timeout(RUN_DEADLINE, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("maintctl {args:?}: {e}"),
-        Err(_) => panic!("maintctl {args:?} did not exit within {RUN_DEADLINE:?} (killed)"),
-    };
-    let output = MaintctlOutput {
-        args: args.iter().map(|a| a.to_string()).collect(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
-    };
+    cmd.env("USER", OPERATOR).stdin(Stdio::null());
+    let output = run_to_end(cmd, args, RUN_DEADLINE).await;
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
     let _ = std::fs::write(
         dir.join(format!("maintctl-acl-{n:02}.log")),

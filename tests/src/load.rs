@@ -16,6 +16,25 @@ pub struct Served {
     pub p99: Duration,
 }
 
+impl Served {
+    /// Asserts that every request was served and that the p99 stayed within `factor` times the
+    /// `baseline`'s, or within `floor`, whichever is more.
+    pub fn assert_unhurt(&self, baseline: &Served, factor: u32, floor: Duration) {
+        assert_eq!(
+            self.ok, self.sent,
+            "legitimate requests failed: {:?}",
+            self.failures
+        );
+        let allowed = (baseline.p99 * factor).max(floor);
+        assert!(
+            self.p99 <= allowed,
+            "legitimate p99 {:?} during the attack, {:?} before",
+            self.p99,
+            baseline.p99
+        );
+    }
+}
+
 /// Sends `GET <url>` with `client` at `rate` a second until `on` is cleared (when given) or `most`
 /// has passed, and waits for every answer.
 pub async fn open_loop(

@@ -27,8 +27,8 @@ mod scene;
 pub use inventory::{Bypass, BypassKey, ExtraStep, Inventory, InventoryBox, SmokeTest, ENV};
 pub use journal::{JournalView, RunView, PREFIX};
 pub use run::{
-    maintctl_bin, BackgroundRun, Maintctl, MaintctlOutput, BACKGROUND_LIFETIME, OPERATOR,
-    RUN_DEADLINE,
+    maintctl_bin, run_to_end, BackgroundRun, Maintctl, MaintctlOutput, BACKGROUND_LIFETIME,
+    OPERATOR, RUN_DEADLINE,
 };
 pub use scene::{
     content_type, wait_registered, MaintScene, API1_IP, API2_IP, BYPASS_KEY_ID, BYPASS_SECRET,

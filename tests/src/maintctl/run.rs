@@ -29,6 +29,34 @@ pub fn maintctl_bin() -> PathBuf {
     workspace_bin("maintctl", "MAINTCTL_BIN")
 }
 
+/// Runs `cmd`, maintctl with `args`, to completion within `deadline` (killed after it, and the
+/// test fails), its output captured.
+///
+/// # Panics
+/// When it cannot be started or does not exit in time.
+pub async fn run_to_end(cmd: Command, args: &[&str], deadline: Duration) -> MaintctlOutput {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", maintctl_bin().display()));
+    let out = match tokio::time::timeout(deadline, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("maintctl {args:?}: {e}"),
+        Err(_) => panic!("maintctl {args:?} did not exit within {deadline:?} (killed)"),
+    };
+    MaintctlOutput {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
 /// What one `maintctl` run did: its arguments, exit code, output and duration.
 #[derive(Debug, Clone)]
 pub struct MaintctlOutput {
@@ -182,26 +210,7 @@ impl Maintctl {
     /// # Panics
     /// When it cannot be started or does not exit in time.
     pub async fn run_within(&self, args: &[&str], deadline: Duration) -> MaintctlOutput {
-        let mut cmd = tokio::process::Command::from(self.command(args));
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", maintctl_bin().display()));
-        let out = match tokio::time::timeout(deadline, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => panic!("maintctl {args:?}: {e}"),
-            Err(_) => panic!("maintctl {args:?} did not exit within {deadline:?} (killed)"),
-        };
-        let output = MaintctlOutput {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            took: started.elapsed(),
-        };
+        let output = run_to_end(self.command(args), args, deadline).await;
         // Kept in the test directory, which stays when the test fails.
         let n = self.next_run();
         let _ = std::fs::write(
