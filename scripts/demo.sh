@@ -5,7 +5,9 @@
 #
 # Starts (and on Ctrl-C stops, by PID) everything it needs: consul on 127.0.0.1:8500, the "ui" origin
 # on 127.0.0.1:3001 (HTML), the "api" origin on 127.0.0.1:3002 (JSON), drawbridge on 127.0.0.1:8080
-# with its admin listener on 127.0.0.1:9180 (config/demo.toml). Logs go to /tmp/drawbridge-demo/.
+# and, with a certificate for "localhost" it makes at start, HTTPS (HTTP/2 and HTTP/1.1) on
+# 127.0.0.1:8443, with its admin listener on 127.0.0.1:9180 (config/demo.toml, plus the TLS listener).
+# Logs and the certificate go to /tmp/drawbridge-demo/.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,7 +15,7 @@ cd "$root"
 
 run_dir=/tmp/drawbridge-demo
 key=drawbridge/demo/gate
-ports=(8080 8500 9180 3001 3002)
+ports=(8080 8443 8500 9180 3001 3002)
 
 if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -36,7 +38,7 @@ port_taken() {
 
 for port in "${ports[@]}"; do
   if port_taken "$port"; then
-    die "port $port is already in use; the demo needs 8080, 8500, 9180, 3001 and 3002 free (see: ss -ltnp 'sport = :$port')"
+    die "port $port is already in use; the demo needs 8080, 8443, 8500, 9180, 3001 and 3002 free (see: ss -ltnp 'sport = :$port')"
   fi
 done
 
@@ -121,7 +123,25 @@ start "api origin" "$run_dir/origin-api.log" "$origin" --name api --listen 127.0
 wait_for "ui origin" 10 "$run_dir/origin-ui.log" curl -fsS --max-time 2 http://127.0.0.1:3001/healthz
 wait_for "api origin" 10 "$run_dir/origin-api.log" curl -fsS --max-time 2 http://127.0.0.1:3002/healthz
 
-start drawbridge "$run_dir/drawbridge.log" "$target_dir/release/drawbridge" --config config/demo.toml
+# HTTPS: a self-signed certificate for localhost (ECDSA P-256, valid 30 days), made now, and the
+# demo config with a TLS listener serving it.
+tls_dir="$run_dir/tls"
+mkdir -p "$tls_dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$tls_dir/localhost.key" -out "$tls_dir/localhost.pem" 2>"$run_dir/openssl.log" ||
+  die "openssl could not make the demo certificate: $(cat "$run_dir/openssl.log")"
+config="$run_dir/demo.toml"
+sed 's|^listen = \["127.0.0.1:8080"\]$|&\ntls_listen = ["127.0.0.1:8443"]|' config/demo.toml >"$config"
+grep -q '^tls_listen' "$config" || die "config/demo.toml has no 'listen = [\"127.0.0.1:8080\"]' line to add HTTPS beside"
+cat >>"$config" <<EOT
+
+[[tls.certificates]]
+cert = "$tls_dir/localhost.pem"
+key = "$tls_dir/localhost.key"
+EOT
+
+start drawbridge "$run_dir/drawbridge.log" "$target_dir/release/drawbridge" --config "$config"
 wait_for drawbridge 30 "$run_dir/drawbridge.log" curl -fsS --max-time 2 http://127.0.0.1:9180/healthz
 
 until_ts="$(date -u -d '+30 minutes' +%Y-%m-%dT%H:%M:%SZ)"
@@ -135,6 +155,8 @@ Drawbridge demo is up. Try:
   http://127.0.0.1:8080/             the UI (ui origin, HTML)
   http://127.0.0.1:8080/api/orders   the API (api origin, JSON)
   http://127.0.0.1:8080/.well-known/maintenance
+  https://localhost:8443/            the same over HTTPS (HTTP/2); the certificate is self-signed:
+    curl -i --cacert $tls_dir/localhost.pem https://localhost:8443/api/orders
   http://127.0.0.1:9180/status       admin: gate state, Consul watch, pools
   http://127.0.0.1:9180/metrics      admin: Prometheus metrics
   http://127.0.0.1:8500/ui/          Consul

@@ -17,6 +17,7 @@ use crate::facts::{
 };
 use crate::gate_state::GateState;
 use crate::guard::{self, refusal_for, BodyPace, Refusal, RefusalLog};
+use crate::https::{self, HttpsSettings};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::one_line::OneLine;
 use crate::pools::Pool;
@@ -28,15 +29,26 @@ use bytes::Bytes;
 use drawbridge_core::bypass::BYPASSED_HEADER;
 use drawbridge_core::gate::Mode;
 use http::header::{self, HeaderName, HeaderValue};
-use http::Method;
+use http::{Method, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Pingora's errors for a chunked request body it cannot read: a chunk (an overflowing size, a
+/// bare LF) or the end of the trailers.
+const BROKEN_CHUNKS: [ErrorType; 2] = [
+    ErrorType::Custom("InvalidChunk"),
+    ErrorType::Custom("InvalidTrailerEnd"),
+];
+
+/// The largest HTTP/2 request body read whole before an upstream is chosen: what Pingora's
+/// retry buffer holds and sends on.
+const H2_BODY_READ_FIRST: usize = 64 * 1024;
 
 /// The most request body read and dropped to keep a connection open after a maintenance answer.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -49,6 +61,26 @@ const OWN_HEADER_PREFIX: &str = "x-drawbridge-";
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Client-address headers the proxy does not vouch for: a client could write any address there.
 const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("true-client-ip")];
+/// Headers about the client's own connection to the proxy (RFC 9110, 7.6.1), not for the
+/// upstream's; `Connection` itself is rebuilt ([`prepare_upstream`]).
+const HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+];
+/// The scheme the client used, as the application sees it.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The host the client asked for, as the application sees it.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Names a `Connection` line may not remove: the request's host and framing, and the upgrade
+/// it asks for.
+const NOT_HOP_BY_HOP: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// The edge proxy.
 pub struct Edge {
@@ -66,6 +98,8 @@ pub struct Edge {
     pub limits: Limits,
     /// Where refusals are counted and logged, shared with the listener's gatehouse.
     pub refusals: Arc<RefusalLog>,
+    /// The redirect of plain requests to HTTPS, and HSTS.
+    pub https: HttpsSettings,
 }
 
 /// What one request carries from phase to phase.
@@ -84,6 +118,10 @@ pub struct RequestCtx {
     refused: Option<Refusal>,
     /// The request body so far, against `max_body_bytes` and `body_min_rate`.
     body: BodyPace,
+    /// The request came over TLS.
+    tls: bool,
+    /// The request was sent to HTTPS (`server.https_redirect`).
+    redirected: bool,
 }
 
 impl RequestCtx {
@@ -95,6 +133,18 @@ impl RequestCtx {
             None => state.doc.mode,
         })
     }
+}
+
+/// The HTTP/2 stream error under `e`, if it is one.
+fn stream_error(e: &Error) -> Option<h2::Reason> {
+    e.root_cause().downcast_ref::<h2::Error>()?.reason()
+}
+
+/// Whether the request came over TLS.
+fn over_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some())
 }
 
 fn now_unix() -> i64 {
@@ -117,7 +167,11 @@ impl Edge {
                 Answer::Page
             };
         let head_only = req.method == Method::HEAD;
-        let written = match respond::failure(status, answer) {
+        let tls = over_tls(session);
+        let answer = respond::failure(status, answer).and_then(|(mut header, body)| {
+            self.mark_tls(&mut header, tls).map(|()| (header, body))
+        });
+        let written = match answer {
             Ok((header, body)) => {
                 let body = if head_only { Bytes::new() } else { body };
                 session
@@ -148,6 +202,51 @@ impl Edge {
         if let Some(status) = refusal.status() {
             self.write_failure(session, route, status).await;
         }
+    }
+
+    /// Reads a whole HTTP/2 request body of at most [`H2_BODY_READ_FIRST`] bytes before an
+    /// upstream is chosen, so that the h2 layer has checked it against its `content-length`:
+    /// a body that does not match is refused here instead of being cut halfway to the upstream.
+    /// Pingora sends the body read from its retry buffer. Says why the request is refused.
+    async fn read_small_h2_body(&self, session: &mut Session) -> Result<Option<(Refusal, String)>> {
+        let req = session.req_header();
+        let small = req.version == Version::HTTP_2
+            && req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .is_some_and(|length| length <= H2_BODY_READ_FIRST);
+        let downstream = session.as_downstream_mut();
+        if !small || downstream.is_body_empty() {
+            return Ok(None);
+        }
+        downstream.enable_retry_buffering();
+        let timeout = self.limits.body_timeout;
+        let read = tokio::time::timeout(timeout, async {
+            while downstream.read_request_body().await?.is_some() {}
+            Ok::<_, Box<Error>>(())
+        })
+        .await;
+        match read {
+            Ok(Ok(())) => Ok(None),
+            Ok(Err(e)) if stream_error(&e) == Some(h2::Reason::PROTOCOL_ERROR) => Ok(Some((
+                Refusal::Ambiguous,
+                format!("an HTTP/2 request body that does not match its content-length: {e}"),
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(Some((
+                Refusal::BodyTimeout,
+                format!("no whole request body within limits.body_timeout ({timeout:?})"),
+            ))),
+        }
+    }
+
+    /// Adds `Strict-Transport-Security` (`tls.hsts`) to an answer over TLS.
+    fn mark_tls(&self, header: &mut ResponseHeader, tls: bool) -> Result<()> {
+        if let Some(hsts) = self.https.hsts.as_ref().filter(|_| tls) {
+            header.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        Ok(())
     }
 
     /// Verifies a bypass token against the keyring, logging who was let through.
@@ -220,6 +319,8 @@ impl ProxyHttp for Edge {
             failure: None,
             refused: None,
             body: BodyPace::default(),
+            tls: false,
+            redirected: false,
         }
     }
 
@@ -240,12 +341,30 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.tls = over_tls(session);
         let facts = RequestFacts::from_request(session.req_header(), ctx.peer_ip);
         ctx.client_ip = facts.client_ip(&self.bypass.trusted_proxies);
-        if let Some((refusal, detail)) = refusal_for(session.req_header(), &self.limits) {
+        // A tunnel, an ambiguous request, one over a size limit: refused before anything else.
+        let refusal = (session.req_header().method == Method::CONNECT)
+            .then(|| {
+                let detail = "a CONNECT request: this proxy opens no tunnels";
+                (Refusal::ConnectMethod, detail.to_owned())
+            })
+            .or_else(|| guard::ambiguous(session.as_downstream()))
+            .or_else(|| refusal_for(session.req_header(), &self.limits));
+        if let Some((refusal, detail)) = refusal {
             let route = self.router.find(facts.host, facts.path);
             self.refuse(session, ctx, route, refusal, detail).await;
             return Ok(true);
+        }
+        if let Some(port) = self.https.redirect_port.filter(|_| !ctx.tls) {
+            let req = session.req_header();
+            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(location) = https::redirect_location(facts.host, facts.path, target, port) {
+                ctx.redirected = true;
+                Self::write(session, https::redirect(&location)?, Bytes::new()).await?;
+                return Ok(true);
+            }
         }
         let decision = decide(
             &state,
@@ -258,15 +377,20 @@ impl ProxyHttp for Edge {
         ctx.decision = Some(decision);
         let response =
             respond::response_for(decision, &state, &facts, &self.maintenance, now_unix)?;
-        let answered = response.is_some();
-        if let Some((header, body)) = response {
+        let mut answered = response.is_some();
+        if let Some((mut header, body)) = response {
+            self.mark_tls(&mut header, ctx.tls)?;
             Self::write(session, header, body).await?;
+        } else if let Some((refusal, detail)) = self.read_small_h2_body(session).await? {
+            self.refuse(session, ctx, decision.route(), refusal, detail)
+                .await;
+            answered = true;
         }
         ctx.state = Some(state);
         Ok(answered)
     }
 
-    /// Picks the next healthy server of the route's pool.
+    /// Picks the next healthy server of the route's pool; over TLS for a TLS pool.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -285,10 +409,25 @@ impl ProxyHttp for Edge {
                 format!("no healthy server in pool {}", pool.name),
             )
         })?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = pool.peer(backend.addr);
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// Logs a failed TLS handshake with the pool and the server ([`Pool::connect_failed`]);
+    /// the error itself goes on as it is (no retry: the client gets 502).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(route) = ctx.decision.and_then(Decision::route) {
+            self.pools[self.router.route(route).pool].connect_failed(peer, &e);
+        }
+        e
     }
 
     /// Cleans the request for the upstream ([`prepare_upstream`]).
@@ -298,7 +437,12 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream(upstream, &self.bypass, ctx.peer_ip, ctx.client_ip)
+        let from = Client {
+            peer: ctx.peer_ip,
+            resolved: ctx.client_ip,
+            tls: ctx.tls,
+        };
+        prepare_upstream(upstream, &self.bypass, from)
     }
 
     /// Holds the request body to `max_body_bytes` and `body_min_rate` as it is passed on; a
@@ -321,7 +465,7 @@ impl ProxyHttp for Edge {
         Error::e_explain(ErrorType::HTTPStatus(status), detail)
     }
 
-    /// Marks responses that passed a closed gate.
+    /// Marks responses that passed a closed gate; adds HSTS over TLS.
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -331,7 +475,7 @@ impl ProxyHttp for Edge {
         if let Some(Decision::Bypass { via, .. }) = ctx.decision {
             upstream_response.insert_header(BYPASSED_HEADER, via.as_str())?;
         }
-        Ok(())
+        self.mark_tls(upstream_response, ctx.tls)
     }
 
     /// Answers a request that could not be proxied: 504 when the upstream timed out, 502 for
@@ -345,13 +489,23 @@ impl ProxyHttp for Edge {
     ) -> FailToProxy {
         let status = respond::failure_status(e);
         ctx.failure = Some(status);
+        let client = ctx.client_ip.or(ctx.peer_ip);
         if status == 408 && ctx.refused.is_none() {
             ctx.refused = Some(Refusal::BodyTimeout);
             let timeout = self.limits.body_timeout;
-            self.refusals
-                .refused(Refusal::BodyTimeout, ctx.client_ip.or(ctx.peer_ip), || {
-                    format!("no bytes of the request body for limits.body_timeout ({timeout:?})")
-                });
+            self.refusals.refused(Refusal::BodyTimeout, client, || {
+                format!("no bytes of the request body for limits.body_timeout ({timeout:?})")
+            });
+        }
+        if BROKEN_CHUNKS.contains(e.etype()) && e.esource() == &ErrorSource::Downstream {
+            // The head went upstream already; the cut body ends that request there.
+            ctx.refused = Some(Refusal::Ambiguous);
+            self.refusals.refused(Refusal::Ambiguous, client, || {
+                format!(
+                    "a chunked request body that cannot be read: {}",
+                    OneLine(&e.to_string())
+                )
+            });
         }
         if status > 0 {
             let route = ctx.decision.and_then(Decision::route);
@@ -401,6 +555,7 @@ impl ProxyHttp for Edge {
         let decision = match (ctx.refused, ctx.decision) {
             (Some(refusal), _) => refusal.as_str(),
             (None, Some(decision)) => decision.label(),
+            (None, None) if ctx.redirected => "https_redirect",
             (None, None) => "error",
         };
         let req = session.req_header();
@@ -439,14 +594,29 @@ impl ProxyHttp for Edge {
     }
 }
 
+/// Who sent a request, as the proxy knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The address of the connection's other end.
+    pub peer: Option<IpAddr>,
+    /// The client as resolved by the trust rules, when known.
+    pub resolved: Option<IpAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
 /// Cleans a request for the upstream, open gate or closed:
 /// * drops the bypass token header and every client-sent `X-Drawbridge-*` header (the proxy's
 ///   own names: an application must be able to trust them), and `Forwarded`, `True-Client-IP`
 ///   and `X-Real-IP`, addresses the proxy does not vouch for;
+/// * drops the hop-by-hop headers, and those a `Connection` line names (but for the host, the
+///   framing and an upgrade, which is all `Connection` keeps);
 /// * cuts the bypass cookie out of the `Cookie` lines, the other cookies kept byte for byte; a
 ///   line left empty is dropped;
-/// * sends one `X-Forwarded-For` line: every line the request had, in order, then `peer`;
-/// * sets `X-Real-IP` to `client`, the client as resolved by the trust rules, when known.
+/// * sends one `X-Forwarded-For` line: every line the request had, in order, then the peer;
+/// * sets `X-Real-IP` to the client as resolved by the trust rules, when known;
+/// * sets `X-Forwarded-Proto` (`https` or `http`) and `X-Forwarded-Host` (the request's host)
+///   from the connection, unless the peer is one of `bypass.trusted_proxies` and sent them.
 ///
 /// Headers are only rebuilt where there is something to remove.
 ///
@@ -455,9 +625,14 @@ impl ProxyHttp for Edge {
 pub fn prepare_upstream(
     upstream: &mut RequestHeader,
     bypass: &BypassSettings,
-    peer: Option<IpAddr>,
-    client: Option<IpAddr>,
+    from: Client,
 ) -> Result<()> {
+    let Client {
+        peer,
+        resolved: client,
+        tls,
+    } = from;
+    let connection_named = connection_named(upstream);
     // Collecting nothing allocates nothing: the usual request pays one pass over its names.
     let unwanted: Vec<HeaderName> = upstream
         .headers
@@ -467,11 +642,21 @@ pub fn prepare_upstream(
                 || **name == bypass.header
                 || **name == X_REAL_IP
                 || UNVOUCHED.contains(*name)
+                || HOP_BY_HOP.contains(*name)
+                || connection_named.contains(*name)
         })
         .cloned()
         .collect();
     for name in &unwanted {
         upstream.remove_header(name);
+    }
+    if upstream.headers.contains_key(header::CONNECTION) {
+        let upgrade = upstream.headers.contains_key(header::UPGRADE)
+            && connection_tokens(upstream).any(|token| token.eq_ignore_ascii_case("upgrade"));
+        upstream.remove_header(&header::CONNECTION);
+        if upgrade {
+            upstream.insert_header(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
+        }
     }
 
     let cookies = || upstream.headers.get_all(header::COOKIE).iter();
@@ -515,7 +700,49 @@ pub fn prepare_upstream(
         let _ = write!(text, "{client}");
         upstream.insert_header(X_REAL_IP, text)?;
     }
+
+    let vouched = peer.is_some_and(|ip| bypass.trusted_proxies.iter().any(|n| n.contains(&ip)));
+    let proto = upstream.headers.get(&X_FORWARDED_PROTO);
+    if !(vouched && proto.is_some_and(|p| p == "https" || p == "http")) {
+        let scheme = if tls { "https" } else { "http" };
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
+    }
+    if !(vouched && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
+        let host = match upstream.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => upstream.headers.get(header::HOST).cloned(),
+        };
+        match host {
+            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+            None => {
+                upstream.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+    }
     Ok(())
+}
+
+/// The tokens of the request's `Connection` lines.
+fn connection_tokens(req: &RequestHeader) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// The headers a `Connection` line names as hop-by-hop, but for [`NOT_HOP_BY_HOP`]; none
+/// (and no allocation) without a `Connection` line.
+fn connection_named(req: &RequestHeader) -> Vec<HeaderName> {
+    if !req.headers.contains_key(header::CONNECTION) {
+        return Vec::new();
+    }
+    connection_tokens(req)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !NOT_HOP_BY_HOP.contains(name))
+        .collect()
 }
 
 #[cfg(test)]
@@ -525,6 +752,15 @@ mod tests {
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
+    }
+
+    /// A plain-HTTP client at `peer`, resolved to `resolved`.
+    fn from(peer: Option<IpAddr>, resolved: Option<IpAddr>) -> Client {
+        Client {
+            peer,
+            resolved,
+            tls: false,
+        }
     }
 
     /// Every value of header `name`, in order.
@@ -539,7 +775,7 @@ mod tests {
     /// `headers` after [`prepare_upstream`] from peer 10.0.0.2 resolved to client `client`.
     fn prepared(headers: &[(&str, &str)], client: Option<IpAddr>) -> RequestHeader {
         let mut req = request(Method::GET, "/", headers);
-        prepare_upstream(&mut req, &bypass(), ip("10.0.0.2"), client).unwrap();
+        prepare_upstream(&mut req, &bypass(), from(ip("10.0.0.2"), client)).unwrap();
         req
     }
 
@@ -581,7 +817,94 @@ mod tests {
         );
         let mut names: Vec<&str> = req.headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["accept", "x-drawbridgeish", "x-forwarded-for"]);
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "x-drawbridgeish",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_at_the_proxy() {
+        let req = prepared(
+            &[
+                ("connection", "keep-alive, X-Secret, host"),
+                ("connection", "content-length,upgrade"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("trailer", "x-sum"),
+                ("host", "shop.test"),
+                ("content-length", "0"),
+                ("accept", "*/*"),
+            ],
+            None,
+        );
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+        ] {
+            assert!(req.headers.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(all(&req, "host"), ["shop.test"]);
+        assert_eq!(all(&req, "content-length"), ["0"]);
+        assert_eq!(all(&req, "accept"), ["*/*"]);
+        // An upgrade keeps what it needs.
+        let upgrade = prepared(
+            &[
+                ("connection", "Upgrade, x-secret"),
+                ("upgrade", "websocket"),
+                ("x-secret", "1"),
+            ],
+            None,
+        );
+        assert_eq!(all(&upgrade, "connection"), ["upgrade"]);
+        assert_eq!(all(&upgrade, "upgrade"), ["websocket"]);
+        assert!(upgrade.headers.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn forwarded_proto_and_host_come_from_the_connection_unless_a_trusted_proxy_sent_them() {
+        let sent = [
+            ("host", "shop.test"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+        ];
+        let untrusted = prepared(&sent, None);
+        assert_eq!(all(&untrusted, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&untrusted, "x-forwarded-host"), ["shop.test"]);
+
+        let mut settings = bypass();
+        settings.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut req = request(Method::GET, "/", &sent);
+        prepare_upstream(&mut req, &settings, from(ip("10.0.0.2"), None)).unwrap();
+        assert_eq!(all(&req, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["evil.test"]);
+        // Even a trusted proxy's scheme must be one.
+        let mut odd = request(
+            Method::GET,
+            "/",
+            &[("host", "shop.test"), ("x-forwarded-proto", "gopher")],
+        );
+        prepare_upstream(&mut odd, &settings, from(ip("10.0.0.2"), None)).unwrap();
+        assert_eq!(all(&odd, "x-forwarded-proto"), ["http"]);
+
+        let mut tls = request(Method::GET, "/", &[("host", "shop.test")]);
+        let over_tls = Client {
+            tls: true,
+            ..from(ip("192.0.2.1"), None)
+        };
+        prepare_upstream(&mut tls, &bypass(), over_tls).unwrap();
+        assert_eq!(all(&tls, "x-forwarded-proto"), ["https"]);
     }
 
     #[test]
@@ -589,7 +912,7 @@ mod tests {
         let mut settings = bypass();
         settings.header = HeaderName::from_static("x-ops-pass");
         let mut req = request(Method::GET, "/", &[("x-ops-pass", "t"), ("a", "1")]);
-        prepare_upstream(&mut req, &settings, None, None).unwrap();
+        prepare_upstream(&mut req, &settings, from(None, None)).unwrap();
         assert!(req.headers.get("x-ops-pass").is_none());
         assert_eq!(all(&req, "a"), ["1"]);
     }
@@ -622,7 +945,7 @@ mod tests {
                 ("x-forwarded-for", "192.0.2.2"),
             ],
         );
-        prepare_upstream(&mut req, &bypass(), None, None).unwrap();
+        prepare_upstream(&mut req, &bypass(), from(None, None)).unwrap();
         assert_eq!(all(&req, "x-forwarded-for"), ["192.0.2.1, 192.0.2.2"]);
         assert!(req.headers.get("x-real-ip").is_none());
     }

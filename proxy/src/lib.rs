@@ -11,12 +11,15 @@
 //!   says (client address, token), its route, the decision, the answer the proxy writes itself.
 //! * `edge`: the `ProxyHttp` implementation: facts → decide → respond → write.
 //! * `pools`: upstream pools, static or following a Consul service, with health checks.
-//! * `one_line`: text from outside escaped for a log line.
+//! * `upstream_tls`: TLS to a pool's servers: its CAs and client certificate, read at start.
+//! * `one_line`: text from outside escaped for a log line; `log_pace`: a line a second at most
+//!   for events that come in floods.
 //! * `admin`, `metrics`, `registration`: `/healthz` `/status` `/metrics`, and the proxy's own
 //!   Consul registration.
 //! * `guard`: connection caps at accept and the whole-request-header deadline.
 //! * `sessions`: each HTTP session's timeouts (keep-alive, body, slow reader), and idle
 //!   connections kept open through a shutdown's grace period.
+//! * `https`: the plain listeners' redirect to HTTPS, and HSTS.
 //! * `tls`: certificates of the TLS listeners, chosen by SNI and reloaded live.
 //! * `server`: wires everything into a Pingora server.
 
@@ -28,6 +31,8 @@ pub mod facts;
 pub mod follow;
 pub mod gate_state;
 pub mod guard;
+pub mod https;
+pub mod log_pace;
 pub mod metrics;
 pub mod one_line;
 pub mod page;
@@ -39,4 +44,5 @@ pub mod server;
 pub mod sessions;
 pub mod state_file;
 pub mod tls;
+pub mod upstream_tls;
 pub mod watcher;

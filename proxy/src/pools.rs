@@ -1,9 +1,14 @@
 //! Upstream pools: a round-robin load balancer per pool with active health checks, fed either by
 //! the configured server list or by the passing instances of a Consul service, followed with
 //! blocking queries so a box put into Consul maintenance leaves the pool by itself.
+//!
+//! A TLS pool's requests and health checks connect alike ([`crate::upstream_tls`]): same name,
+//! CAs and client certificate; a `tcp` check of a TLS pool is a whole handshake.
 
 use crate::config::{HealthCheckSettings, PoolSettings, PoolSource};
 use crate::follow::{follow, Followed, ReadKind, Taken};
+use crate::log_pace::EachSecond;
+use crate::upstream_tls::{handshake_failure, TlsHandshakeCheck, UpstreamTls};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drawbridge_core::consul::{self, Client, Consistency, Failover};
@@ -15,7 +20,9 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +38,45 @@ pub struct Pool {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How the servers are spoken to over TLS; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+    /// Pingora's connection-reuse group of this pool's TLS peers (a hash of its name).
+    group: u64,
+    /// Failed handshakes are logged at most once a second.
+    handshake_failures: EachSecond,
 }
 
 impl Pool {
+    /// The peer to connect to server `addr` with: plain, or TLS with the pool's name, CAs and
+    /// client certificate.
+    pub fn peer(&self, addr: pingora::protocols::l4::socket::SocketAddr) -> HttpPeer {
+        match &self.tls {
+            Some(tls) => tls.peer(addr, self.group),
+            None => HttpPeer::new(addr, false, String::new()),
+        }
+    }
+
+    /// Logs why a connection to `peer` failed when it failed in the TLS handshake (at most a
+    /// line a second, with how many failed since), naming the pool, the server and the name, e.g. `pool api: server 10.0.1.10:443: TLS certificate not
+    /// trusted (unknown issuer) for SNI api.internal`.
+    pub fn connect_failed(&self, peer: &HttpPeer, e: &pingora::Error) {
+        if self.tls.is_none() {
+            return;
+        }
+        let Some(reason) = handshake_failure(e) else {
+            return;
+        };
+        if let Some(also) = self.handshake_failures.note() {
+            tracing::warn!(
+                failed_since_last_line = also,
+                "pool {}: server {}: {reason} for SNI {}",
+                self.name,
+                peer.address(),
+                peer.sni()
+            );
+        }
+    }
+
     /// The next healthy server, round robin; `None` when every server is down.
     pub fn select(&self) -> Option<Backend> {
         self.lb.select(b"", 64)
@@ -65,6 +108,16 @@ pub struct BuiltPool {
 
 /// Builds a pool; `consul` holds the agents Consul-service pools read from.
 pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
+    let group = {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        settings.name.hash(&mut hasher);
+        hasher.finish()
+    };
+    // A TLS pool's checks connect as its requests do; the address is each server's.
+    let tls_peer = settings
+        .tls
+        .as_ref()
+        .map(|tls| tls.peer(l4_addr(SocketAddr::from(([0, 0, 0, 0], 1))), group));
     let (discovery, source, watch): (Box<dyn ServiceDiscovery + Send + Sync>, String, _) =
         match &settings.source {
             PoolSource::Static(addrs) => {
@@ -84,11 +137,28 @@ pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
     let interval = match &settings.health_check {
         HealthCheckSettings::None => None,
         HealthCheckSettings::Tcp { interval } => {
-            backends.set_health_check(TcpHealthCheck::new());
+            match tls_peer {
+                Some(mut peer) => {
+                    peer.options.connection_timeout = Some(Duration::from_secs(1));
+                    backends.set_health_check(Box::new(TlsHandshakeCheck::new(peer)));
+                }
+                None => backends.set_health_check(TcpHealthCheck::new()),
+            }
             Some(*interval)
         }
         HealthCheckSettings::Http { path, interval } => {
-            let mut check = HttpHealthCheck::new(&settings.name, false);
+            let mut check = match (&settings.tls, tls_peer) {
+                (Some(tls), Some(mut peer)) => {
+                    // The name the server is reached by is the Host too.
+                    let mut check = HttpHealthCheck::new(&tls.sni, true);
+                    peer.options.connection_timeout =
+                        check.peer_template.options.connection_timeout;
+                    peer.options.read_timeout = check.peer_template.options.read_timeout;
+                    check.peer_template = peer;
+                    check
+                }
+                _ => HttpHealthCheck::new(&settings.name, false),
+            };
             check.req.set_uri(
                 http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
             );
@@ -132,14 +202,21 @@ pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
             lb,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
+            tls: settings.tls.clone(),
+            group,
+            handshake_failures: EachSecond::default(),
         }),
         services,
     }
 }
 
+fn l4_addr(addr: SocketAddr) -> pingora::protocols::l4::socket::SocketAddr {
+    pingora::protocols::l4::socket::SocketAddr::Inet(addr)
+}
+
 fn backend(addr: SocketAddr) -> Backend {
     Backend {
-        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+        addr: l4_addr(addr),
         weight: 1,
         ext: http::Extensions::new(),
     }

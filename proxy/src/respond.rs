@@ -215,6 +215,10 @@ impl FailureBodies {
                 "about:blank",
                 "The request headers are larger than this service accepts.",
             ),
+            405 => (
+                "about:blank",
+                "This address does not open tunnels (CONNECT).",
+            ),
             400..=499 => ("about:blank", "The request could not be read."),
             _ => ("about:blank", "The request could not be completed."),
         };
@@ -233,7 +237,7 @@ impl FailureBodies {
 
 /// The statuses the proxy answers failures and refusals with; their bodies are rendered once,
 /// since they come in bulk when an upstream is down or a client misbehaves.
-const FAILURE_STATUSES: [u16; 8] = [400, 408, 413, 414, 431, 500, 502, 504];
+const FAILURE_STATUSES: [u16; 9] = [400, 405, 408, 413, 414, 431, 500, 502, 504];
 
 static FAILURE_BODIES: LazyLock<Vec<FailureBodies>> = LazyLock::new(|| {
     FAILURE_STATUSES

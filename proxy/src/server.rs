@@ -5,10 +5,11 @@
 //! `run_forever`.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
 use crate::guard::{Caps, EarlyRefusal, Gatehouse, RefusalLog};
+use crate::https::HttpsSettings;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
@@ -20,12 +21,15 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use drawbridge_core::consul::Failover;
 use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, ALPN};
 use pingora::prelude::{background_service, Opt};
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,17 +48,35 @@ pub struct StartOptions {
 const CLIENT_WRITE_BUFFER: usize = 8 * 1024;
 
 /// The TLS settings of a public listener: TLS 1.2 and 1.3 (Pingora's rustls acceptor offers
-/// no others), certificates from `resolver`, and HTTP/1.1 only in ALPN.
-fn listener_tls(resolver: Arc<SniResolver>) -> anyhow::Result<TlsSettings> {
+/// no others), certificates from `resolver`, and `h2` (when `http2`) then `http/1.1` in ALPN.
+fn listener_tls(resolver: Arc<SniResolver>, http2: bool) -> anyhow::Result<TlsSettings> {
     // No file paths: with a resolver set, `build()` reads no file (the path-based set-up would
     // panic there on a bad file; ours were read and checked with the config).
     let mut tls = TlsSettings::intermediate("", "")
         .map_err(|e| anyhow::anyhow!("TLS listener settings: {e}"))?;
     tls.set_cert_resolver(resolver);
-    // HTTP/2 is not served yet (issue 11): a client offering h2 gets HTTP/1.1.
-    tls.set_alpn(ALPN::H1);
+    tls.set_alpn(if http2 { ALPN::H2H1 } else { ALPN::H1 });
     Ok(tls)
 }
+
+/// How HTTP/2 connections are held to `[limits]`: streams at once, the decoded header list (as
+/// `max_header_bytes`), and resets (a client that opens and cancels streams in a loop, the
+/// "rapid reset" attack, is sent GOAWAY by the h2 library after this many).
+fn h2_options(limits: &Limits) -> H2Options {
+    let mut options = H2Options::default();
+    options
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(H2_MAX_ERROR_RESETS));
+    options
+}
+
+/// Streams a client may reset before the proxy took them, at once.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the proxy may reset for a client's protocol errors on one connection before it is
+/// closed with GOAWAY.
+const H2_MAX_ERROR_RESETS: usize = 64;
 
 fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -198,8 +220,24 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         access_log: config.server.access_log,
         limits: config.limits.clone(),
         refusals: refusals.clone(),
+        https: HttpsSettings {
+            redirect_port: tls_listen
+                .first()
+                .map(SocketAddr::port)
+                .filter(|_| config.server.https_redirect),
+            hsts: config.tls.hsts.clone(),
+        },
     };
-    let app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.server.h2c;
+    // CONNECT reaches the edge, which refuses it in the route's form (Pingora's own refusal is
+    // a bare 405).
+    options.allow_connect_method_proxying = true;
+    // An HTTP/2 connection with no request in flight is held as long as an idle HTTP/1 one.
+    options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
+    app.server_options = Some(options);
+    app.h2_options = Some(h2_options(&config.limits));
     let app = SessionRules::new(app, config.server.grace_period, &config.limits);
     let caps = Arc::new(Caps::new(
         &config.limits,
@@ -209,7 +247,12 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     ));
     let mut proxy = Service::new(
         "drawbridge".to_string(),
-        Gatehouse::new(app, caps.clone(), config.limits.header_timeout),
+        Gatehouse::new(
+            app,
+            caps.clone(),
+            config.limits.header_timeout,
+            config.server.h2c,
+        ),
     );
     proxy.set_connection_filter(Arc::new(EarlyRefusal(caps)));
     for addr in &listen {
@@ -222,7 +265,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         for addr in &tls_listen {
             proxy.add_listener(
                 ListenerConfig::tcp(addr.to_string())
-                    .tls(listener_tls(certificates.resolver())?)
+                    .tls(listener_tls(certificates.resolver(), config.tls.http2)?)
                     .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)),
             );
         }

@@ -14,8 +14,14 @@ mod proxy_admin;
 mod proxy_bypass;
 // Forged bypass tokens, key rotation, and a table of client-address spoofing attempts.
 mod proxy_attacks;
+// HTTP/2 by ALPN and h2c: every answer, requests in flight across a switch and SIGTERM, limits.
+mod proxy_h2;
+// HTTP/2 abuse: rapid reset, CONTINUATION and SETTINGS floods, malformed requests.
+mod proxy_h2_abuse;
 // What reaches the upstream (no token, one X-Forwarded-For, no forged headers) and 502/504 answers.
 mod proxy_hygiene;
+// Request smuggling: ambiguous HTTP/1 framing refused with 400 and the connection closed.
+mod proxy_smuggling;
 // --check and refused configs.
 mod proxy_config;
 // Connection caps, the request-header deadline and the keep-alive timeout.
@@ -26,6 +32,8 @@ mod proxy_siege;
 mod proxy_limits_volume;
 // Upstreams that close, reset, hang or never read.
 mod proxy_upstream_faults;
+// TLS to upstream pools: name and CA, refused certificates, client certificates, health checks.
+mod proxy_upstream_tls;
 // In-flight requests, SIGTERM, registration.
 mod proxy_lifecycle;
 // A three-server cluster: no step back through server restarts, failover, idle staleness.

@@ -176,8 +176,9 @@ async fn forwarded_for_lines_arrive_joined_in_one_line() {
     assert!(line.contains(" peer=127.0.0.1 "), "the peer: {line}");
 }
 
-/// Client-sent `X-Drawbridge-*`, `X-Real-IP`, `Forwarded` and `True-Client-IP` do not reach the
-/// upstream as sent: the first three kinds are dropped, `X-Real-IP` is the proxy's own.
+/// Client-sent `X-Drawbridge-*`, `X-Real-IP`, `Forwarded`, `True-Client-IP`, hop-by-hop headers
+/// (also those `Connection` names) and `X-Forwarded-Proto`/`-Host` do not reach the upstream as
+/// sent: they are dropped, or set by the proxy (`X-Real-IP`, `X-Forwarded-*`).
 #[tokio::test]
 async fn forged_headers_do_not_reach_the_upstream() {
     let site = Site::start("forged_headers_do_not_reach_the_upstream").await;
@@ -189,6 +190,11 @@ async fn forged_headers_do_not_reach_the_upstream() {
         ("x-real-ip", "203.0.113.66"),
         ("forwarded", "for=203.0.113.66;proto=https"),
         ("true-client-ip", "203.0.113.66"),
+        ("connection", "x-secret-hop"),
+        ("x-secret-hop", "1"),
+        ("proxy-connection", "keep-alive"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.test"),
     ];
     for (path, upstream) in [("/forged", &site.ui), ("/api/forged", &site.api)] {
         let mut req = site.edge.request(reqwest::Method::GET, path);
@@ -205,6 +211,8 @@ async fn forged_headers_do_not_reach_the_upstream() {
             "x-drawbridge-role",
             "forwarded",
             "true-client-ip",
+            "x-secret-hop",
+            "proxy-connection",
         ] {
             assert!(
                 seen.header_lines(name).is_empty(),
@@ -213,6 +221,12 @@ async fn forged_headers_do_not_reach_the_upstream() {
             );
         }
         assert_eq!(seen.header_lines("x-real-ip"), ["127.0.0.1"], "{path}");
+        assert_eq!(seen.header_lines("x-forwarded-proto"), ["http"], "{path}");
+        assert_eq!(
+            seen.header_lines("x-forwarded-host"),
+            [site.edge.listen_addr().to_string()],
+            "{path}"
+        );
         assert_eq!(
             seen.header_lines("x-forwarded-for"),
             ["127.0.0.1"],
@@ -386,4 +400,35 @@ async fn a_short_admin_token_is_refused_at_load() {
         stderr.contains("admin.token: has 5 characters; use at least 16"),
         "stderr: {stderr}"
     );
+}
+
+/// A CONNECT request (a tunnel) gets 405 in the page form, is counted, and reaches no upstream;
+/// the connection is closed.
+#[tokio::test]
+async fn connect_is_refused_in_the_proxys_own_form() {
+    let site = Site::start("connect_is_refused_in_the_proxys_own_form").await;
+    let mut conn = RawConnection::connect(site.edge.listen_addr()).await;
+    conn.send("CONNECT upstream.test:443 HTTP/1.1\r\nHost: upstream.test:443\r\n\r\n")
+        .await;
+    let answer = conn.read_answer("the answer to CONNECT").await;
+    assert_eq!(answer.status, 405);
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{answer:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&answer.body).contains("tunnels"),
+        "{answer:?}"
+    );
+    assert!(conn.closed_by_peer().await, "the connection stays open");
+    assert_eq!(site.ui.total_requests() + site.api.total_requests(), 0);
+    site.edge
+        .wait_metric(
+            "drawbridge_refused_requests_total",
+            &[("reason", "connect_method")],
+            1.0,
+        )
+        .await;
 }

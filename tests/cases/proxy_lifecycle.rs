@@ -25,56 +25,13 @@ fn exit_after_sigterm(site: &mut Site) -> std::process::ExitStatus {
     })
 }
 
-/// Starts `GET <path>` on its own task and waits until the upstream `counts` it, so the
-/// request is in flight at the proxy when this returns.
-async fn start_slow_request(
-    site: &Site,
-    path: &'static str,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    let request = site.edge.client().get(site.edge.url(path)).send();
-    let task = tokio::spawn(request);
-    let ui = &site.ui;
-    eventually(
-        "the slow request reached the upstream",
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async move {
-            if ui.requests_to(path) >= 1 {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        },
-    )
-    .await;
-    task
-}
-
-/// The answer to a request of [`start_slow_request`], once it completes.
-///
-/// # Panics
-/// When the request failed (with the proxy's log).
-async fn slow_answer(
-    site: &Site,
-    slow: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-) -> reqwest::Response {
-    slow.await
-        .expect("the request task does not panic")
-        .unwrap_or_else(|e| {
-            panic!(
-                "the in-flight request failed: {e}\n{}",
-                site.edge.log_tail()
-            )
-        })
-}
-
 /// A request to a slow upstream path (1.5 s) that started before the key flips to
 /// maintenance completes with the upstream's 200; requests after the flip get 503.
 #[tokio::test]
 async fn request_in_flight_during_the_switch_completes() {
     let site = Site::start("request_in_flight_during_the_switch_completes").await;
     let started = Instant::now();
-    let slow = start_slow_request(&site, "/slow/report").await;
+    let slow = site.start_slow(site.edge.client(), "/slow/report").await;
 
     let index = set_gate(
         &site.consul.client(),
@@ -93,7 +50,7 @@ async fn request_in_flight_during_the_switch_completes() {
         "the slow request finished before the flip was applied; the test proves nothing"
     );
 
-    let answer = slow_answer(&site, slow).await;
+    let answer = site.slow_answer(slow).await;
     assert_eq!(answer.status(), 200, "the in-flight request was cut");
     assert_eq!(header(&answer, "x-upstream").as_deref(), Some("ui"));
     assert!(started.elapsed() >= SLOW_PATH_DELAY);
@@ -104,11 +61,11 @@ async fn request_in_flight_during_the_switch_completes() {
 #[tokio::test]
 async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     let mut site = Site::start("sigterm_drains_the_request_in_flight").await;
-    let slow = start_slow_request(&site, "/slow/export").await;
+    let slow = site.start_slow(site.edge.client(), "/slow/export").await;
 
     let term = Instant::now();
     site.edge.signal(Signal::SIGTERM);
-    let answer = slow_answer(&site, slow).await;
+    let answer = site.slow_answer(slow).await;
     assert_eq!(answer.status(), 200, "the in-flight request was cut");
 
     let status = exit_after_sigterm(&mut site);

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge_tests::load::{open_loop, Served};
+use drawbridge_tests::process::rss_kib;
 use drawbridge_tests::proxy::Site;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -88,19 +89,6 @@ async fn requests_at(url: &str, rate: u64, on: &AtomicBool, most: Duration) -> S
         .build()
         .expect("a reqwest client");
     open_loop(&client, url, rate, most, Some(on)).await
-}
-
-/// The proxy's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {

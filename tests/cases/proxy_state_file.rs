@@ -9,6 +9,7 @@ use std::time::Duration;
 use drawbridge_core::gate::Mode;
 use drawbridge_core::status::StatusReport;
 use drawbridge_tests::consul::ConsulServer;
+use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::ports::free_port;
 use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{
@@ -351,17 +352,29 @@ async fn consul_back_with_the_key_normal_replaces_the_fail_safe_state() {
     assert_eq!(edge.get("/api/orders").await.status(), 200);
     let metrics = edge.metrics().await;
     assert_eq!(metrics.get("drawbridge_gate_fail_safe", &[]), Some(0.0));
-    assert_saved(&state_file, &scene.key, "normal");
+    assert_saved(&state_file, &scene.key, "normal").await;
 }
 
-/// Asserts the state file holds a saved state for `key` in `mode`.
-fn assert_saved(path: &Path, key: &str, mode: &str) {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let saved: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()));
-    assert_eq!(saved["key"], key, "{text}");
-    assert_eq!(saved["doc"]["mode"], mode, "{text}");
+/// Waits until the state file holds a saved state for `key` in `mode` (the file is written just
+/// after the state is applied, so `/status` may show it first).
+async fn assert_saved(path: &Path, key: &str, mode: &str) {
+    eventually(
+        &format!("{} saved for {key} in {mode}", path.display()),
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+            let saved: Value = serde_json::from_slice(&text).map_err(|e| {
+                format!("not JSON ({e}): {}", String::from_utf8_lossy(&text))
+            })?;
+            if saved["key"] == key && saved["doc"]["mode"] == mode {
+                Ok(())
+            } else {
+                Err(format!("{saved}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// `--check` accepts the modes for `server.unknown_state` and refuses anything else with the

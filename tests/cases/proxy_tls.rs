@@ -9,7 +9,7 @@
 //! version or send no name.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use drawbridge_core::bypass::{BypassKey, Keyring};
 use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{header, now_unix, run_drawbridge, Drawbridge, Route, Site};
+use drawbridge_tests::tls_ca::{Issued, TestCa};
 use drawbridge_tests::upstream::Upstream;
 use nix::sys::signal::Signal;
 
@@ -27,84 +28,6 @@ const SECRET: &str = "e2e-bypass-secret-0123456789abcdef-0123456789";
 /// How long a reload may take to reach new handshakes (a SIGHUP is read at once; a file
 /// change within `tls.watch_interval`, 1 s in these tests).
 const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Runs `openssl` with the words of `line` (none has a space) in `dir`; returns its output.
-///
-/// # Panics
-/// When the command is missing or fails, with its output.
-fn openssl(dir: &Path, line: &str) -> Vec<u8> {
-    let out = std::process::Command::new("openssl")
-        .args(line.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install Debian's openssl package"));
-    assert!(
-        out.status.success(),
-        "openssl {line} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A certificate and its key, as files, with the DER of the certificate (what a client sees).
-#[derive(Debug, Clone)]
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    der: Vec<u8>,
-}
-
-/// A certificate authority made for one test, in its folder (ECDSA P-256, valid 30 days).
-struct TestCa {
-    dir: PathBuf,
-    cert: PathBuf,
-}
-
-/// The key of every certificate of these tests.
-const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-
-impl TestCa {
-    fn new(dir: &Path) -> TestCa {
-        openssl(
-            dir,
-            &format!(
-                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 30 -subj /CN=drawbridge-e2e-ca \
-                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
-            ),
-        );
-        TestCa {
-            dir: dir.to_path_buf(),
-            cert: dir.join("ca.pem"),
-        }
-    }
-
-    /// Issues `<stem>.pem` and `<stem>.key` for DNS `names`, with common name `stem` (what
-    /// `openssl s_client` shows as `subject=CN = <stem>`).
-    fn issue(&self, stem: &str, names: &[&str]) -> Issued {
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(
-            self.dir.join(format!("{stem}.ext")),
-            format!("subjectAltName={}\n", san.join(",")),
-        )
-        .unwrap();
-        openssl(
-            &self.dir,
-            &format!("req {NEW_KEY} -keyout {stem}.key -out {stem}.csr -subj /CN={stem}"),
-        );
-        openssl(
-            &self.dir,
-            &format!(
-                "x509 -req -in {stem}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-                 -extfile {stem}.ext -out {stem}.pem"
-            ),
-        );
-        Issued {
-            cert: self.dir.join(format!("{stem}.pem")),
-            key: self.dir.join(format!("{stem}.key")),
-            der: openssl(&self.dir, &format!("x509 -in {stem}.pem -outform DER")),
-        }
-    }
-}
 
 /// Replaces the file `to` with `from`'s bytes at once (a rename), as a certificate manager does.
 fn replace(from: &Path, to: &Path) {
@@ -186,7 +109,7 @@ async fn wait_served(edge: &Drawbridge, ca: &Path, host: &str, expected: &Issued
 /// With certificates for `a.test`, `b.test` (the default, though listed second) and
 /// `*.w.test`: each name gets its certificate over HTTPS and through the proxy to the upstream;
 /// a name two labels under the wildcard, an unknown name and no name get the default; TLS 1.0
-/// and 1.1 are refused, 1.2 and 1.3 served; ALPN gives HTTP/1.1 to a client offering h2;
+/// and 1.1 are refused, 1.2 and 1.3 served; ALPN gives h2 to a client offering it and HTTP/1.1 to one offering only that;
 /// `/status` lists the certificates and the expiry gauge has one series each.
 #[tokio::test]
 async fn sni_picks_each_certificate_and_the_default_answers_the_rest() {
@@ -250,8 +173,10 @@ async fn sni_picks_each_certificate_and_the_default_answers_the_rest() {
         let (seen, text) = s_client(addr, &["-servername", "a.test", version]).await;
         assert_eq!(seen.as_deref(), Some("CN = a"), "{version}:\n{text}");
     }
-    let (_, text) = s_client(addr, &["-servername", "a.test", "-alpn", "h2,http/1.1"]).await;
-    assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
+    for (offered, chosen) in [("h2,http/1.1", "h2"), ("http/1.1", "http/1.1")] {
+        let (_, text) = s_client(addr, &["-servername", "a.test", "-alpn", offered]).await;
+        assert!(text.contains(&format!("ALPN protocol: {chosen}")), "{text}");
+    }
 
     let report = edge.status().await;
     let tls = report.tls.expect("/status has a tls section");
@@ -357,6 +282,82 @@ async fn maintenance_answers_and_the_bypass_work_over_tls() {
 
     site.delete_gate().await;
     assert_eq!(get(edge, &client, "a.test", "/").await.status(), 200);
+}
+
+/// With `server.https_redirect`, a plain request is sent to the same host, path and query over
+/// HTTPS with 308 (writes too, which 308 keeps as they are), but for ACME challenges and
+/// `/.well-known/maintenance`; answers over TLS carry `tls.hsts`, the proxy's own too, and the
+/// upstream learns the scheme from `X-Forwarded-Proto`.
+#[tokio::test]
+async fn plain_requests_go_to_https_and_tls_answers_carry_hsts() {
+    let test = "https_redirect_and_hsts";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let a = ca.issue("a", &["a.test"]);
+    let hsts = "max-age=63072000; includeSubDomains";
+    let site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&a.cert, &a.key, false)
+            .setting("server", "https_redirect", true)
+            .setting("tls", "hsts", hsts)
+    })
+    .await;
+    let edge = &site.edge;
+    let port = edge.tls_addr().port();
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let answer = edge
+            .send(
+                edge.request(method.clone(), "/page/x?q=1&r=%20")
+                    .header("host", "a.test"),
+            )
+            .await;
+        assert_eq!(answer.status(), 308, "{method}");
+        assert_eq!(
+            header(&answer, "location"),
+            Some(format!("https://a.test:{port}/page/x?q=1&r=%20")),
+            "{method}"
+        );
+        assert_eq!(header(&answer, "strict-transport-security"), None);
+    }
+    assert_eq!(
+        site.ui.requests_to("/page/x"),
+        0,
+        "a redirected request was proxied"
+    );
+    let known = edge.get("/.well-known/maintenance").await;
+    assert_eq!(known.status(), 200);
+    let challenge = edge.get("/.well-known/acme-challenge/t0ken").await;
+    assert_eq!(
+        (
+            challenge.status().as_u16(),
+            header(&challenge, "x-upstream")
+        ),
+        (200, Some("ui".to_string()))
+    );
+
+    let client = edge.tls_client(&ca.cert, &["a.test"]);
+    let page = get(edge, &client, "a.test", "/page").await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        header(&page, "strict-transport-security").as_deref(),
+        Some(hsts)
+    );
+    let seen = site
+        .ui
+        .last_request()
+        .expect("the upstream saw the request");
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("a.test:{port}").as_str())
+    );
+    site.put_gate(r#"{"mode":"maintenance"}"#).await;
+    let closed = get(edge, &client, "a.test", "/api/orders").await;
+    assert_eq!(closed.status(), 503);
+    assert_eq!(
+        header(&closed, "strict-transport-security").as_deref(),
+        Some(hsts)
+    );
 }
 
 /// Counts requests and errors of a client that keeps sending on its kept-alive connection until

@@ -10,6 +10,7 @@
 //! * `upstream`: real HTTP upstreams; `proxy`: the `drawbridge` binary with a config builder;
 //!   `raw_http`: one HTTP/1.1 connection driven by hand; `http_thread`: the server thread both
 //!   the upstreams and the fault relay run on.
+//! * `tls_ca`: a certificate authority per test and the certificates it issues.
 //! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
 //! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them,
 //!   and answers chosen reads like a server that is behind.
@@ -27,4 +28,5 @@ pub mod proxy;
 pub mod raw_http;
 pub mod services;
 pub mod sshd;
+pub mod tls_ca;
 pub mod upstream;

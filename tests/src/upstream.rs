@@ -3,18 +3,30 @@
 //! Each server binds its port before `start` returns and runs on its own thread with its own
 //! runtime, so it serves sync and async tests alike and dropping it closes every connection.
 //! It names itself in `X-Upstream` and in the body, counts requests and records the last one.
+//!
+//! An upstream may serve HTTPS instead ([`UpstreamBuilder::tls`]), optionally requiring a client
+//! certificate from a given CA; it records the name each handshake asked for and whether the
+//! client sent a certificate.
 
 use crate::http_thread::ServerThread;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 /// The path the proxy's health checks probe; it is not recorded as the last request.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -62,13 +74,32 @@ impl RecordedRequest {
     }
 }
 
-/// Builds an [`Upstream`]: a name, an optional address, optional slow paths.
+/// One TLS handshake an upstream completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The name the client sent (SNI).
+    pub sni: Option<String>,
+    /// The client sent a certificate (that the upstream's client CA verified).
+    pub client_certificate: bool,
+}
+
+/// HTTPS on an upstream: the certificate it serves, and the CA a client certificate must chain
+/// to when one is required.
+#[derive(Debug, Clone)]
+struct TlsSettings {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// Builds an [`Upstream`]: a name, an optional address, optional slow paths, optional TLS.
 #[derive(Debug, Clone)]
 pub struct UpstreamBuilder {
     name: String,
     listen: SocketAddr,
     kind: Kind,
     delays: Vec<(String, Duration)>,
+    tls: Option<TlsSettings>,
 }
 
 impl UpstreamBuilder {
@@ -90,11 +121,37 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Serves HTTPS with the PEM chain `cert` and its PEM key `key`.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some(TlsSettings {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: None,
+        });
+        self
+    }
+
+    /// Over TLS ([`UpstreamBuilder::tls`], called first), refuses a client that sends no
+    /// certificate issued by the CA in the PEM file `ca`.
+    ///
+    /// # Panics
+    /// When TLS is not set.
+    pub fn require_client_certificate(mut self, ca: &Path) -> Self {
+        let tls = self
+            .tls
+            .as_mut()
+            .expect("call tls() before require_client_certificate()");
+        tls.client_ca = Some(ca.to_path_buf());
+        self
+    }
+
     /// Binds the listener and starts serving; the port accepts connections when this returns.
     ///
     /// # Errors
-    /// The address cannot be bound, or the server thread cannot be started.
+    /// The address cannot be bound, the TLS files cannot be used, or the server thread cannot
+    /// be started.
     pub fn try_start(self) -> std::io::Result<Upstream> {
+        let acceptor = self.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener = TcpListener::bind(self.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -106,14 +163,25 @@ impl UpstreamBuilder {
             total: AtomicU64::new(0),
             by_path: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
+            tls_connections: AtomicU64::new(0),
+            handshakes: Mutex::new(Vec::new()),
         });
-        let server = ServerThread::spawn(
-            &format!("upstream-{}", self.name),
-            listener,
-            None,
-            Arc::clone(&shared),
-            handle,
-        )?;
+        let thread_name = format!("upstream-{}", self.name);
+        let server = match acceptor {
+            None => Serving::Plain(ServerThread::spawn(
+                &thread_name,
+                listener,
+                None,
+                Arc::clone(&shared),
+                handle,
+            )?),
+            Some(acceptor) => Serving::Tls(TlsThread::spawn(
+                &thread_name,
+                listener,
+                acceptor,
+                Arc::clone(&shared),
+            )?),
+        };
         Ok(Upstream {
             addr,
             shared,
@@ -137,7 +205,14 @@ impl UpstreamBuilder {
 pub struct Upstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: ServerThread,
+    server: Serving,
+}
+
+/// The thread an upstream is served on.
+#[derive(Debug)]
+enum Serving {
+    Plain(ServerThread),
+    Tls(TlsThread),
 }
 
 #[derive(Debug)]
@@ -149,6 +224,10 @@ struct Shared {
     total: AtomicU64,
     by_path: Mutex<HashMap<String, u64>>,
     last: Mutex<Option<RecordedRequest>>,
+    /// Connections accepted on a TLS port, whether their handshake succeeded or not.
+    tls_connections: AtomicU64,
+    /// The handshakes completed, in order.
+    handshakes: Mutex<Vec<Handshake>>,
 }
 
 impl Upstream {
@@ -159,6 +238,7 @@ impl Upstream {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kind: Kind::Api,
             delays: Vec::new(),
+            tls: None,
         }
     }
 
@@ -177,9 +257,27 @@ impl Upstream {
         self.addr
     }
 
-    /// `http://<addr>` followed by `path`.
+    /// `http://<addr>` (`https://` over TLS) followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = match self.server {
+            Serving::Plain(_) => "http",
+            Serving::Tls(_) => "https",
+        };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// Connections accepted on a TLS port: every handshake tried, completed or not.
+    pub fn tls_connections(&self) -> u64 {
+        self.shared.tls_connections.load(Ordering::SeqCst)
+    }
+
+    /// The TLS handshakes completed, in order (health checks' among them).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.shared
+            .handshakes
+            .lock()
+            .expect("no panics while the lock is held")
+            .clone()
     }
 
     /// Makes `/healthz` answer 500 (`false`) or 200 (`true`) from now on.
@@ -218,13 +316,150 @@ impl Upstream {
 
     /// Closes the listener and every open connection; the port refuses connections afterwards.
     pub fn stop(&mut self) {
-        self.server.stop();
+        match &mut self.server {
+            Serving::Plain(server) => server.stop(),
+            Serving::Tls(server) => server.stop(),
+        }
     }
 
     /// Serves until the process is killed (for the demo origin).
     pub fn wait(self) {
-        self.server.wait();
+        match self.server {
+            Serving::Plain(server) => server.wait(),
+            Serving::Tls(mut server) => {
+                if let Some(thread) = server.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
+}
+
+/// The rustls server side of `tls`, with ring as the crypto provider.
+fn tls_acceptor(tls: &TlsSettings) -> std::io::Result<TlsAcceptor> {
+    let bad = |what: &Path, e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("{}: {e}", what.display()))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| bad(&tls.cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad(&tls.key, &e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&tls.cert, &e))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, &e))? {
+                roots
+                    .add(der.map_err(|e| bad(ca, &e))?)
+                    .map_err(|e| bad(ca, &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| bad(ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&tls.key, &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The thread of a TLS upstream: [`ServerThread`]'s loop with a handshake before HTTP.
+#[derive(Debug)]
+struct TlsThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsThread {
+    fn spawn(
+        name: &str,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<TlsThread> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || serve_tls(listener, acceptor, shared, stop_rx))?;
+        Ok(TlsThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TlsThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Accepts until told to stop; each connection is counted, shakes hands (recorded when it
+/// completes), then is served as HTTP/1.1. Dropping the runtime closes every socket.
+fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds with the default settings");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .expect("the listener is non-blocking and the runtime has IO enabled");
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _peer)) = accepted else { continue };
+                    shared.tls_connections.fetch_add(1, Ordering::SeqCst);
+                    let acceptor = acceptor.clone();
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        let (_, connection) = stream.get_ref();
+                        let handshake = Handshake {
+                            sni: connection.server_name().map(str::to_owned),
+                            client_certificate: connection
+                                .peer_certificates()
+                                .is_some_and(|certs| !certs.is_empty()),
+                        };
+                        shared
+                            .handshakes
+                            .lock()
+                            .expect("no panics while the lock is held")
+                            .push(handshake);
+                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        }
+    });
+    drop(runtime);
 }
 
 async fn handle(

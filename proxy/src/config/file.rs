@@ -42,6 +42,8 @@ pub(super) struct FileServer {
     pub(super) state_file: Option<PathBuf>,
     pub(super) unknown_state: Option<String>,
     pub(super) access_log: Option<String>,
+    pub(super) h2c: Option<bool>,
+    pub(super) https_redirect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,18 @@ pub(super) struct FilePool {
     pub(super) health_check: Option<FileHealthCheck>,
     pub(super) connect_timeout: Option<String>,
     pub(super) read_timeout: Option<String>,
+    pub(super) tls: Option<FilePoolTls>,
+}
+
+/// `[pools.<name>.tls]`: the pool's servers speak TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FilePoolTls {
+    pub(super) sni: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) verify: Option<bool>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,7 @@ pub(super) struct FileLimits {
     body_timeout: Option<String>,
     body_min_rate: Option<u64>,
     send_timeout: Option<String>,
+    h2_max_streams: Option<u32>,
 }
 
 /// Caps and deadlines on client connections and requests.
@@ -50,6 +51,9 @@ pub struct Limits {
     pub body_min_rate: u64,
     /// The longest wait for a client to take the next part of an answer.
     pub send_timeout: Duration,
+    /// Requests in flight at once on one HTTP/2 connection; the client is told, and a stream
+    /// over it is refused.
+    pub h2_max_streams: u32,
 }
 
 impl Default for Limits {
@@ -155,6 +159,13 @@ pub(super) fn check_limits(l: FileLimits, p: &mut Problems) -> Limits {
             p.add(format!("limits.{key}"), "must be between \"1s\" and \"1h\"");
         }
     }
+    let h2_max_streams = l.h2_max_streams.unwrap_or(100);
+    if !(1..=1000).contains(&h2_max_streams) {
+        p.add(
+            "limits.h2_max_streams",
+            format!("{h2_max_streams} is not between 1 and 1000"),
+        );
+    }
     Limits {
         max_connections,
         max_connections_per_client,
@@ -167,5 +178,6 @@ pub(super) fn check_limits(l: FileLimits, p: &mut Problems) -> Limits {
         body_timeout,
         body_min_rate,
         send_timeout,
+        h2_max_streams,
     }
 }

@@ -163,6 +163,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
     let maintenance = maintenance::check_maintenance(file.maintenance, p);
     let bypass = maintenance::check_bypass(file.bypass, p);
     let (pools, named_servers) = upstreams::check_pools(file.pools, p);
+    warnings.extend(pools.iter().flat_map(PoolSettings::warnings));
     let routes = upstreams::check_routes(file.routes, &pools, p);
     let limits = limits::check_limits(file.limits, p);
     let tls = tls::check_tls(

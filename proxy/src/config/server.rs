@@ -29,6 +29,12 @@ pub struct ServerSettings {
     /// there is none) and Consul has given no state yet.
     pub unknown_state: Mode,
     pub access_log: AccessLog,
+    /// The plain listeners also take HTTP/2 from clients that start with its preface (h2c with
+    /// prior knowledge); the TLS listeners offer HTTP/2 by ALPN (`tls.http2`).
+    pub h2c: bool,
+    /// Plain requests are redirected to HTTPS on the first TLS listener's port (308), but for
+    /// ACME challenges and `/.well-known/maintenance`.
+    pub https_redirect: bool,
 }
 
 /// How requests are logged.
@@ -149,6 +155,13 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
             AccessLog::Text
         }
     };
+    let https_redirect = s.https_redirect.unwrap_or(false);
+    if https_redirect && s.tls_listen.is_empty() {
+        p.add(
+            "server.https_redirect",
+            "redirects to HTTPS need a TLS listener: set server.tls_listen",
+        );
+    }
     ServerSettings {
         listen,
         tls_listen,
@@ -168,6 +181,8 @@ pub(super) fn check_server(s: FileServer, p: &mut Problems) -> ServerSettings {
         state_file,
         unknown_state,
         access_log,
+        h2c: s.h2c.unwrap_or(false),
+        https_redirect,
     }
 }
 

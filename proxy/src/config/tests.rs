@@ -75,7 +75,8 @@ fn limits_get_their_defaults_and_bad_ones_are_named() {
     assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
     let text = format!(
         "{MINIMAL}\n[limits]\nmax_connections = 10\nmax_connections_per_client = 11\n\
-         header_timeout = \"0s\"\nmax_headers = 300\nmax_header_bytes = 10\nsend_timeout = \"2h\"\n"
+         header_timeout = \"0s\"\nmax_headers = 300\nmax_header_bytes = 10\nsend_timeout = \"2h\"\n\
+         h2_max_streams = 0\n"
     );
     let err = parse(&text).unwrap_err().to_string();
     for key in [
@@ -84,9 +85,58 @@ fn limits_get_their_defaults_and_bad_ones_are_named() {
         "limits.max_headers: 300 is not between 16 and 256",
         "limits.max_header_bytes: 10 is not between 1024",
         "limits.send_timeout: must be between",
+        "limits.h2_max_streams: 0 is not between 1 and 1000",
     ] {
         assert!(err.contains(key), "{key} missing in {err}");
     }
+}
+
+#[test]
+fn http2_is_offered_over_tls_and_h2c_and_the_https_redirect_are_asked_for() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.tls.http2);
+    assert!(!c.server.h2c && !c.server.https_redirect);
+    assert_eq!(c.tls.hsts, None);
+    assert_eq!(c.limits.h2_max_streams, 100);
+    // Neither a redirect to nor HSTS for a TLS listener that is not there.
+    let text = MINIMAL.replace(
+        "[server]",
+        "[tls]\nhsts = \"max-age=60\"\n[server]\nhttps_redirect = true\nh2c = true",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    for key in [
+        "server.https_redirect: redirects to HTTPS need a TLS listener",
+        "tls.hsts: is sent on answers over TLS, and there is no TLS listener",
+    ] {
+        assert!(err.contains(key), "{key} missing in {err}");
+    }
+}
+
+#[test]
+fn hsts_is_a_max_age_with_the_known_directives() {
+    let mut p = Problems::default();
+    for good in [
+        "max-age=0",
+        "max-age=63072000; includeSubDomains; preload",
+        "max-age=5;PRELOAD",
+    ] {
+        assert!(tls::check_hsts(good, &mut p).is_some(), "{good}");
+    }
+    for bad in [
+        "",
+        "max-age=",
+        "max-age=-1",
+        "max-age=1; foo",
+        "includeSubDomains",
+        "max-age=1\n",
+    ] {
+        assert!(tls::check_hsts(bad, &mut p).is_none(), "{bad:?}");
+    }
+    let err = p.into_result(()).unwrap_err().join("\n");
+    assert!(
+        err.contains("tls.hsts: \"max-age=-1\" is not a Strict-Transport-Security value"),
+        "{err}"
+    );
 }
 
 #[test]

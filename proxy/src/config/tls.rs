@@ -9,6 +9,7 @@
 
 use crate::tls::{CertSet, Fingerprint, Loaded};
 use drawbridge_core::settings::Problems;
+use http::HeaderValue;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub(super) struct FileTls {
     #[serde(default)]
     certificates: Vec<FileCertificate>,
     watch_interval: Option<String>,
+    http2: Option<bool>,
+    hsts: Option<String>,
 }
 
 /// A `[[tls.certificates]]` entry as written.
@@ -44,6 +47,10 @@ pub struct TlsSettings {
     pub default: usize,
     /// How often the files are looked at for a change.
     pub watch_interval: Duration,
+    /// ALPN offers `h2` before `http/1.1`: clients that can speak HTTP/2 do.
+    pub http2: bool,
+    /// `Strict-Transport-Security` on every answer over TLS.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// One `[[tls.certificates]]` entry, with what was read from its files.
@@ -74,7 +81,15 @@ pub(super) fn check_tls(
     if watch_interval < Duration::from_secs(1) || watch_interval > Duration::from_secs(3600) {
         p.add("tls.watch_interval", "must be between \"1s\" and \"1h\"");
     }
+    let http2 = t.http2.unwrap_or(true);
+    let hsts = t.hsts.as_deref().and_then(|value| check_hsts(value, p));
     if tls_listen.is_empty() {
+        if hsts.is_some() {
+            p.add(
+                "tls.hsts",
+                "is sent on answers over TLS, and there is no TLS listener: set server.tls_listen",
+            );
+        }
         if !t.certificates.is_empty() {
             p.add(
                 "server.tls_listen",
@@ -86,6 +101,8 @@ pub(super) fn check_tls(
             certificates: Vec::new(),
             default: 0,
             watch_interval,
+            http2,
+            hsts,
         };
     }
     if t.certificates.is_empty() {
@@ -167,7 +184,33 @@ pub(super) fn check_tls(
         certificates,
         default,
         watch_interval,
+        http2,
+        hsts,
     }
+}
+
+/// A `Strict-Transport-Security` value: `max-age=<seconds>`, then `includeSubDomains` and
+/// `preload` if wanted, separated by `;`.
+pub(super) fn check_hsts(value: &str, p: &mut Problems) -> Option<HeaderValue> {
+    let mut parts = value.split(';').map(str::trim);
+    let max_age = parts
+        .next()
+        .and_then(|first| first.strip_prefix("max-age="));
+    let valid = max_age.is_some_and(|secs| {
+        !secs.is_empty() && secs.len() <= 10 && secs.bytes().all(|b| b.is_ascii_digit())
+    }) && parts.all(|part| {
+        part.eq_ignore_ascii_case("includeSubDomains") || part.eq_ignore_ascii_case("preload")
+    });
+    if !valid {
+        p.add(
+            "tls.hsts",
+            format!(
+                "{value:?} is not a Strict-Transport-Security value: write \"max-age=<seconds>\", then \"; includeSubDomains\" and \"; preload\" if wanted"
+            ),
+        );
+        return None;
+    }
+    HeaderValue::from_str(value).ok()
 }
 
 #[cfg(test)]
@@ -365,7 +408,7 @@ mod tests {
                 key: testdata("one.key").into(),
                 default: false,
             }],
-            watch_interval: None,
+            ..FileTls::default()
         };
         let mut p = Problems::default();
         let mut warnings = Vec::new();

@@ -13,6 +13,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -173,18 +174,72 @@ pub struct Gatehouse<A> {
     inner: Arc<A>,
     caps: Arc<Caps>,
     header_timeout: Duration,
+    /// Plain connections may start with the HTTP/2 preface (`server.h2c`).
+    h2c: bool,
 }
 
 impl<A> Gatehouse<A> {
-    /// `inner` behind `caps`, each HTTP/1 connection with the `header_timeout` deadline.
-    pub fn new(inner: A, caps: Arc<Caps>, header_timeout: Duration) -> Self {
+    /// `inner` behind `caps`, each HTTP/1 connection with the `header_timeout` deadline; with
+    /// `h2c`, a plain connection that starts with the HTTP/2 preface speaks HTTP/2.
+    pub fn new(inner: A, caps: Arc<Caps>, header_timeout: Duration, h2c: bool) -> Self {
         Gatehouse {
             inner: Arc::new(inner),
             caps,
             header_timeout,
+            h2c,
         }
     }
+
+    /// Whether `stream` speaks HTTP/2: by ALPN on TLS; on a plain connection with `h2c`, by
+    /// its first bytes, which must come within `header_timeout` (they are read and put back).
+    /// `None` when the connection is over: it closed, or sent too little in time (refused).
+    async fn speaks_h2(&self, stream: &mut Stream, client: Option<IpAddr>) -> Option<bool> {
+        if is_h2(stream) {
+            return Some(true);
+        }
+        if !self.h2c || stream.get_ssl_digest().is_some() {
+            return Some(false);
+        }
+        let mut first = [0u8; H2_PREFACE.len()];
+        match tokio::time::timeout(self.header_timeout, stream.try_peek(&mut first)).await {
+            // A stream that cannot look ahead is not a plain TCP one: HTTP/1.
+            Ok(Ok(peeked)) => Some(peeked && first == *H2_PREFACE),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                self.header_timed_out(client);
+                None
+            }
+        }
+    }
+
+    /// Serves the connection, which is dropped (closed, with no request in flight) when its
+    /// `clock` expires.
+    async fn within_deadline(
+        &self,
+        served: impl Future<Output = Option<Stream>>,
+        clock: &HeaderClock,
+        client: Option<IpAddr>,
+    ) -> Option<Stream> {
+        tokio::select! {
+            biased;
+            served = served => served,
+            () = clock.expired() => {
+                self.header_timed_out(client);
+                None
+            }
+        }
+    }
+
+    fn header_timed_out(&self, client: Option<IpAddr>) {
+        let timeout = self.header_timeout;
+        self.caps.log.refused(Refusal::HeaderTimeout, client, || {
+            format!("request header not complete within limits.header_timeout ({timeout:?})")
+        });
+    }
 }
+
+/// How an HTTP/2 connection starts (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
@@ -199,7 +254,7 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let client = client_ip(&stream);
@@ -211,29 +266,17 @@ where
                 return None;
             }
         };
-        if is_h2(&stream) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
         let clock = HeaderClock::new(self.header_timeout);
-        let stream: Stream = Box::new(Guarded::new(
-            stream,
-            clock.clone(),
-            client,
-            self.caps.log.clone(),
-        ));
-        let served = CLOCK.scope(clock.clone(), self.inner.process_new(stream, shutdown));
-        tokio::select! {
-            biased;
-            served = served => served,
-            () = clock.expired() => {
-                // Dropping the connection's future closes it: no request is in flight.
-                let timeout = self.header_timeout;
-                self.caps.log.refused(Refusal::HeaderTimeout, client, || {
-                    format!("request header not complete within limits.header_timeout ({timeout:?})")
-                });
-                None
-            }
+        let log = self.caps.log.clone();
+        if self.speaks_h2(&mut stream, client).await? {
+            // The preface is timed; then the h2 layer's limits and idle timeout hold.
+            let stream: Stream = Box::new(Guarded::h2(stream, clock.clone(), client, log));
+            let served = self.inner.process_new(stream, shutdown);
+            return self.within_deadline(served, &clock, client).await;
         }
+        let stream: Stream = Box::new(Guarded::new(stream, clock.clone(), client, log));
+        let served = CLOCK.scope(clock.clone(), self.inner.process_new(stream, shutdown));
+        self.within_deadline(served, &clock, client).await
     }
 
     async fn cleanup(&self) {

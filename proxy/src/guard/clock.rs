@@ -4,8 +4,10 @@
 //! waits on [`HeaderClock::expired`] beside the connection and drops it when the deadline
 //! passes, so no request is in flight and nothing else has to log it. An answer written while a
 //! header is still being read can only be the HTTP/1 parser's own 400 for a request it could
-//! not read: the stream counts and logs it as a refusal.
+//! not read: the stream counts and logs it as a refusal. On an HTTP/2 connection the clock
+//! times the client's preface, and the stream watches its control frames (`h2_frames`).
 
+use super::h2_frames::{FrameWatch, CONTROL_BURST, CONTROL_PER_SECOND};
 use super::{Refusal, RefusalLog};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
@@ -128,7 +130,8 @@ pub(super) fn is_h2(stream: &Stream) -> bool {
 }
 
 /// A connection's stream that tells its clock when bytes arrive, and counts the parser's own
-/// refusal of a request.
+/// refusal of a request. On an HTTP/2 connection it times the client's preface instead: the
+/// clock stops once its bytes are in, and the h2 layer's own limits and idle timeout take over.
 pub(super) struct Guarded {
     inner: Stream,
     clock: Arc<HeaderClock>,
@@ -136,7 +139,19 @@ pub(super) struct Guarded {
     refusals: Arc<RefusalLog>,
     /// The parser's refusal is counted (once: the connection is closed after it).
     refusal_counted: bool,
+    /// HTTP/2: what the client has sent so far.
+    h2: Option<H2Client>,
 }
+
+/// What an HTTP/2 client has sent so far: its preface, then frames.
+struct H2Client {
+    /// The bytes of the client's preface still to come.
+    preface_left: usize,
+    frames: FrameWatch,
+}
+
+/// The length of the client's HTTP/2 connection preface (RFC 9113, 3.4).
+pub(super) const H2_PREFACE_LEN: usize = 24;
 
 impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,12 +183,56 @@ impl Guarded {
             client,
             refusals,
             refusal_counted: false,
+            h2: None,
         }
     }
 
-    /// An answer is being written: while a header is read, that is the parser's 400.
+    /// An HTTP/2 connection's stream: its `clock` stops once the client's preface is read, and
+    /// a flood of control frames ends the connection ([`FrameWatch`]).
+    pub(super) fn h2(
+        inner: Stream,
+        clock: Arc<HeaderClock>,
+        client: Option<IpAddr>,
+        refusals: Arc<RefusalLog>,
+    ) -> Guarded {
+        Guarded {
+            h2: Some(H2Client {
+                preface_left: H2_PREFACE_LEN,
+                frames: FrameWatch::new(std::time::Instant::now()),
+            }),
+            ..Guarded::new(inner, clock, client, refusals)
+        }
+    }
+
+    /// HTTP/2 bytes arrived: the preface's stop the clock, frames are watched. `false` when
+    /// the client floods.
+    fn h2_read(&mut self, bytes: &[u8]) -> bool {
+        let Some(h2) = self.h2.as_mut() else {
+            return true;
+        };
+        let preface = h2.preface_left.min(bytes.len());
+        if preface > 0 {
+            h2.preface_left -= preface;
+            if h2.preface_left == 0 {
+                self.clock.stopped();
+            }
+        }
+        if h2.frames.read(&bytes[preface..], std::time::Instant::now()) {
+            return true;
+        }
+        self.refusals
+            .refused(Refusal::H2ControlFlood, self.client, || {
+                format!(
+                "an HTTP/2 client sent more than {CONTROL_BURST} SETTINGS and PING frames at once \
+                 (then {CONTROL_PER_SECOND} a second)"
+            )
+            });
+        false
+    }
+
+    /// An answer is being written: while an HTTP/1 header is read, that is the parser's 400.
     fn writing(&mut self) {
-        if self.refusal_counted || !self.clock.reading() {
+        if self.refusal_counted || self.h2.is_some() || !self.clock.reading() {
             return;
         }
         self.refusal_counted = true;
@@ -191,8 +250,13 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() == before {
+            return polled;
+        }
+        if self.h2.is_none() {
             self.clock.bytes_arrived();
+        } else if !self.h2_read(&buf.filled()[before..]) {
+            return Poll::Ready(Err(io::Error::other("HTTP/2 control frame flood")));
         }
         polled
     }

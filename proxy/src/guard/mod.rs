@@ -5,22 +5,28 @@
 //! * `clock`: the whole-request-header deadline. Pingora times each read of a header on its own
 //!   (60 s), so a client sending one byte every few seconds would hold its connection forever
 //!   (cloudflare/pingora#447); the gatehouse ends a connection whose request header is not read
-//!   within `header_timeout` of its first byte, however slowly the bytes come.
+//!   within `header_timeout` of its first byte, however slowly the bytes come. An HTTP/2
+//!   connection owes its preface within the same time.
+//! * `h2_frames`: the HTTP/2 control frames (SETTINGS, PING) a client may send, per connection.
 //! * `request`: the size and pace limits of one request, checked by the edge.
+//! * `strict`: strict HTTP/1: a request two parsers could read two ways (request smuggling) is
+//!   refused with 400 before it reaches an upstream.
 
 mod caps;
 mod clock;
+mod h2_frames;
 mod request;
+mod strict;
 
 pub use caps::{Caps, EarlyRefusal, Gatehouse};
 pub use clock::{header_read, next_request};
 pub use request::{refusal_for, BodyPace};
+pub use strict::{ambiguity, ambiguous};
 
+use crate::log_pace::EachSecond;
 use crate::metrics::Metrics;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::time::Instant;
 
 /// Why a connection or a request was cut before it was served (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +53,16 @@ pub enum Refusal {
     AdminToken,
     /// A request the HTTP/1 parser could not read (it answers 400 itself).
     BadRequest,
+    /// An HTTP/1 request two parsers could read two ways (400): `strict`'s rules.
+    Ambiguous,
+    /// An HTTP/2 client that sent more SETTINGS and PINGs than `h2_frames` allows.
+    H2ControlFlood,
+    /// A CONNECT request: the proxy opens no tunnels (405).
+    ConnectMethod,
 }
 
 /// How many kinds of refusal there are.
-const REFUSALS: usize = 11;
+const REFUSALS: usize = 14;
 
 impl Refusal {
     /// The label value in `drawbridge_refused_requests_total`.
@@ -67,6 +79,9 @@ impl Refusal {
             Refusal::BodyTimeout => "body_timeout",
             Refusal::AdminToken => "admin_token",
             Refusal::BadRequest => "bad_request",
+            Refusal::Ambiguous => "ambiguous_request",
+            Refusal::H2ControlFlood => "h2_control_flood",
+            Refusal::ConnectMethod => "connect_method",
         }
     }
 
@@ -74,15 +89,17 @@ impl Refusal {
     /// without an answer.
     pub fn status(self) -> Option<u16> {
         match self {
-            Refusal::BadRequest => Some(400),
+            Refusal::BadRequest | Refusal::Ambiguous => Some(400),
             Refusal::HeaderSize | Refusal::HeaderCount => Some(431),
             Refusal::UriLength => Some(414),
             Refusal::BodySize => Some(413),
             Refusal::BodyPace | Refusal::BodyTimeout => Some(408),
+            Refusal::ConnectMethod => Some(405),
             Refusal::MaxConnections
             | Refusal::MaxConnectionsPerClient
             | Refusal::HeaderTimeout
-            | Refusal::AdminToken => None,
+            | Refusal::AdminToken
+            | Refusal::H2ControlFlood => None,
         }
     }
 }
@@ -92,34 +109,6 @@ impl Refusal {
 pub struct RefusalLog {
     metrics: Arc<Metrics>,
     lines: [EachSecond; REFUSALS],
-    started: Instant,
-}
-
-/// Events of one kind, logged at most one line a second.
-#[derive(Default)]
-struct EachSecond {
-    /// The second of the last line (counted from 1).
-    last_second: AtomicU64,
-    /// Events not logged since the last line.
-    not_logged: AtomicU64,
-}
-
-impl EachSecond {
-    /// Notes one event in `second`: `Some(n)` when its line goes out, `n` being the events not
-    /// logged since the last line; `None` when a line for this second or a later one went out.
-    fn note(&self, second: u64) -> Option<u64> {
-        let last = self.last_second.load(Ordering::Relaxed);
-        if second <= last
-            || self
-                .last_second
-                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.not_logged.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.not_logged.swap(0, Ordering::Relaxed))
-    }
 }
 
 impl RefusalLog {
@@ -128,7 +117,6 @@ impl RefusalLog {
         RefusalLog {
             metrics,
             lines: Default::default(),
-            started: Instant::now(),
         }
     }
 
@@ -144,9 +132,7 @@ impl RefusalLog {
             .refused
             .with_label_values(&[reason.as_str()])
             .inc();
-        // Seconds since start, plus one so that the first refusal is always logged.
-        let second = self.started.elapsed().as_secs() + 1;
-        let Some(also) = self.lines[reason as usize].note(second) else {
+        let Some(also) = self.lines[reason as usize].note() else {
             return;
         };
         let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
@@ -157,24 +143,5 @@ impl RefusalLog {
             "refused: {}",
             detail()
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_logged_at_most_one_line_a_second_with_the_count_since() {
-        let line = EachSecond::default();
-        assert_eq!(line.note(100), Some(0));
-        for _ in 0..499 {
-            assert_eq!(line.note(100), None);
-        }
-        assert_eq!(line.note(101), Some(499));
-        assert_eq!(line.note(101), None);
-        // A thread that read an older second does not move the line back.
-        assert_eq!(line.note(99), None);
-        assert_eq!(line.note(102), Some(2));
     }
 }

@@ -223,6 +223,8 @@ mod tests {
             certificates,
             default: 1,
             watch_interval: Duration::from_secs(1),
+            http2: true,
+            hsts: None,
         };
         let metrics = Arc::new(Metrics::new().unwrap());
         let listen = ["127.0.0.1:8443".parse().unwrap()];

@@ -11,41 +11,60 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// A reqwest client for the tests: no redirects, no proxy, bounded, optionally bound to a
 /// local address (e.g. 127.0.0.2, to be an untrusted client).
 pub fn test_client(local_address: Option<IpAddr>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+    bounded_client()
         .local_address(local_address)
         .build()
         .expect("a client with these settings always builds")
 }
 
+/// As [`test_client`] from 127.0.0.1, speaking HTTP/2 from its first byte (h2c with prior
+/// knowledge), as to a listener with `server.h2c`.
+pub fn h2c_test_client() -> reqwest::Client {
+    bounded_client()
+        .http2_prior_knowledge()
+        .build()
+        .expect("a client with these settings always builds")
+}
+
+fn bounded_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+}
+
 /// An HTTPS client for the tests, as [`test_client`] from 127.0.0.1, that trusts only the CA
 /// certificate in the PEM file `ca`, reaches each `(host, address)` of `hosts` at that address
-/// (so the host name is the name it sends in SNI), and keeps the TLS details of each answer
+/// (so the host name is the name it sends in SNI), offers `h2` and `http/1.1` in ALPN, and keeps the TLS details of each answer
 /// (`reqwest::tls::TlsInfo` in its extensions: the certificate the server presented).
 ///
 /// # Panics
 /// When `ca` cannot be read or is not a PEM certificate.
 pub fn tls_test_client(ca: &Path, hosts: &[(&str, SocketAddr)]) -> reqwest::Client {
+    tls_client_builder(ca, hosts)
+        .build()
+        .expect("a client with these settings always builds")
+}
+
+/// As [`tls_test_client`], offering only `http/1.1` in ALPN.
+pub fn tls_test_client_http1(ca: &Path, hosts: &[(&str, SocketAddr)]) -> reqwest::Client {
+    tls_client_builder(ca, hosts)
+        .http1_only()
+        .build()
+        .expect("a client with these settings always builds")
+}
+
+fn tls_client_builder(ca: &Path, hosts: &[(&str, SocketAddr)]) -> reqwest::ClientBuilder {
     drawbridge_core::install_crypto_provider();
     let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("cannot read {}: {e}", ca.display()));
     let ca = reqwest::Certificate::from_pem(&pem)
         .unwrap_or_else(|e| panic!("{} is not a PEM certificate: {e}", ca.display()));
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
-        .tls_certs_only([ca])
-        .tls_info(true);
+    let mut builder = bounded_client().tls_certs_only([ca]).tls_info(true);
     for (host, addr) in hosts {
         builder = builder.resolve(host, *addr);
     }
     builder
-        .build()
-        .expect("a client with these settings always builds")
 }
 
 /// The value of header `name` of `answer` as text, if present.

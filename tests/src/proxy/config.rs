@@ -192,6 +192,8 @@ pub struct DrawbridgeBuilder {
     pub tls_certificates: Vec<TlsCertificate>,
     /// `tls.watch_interval`; `None` leaves the key out (the proxy's default).
     pub tls_watch_interval: Option<String>,
+    /// Other settings, `(section, key, value)`, written over the ones above.
+    pub settings: Vec<(String, String, toml::Value)>,
     pub ready: Ready,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
@@ -337,6 +339,13 @@ impl DrawbridgeBuilder {
     /// `tls.watch_interval`: how often the certificate files are looked at for a change.
     pub fn tls_watch_interval(mut self, interval: &str) -> Self {
         self.tls_watch_interval = Some(interval.to_string());
+        self
+    }
+
+    /// Any other setting, e.g. `setting("server", "h2c", true)`; written last, over the others.
+    pub fn setting(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.settings
+            .push((section.into(), key.into(), value.into()));
         self
     }
 
@@ -514,6 +523,14 @@ impl DrawbridgeBuilder {
             tls.insert("certificates".into(), certificates.into());
             root.insert("tls".into(), tls.into());
         }
+        for (section, key, value) in &self.settings {
+            let table = root
+                .entry(section.as_str())
+                .or_insert_with(|| toml::Table::new().into());
+            if let toml::Value::Table(table) = table {
+                table.insert(key.clone(), value.clone());
+            }
+        }
         root
     }
 
@@ -567,6 +584,7 @@ impl Drawbridge {
             tls_listen: None,
             tls_certificates: Vec::new(),
             tls_watch_interval: None,
+            settings: Vec::new(),
             ready: Ready::ConsulAnswered,
             env: Vec::new(),
         }

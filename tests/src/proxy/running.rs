@@ -12,7 +12,7 @@ use drawbridge_core::gate::Mode;
 use drawbridge_core::status::StatusReport;
 use nix::sys::signal::Signal;
 
-use super::client::{test_client, tls_test_client};
+use super::client::{test_client, tls_test_client, tls_test_client_http1};
 use super::config::{DrawbridgeBuilder, Ready};
 use super::metrics::Metrics;
 use crate::eventually::{eventually, try_eventually};
@@ -84,6 +84,42 @@ impl Drawbridge {
     fn spawn(&mut self) {
         let cmd = self.command();
         self.child = Some(ChildGuard::spawn(&self.builder.name, cmd, &self.dir));
+    }
+
+    /// A graceful upgrade: a new process started with `--upgrade` takes the listening sockets
+    /// over from this one, which gets SIGQUIT once the new one waits on the upgrade socket, and
+    /// drains. Returns the old process, still draining; this `Drawbridge` is the new one.
+    ///
+    /// # Panics
+    /// When the new process does not open the upgrade socket within [`START_DEADLINE`] or is
+    /// not ready after the hand-over (with its log tail).
+    pub async fn upgrade(&mut self, generation: usize) -> ChildGuard {
+        let sock = self.dir.join(format!("{}.upgrade.sock", self.builder.name));
+        // The new process makes the socket afresh; a leftover would be taken for it.
+        let _ = std::fs::remove_file(&sock);
+        let mut cmd = self.command();
+        cmd.arg("--upgrade");
+        let name = format!("{}-upgrade-{generation}", self.builder.name);
+        let mut new = ChildGuard::spawn(&name, cmd, &self.dir);
+        let opened = try_eventually(START_DEADLINE, Duration::from_millis(5), || {
+            let open = sock.exists();
+            let exited = new.exit_status();
+            async move {
+                match (open, exited) {
+                    (true, _) => Ok(()),
+                    (false, Some(exit)) => Err(format!("drawbridge --upgrade exited with {exit}")),
+                    (false, None) => Err("no upgrade socket yet".to_string()),
+                }
+            }
+        })
+        .await;
+        if let Err(why) = opened {
+            panic!("{why}\n{}", new.log_tail(30));
+        }
+        let mut old = self.child.replace(new).expect("a process to upgrade from");
+        old.signal(Signal::SIGQUIT);
+        self.wait_ready(Ready::Healthz).await;
+        old
     }
 
     /// Waits until the proxy is `ready`; fails at once, with the log, if it exits.
@@ -202,6 +238,13 @@ impl Drawbridge {
         let addr = self.tls_addr();
         let hosts: Vec<(&str, SocketAddr)> = hosts.iter().map(|h| (*h, addr)).collect();
         tls_test_client(ca, &hosts)
+    }
+
+    /// As [`Drawbridge::tls_client`], speaking HTTP/1.1 only.
+    pub fn tls_client_http1(&self, ca: &Path, hosts: &[&str]) -> reqwest::Client {
+        let addr = self.tls_addr();
+        let hosts: Vec<(&str, SocketAddr)> = hosts.iter().map(|h| (*h, addr)).collect();
+        tls_test_client_http1(ca, &hosts)
     }
 
     /// `http://<admin listener><path>`.

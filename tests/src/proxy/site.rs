@@ -9,8 +9,12 @@ use super::config::{DrawbridgeBuilder, Route};
 use super::gate::{clear_gate, set_gate, test_key};
 use super::running::Drawbridge;
 use crate::consul::ConsulServer;
+use crate::eventually::eventually;
 use crate::process::TestDir;
 use crate::upstream::{Kind, Upstream};
+
+/// A request in flight on its own task.
+pub type InFlight = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
 
 /// How long the [`Site`] upstreams take to answer paths under `/slow` (ui) and `/api/slow` (api).
 pub const SLOW_PATH_DELAY: Duration = Duration::from_millis(1500);
@@ -78,6 +82,52 @@ impl Site {
     pub async fn put_rejected(&self, value: impl AsRef<[u8]>) -> StatusReport {
         let index = set_gate(&self.consul.client(), &self.key, value).await;
         self.edge.wait_rejected(index).await
+    }
+
+    /// Starts `GET <path>` from `client` to the plain listener on its own task and waits until
+    /// the `ui` upstream counts it, so the request is in flight at the proxy when this returns.
+    pub async fn start_slow(&self, client: &reqwest::Client, path: &'static str) -> InFlight {
+        self.start_slow_at(client, self.edge.url(path), path).await
+    }
+
+    /// As [`Site::start_slow`], to `url` (which ends in `path`).
+    pub async fn start_slow_at(
+        &self,
+        client: &reqwest::Client,
+        url: String,
+        path: &'static str,
+    ) -> InFlight {
+        let task = tokio::spawn(client.get(url).send());
+        let ui = &self.ui;
+        eventually(
+            "the slow request reached the upstream",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || async move {
+                if ui.requests_to(path) >= 1 {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await;
+        task
+    }
+
+    /// The answer to a request of [`Site::start_slow`], once it completes.
+    ///
+    /// # Panics
+    /// When the request failed (with the proxy's log).
+    pub async fn slow_answer(&self, slow: InFlight) -> reqwest::Response {
+        slow.await
+            .expect("the request task does not panic")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the in-flight request failed: {e}\n{}",
+                    self.edge.log_tail()
+                )
+            })
     }
 
     /// Deletes the gate key and waits until the proxy applied that.
