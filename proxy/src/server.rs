@@ -15,15 +15,14 @@ use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
 use crate::sessions::SessionRules;
-use crate::tls::{Certificates, SniResolver, TlsReloader};
+use crate::tls::{Certificates, TlsAcceptor, TlsReloader};
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use drawbridge_core::consul::Failover;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, ALPN};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::{background_service, Opt};
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::server::configuration::ServerConf;
@@ -46,18 +45,6 @@ pub struct StartOptions {
 /// page (about 2 KiB with its header) and most proxied headers with their first body chunk go
 /// out in one, which saves a send and a TCP segment per answer.
 const CLIENT_WRITE_BUFFER: usize = 8 * 1024;
-
-/// The TLS settings of a public listener: TLS 1.2 and 1.3 (Pingora's rustls acceptor offers
-/// no others), certificates from `resolver`, and `h2` (when `http2`) then `http/1.1` in ALPN.
-fn listener_tls(resolver: Arc<SniResolver>, http2: bool) -> anyhow::Result<TlsSettings> {
-    // No file paths: with a resolver set, `build()` reads no file (the path-based set-up would
-    // panic there on a bad file; ours were read and checked with the config).
-    let mut tls = TlsSettings::intermediate("", "")
-        .map_err(|e| anyhow::anyhow!("TLS listener settings: {e}"))?;
-    tls.set_cert_resolver(resolver);
-    tls.set_alpn(if http2 { ALPN::H2H1 } else { ALPN::H1 });
-    Ok(tls)
-}
 
 /// How HTTP/2 connections are held to `[limits]`: streams at once, the decoded header list (as
 /// `max_header_bytes`), and resets (a client that opens and cancels streams in a loop, the
@@ -245,6 +232,14 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         metrics.client_connections.clone(),
         refusals,
     ));
+    let tls = match &certificates {
+        Some(certificates) => Some(TlsAcceptor::new(
+            certificates.resolver(),
+            config.tls.http2,
+            tls_listen.clone(),
+        )?),
+        None => None,
+    };
     let mut proxy = Service::new(
         "drawbridge".to_string(),
         Gatehouse::new(
@@ -252,23 +247,16 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             caps.clone(),
             config.limits.header_timeout,
             config.server.h2c,
+            tls,
         ),
     );
     proxy.set_connection_filter(Arc::new(EarlyRefusal(caps)));
-    for addr in &listen {
+    // TLS listeners are plain TCP ones to Pingora: the gatehouse does their handshakes.
+    for addr in listen.iter().chain(&tls_listen) {
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())
                 .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)),
         );
-    }
-    if let Some(certificates) = &certificates {
-        for addr in &tls_listen {
-            proxy.add_listener(
-                ListenerConfig::tcp(addr.to_string())
-                    .tls(listener_tls(certificates.resolver(), config.tls.http2)?)
-                    .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)),
-            );
-        }
     }
     proxy.threads = Some(threads);
     let proxy = server.add_service(proxy);

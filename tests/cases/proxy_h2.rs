@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use drawbridge_core::bypass::{BypassKey, Keyring};
-use drawbridge_tests::process::TestDir;
-use drawbridge_tests::proxy::{h2c_test_client, header, now_unix, Site, SLOW_PATH_DELAY};
+use drawbridge_tests::proxy::{h2c_test_client, header, now_unix, Site, TlsCerts, SLOW_PATH_DELAY};
 use drawbridge_tests::tls_ca::TestCa;
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode, Version};
@@ -26,18 +25,13 @@ fn bypass_token() -> String {
 }
 
 /// A site whose proxy serves HTTP/2 on both listeners: TLS (certificate for [`HOST`]) and plain
-/// with `server.h2c`; the certificates live in `certs`, which must outlive the site.
-async fn h2_site(test: &str, certs: &TestDir) -> (Site, TestCa) {
-    let ca = TestCa::new(certs.path());
-    let issued = ca.issue("a", &[HOST]);
-    let site = Site::start_with(test, |builder| {
-        builder
-            .tls_certificate(&issued.cert, &issued.key, false)
-            .bypass_key(ENV, "k1", SECRET)
+/// with `server.h2c`.
+async fn h2_site(test: &str) -> (Site, TlsCerts) {
+    Site::start_tls(test, HOST, |b| {
+        b.bypass_key(ENV, "k1", SECRET)
             .setting("server", "h2c", true)
     })
-    .await;
-    (site, ca)
+    .await
 }
 
 /// One way of speaking HTTP/2 to the proxy.
@@ -119,9 +113,9 @@ async fn assert_maintenance(answer: reqwest::Response, json: bool, what: &str) {
 #[tokio::test]
 async fn every_answer_is_the_same_over_http2() {
     let test = "every_answer_is_the_same_over_http2";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let (mut site, ca) = h2_site(test, &certs).await;
-    let clients = H2Client::both(&site, &ca);
+    let (mut site, certs) = h2_site(test).await;
+    let ca = &certs.ca;
+    let clients = H2Client::both(&site, ca);
 
     for c in &clients {
         let page = c
@@ -238,9 +232,9 @@ async fn every_answer_is_the_same_over_http2() {
 #[tokio::test]
 async fn http2_requests_in_flight_finish_across_a_switch_and_sigterm() {
     let test = "http2_requests_in_flight_finish";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let (mut site, ca) = h2_site(test, &certs).await;
-    let [tls, h2c] = H2Client::both(&site, &ca);
+    let (mut site, certs) = h2_site(test).await;
+    let ca = &certs.ca;
+    let [tls, h2c] = H2Client::both(&site, ca);
 
     let over_tls = site
         .start_slow_at(
@@ -332,17 +326,12 @@ async fn http2_requests_are_held_to_the_limits() {
 /// header timeout; one that sends it is served.
 #[tokio::test]
 async fn an_http2_connection_without_its_preface_is_closed_at_the_header_deadline() {
-    let test = "http2_preface_deadline";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let ca = TestCa::new(certs.path());
-    let issued = ca.issue("a", &[HOST]);
-    let site = Site::start_with(test, |builder| {
-        builder
-            .tls_certificate(&issued.cert, &issued.key, false)
-            .setting("server", "h2c", true)
+    let (site, certs) = Site::start_tls("http2_preface_deadline", HOST, |b| {
+        b.setting("server", "h2c", true)
             .limit("header_timeout", "2s")
     })
     .await;
+    let ca = &certs.ca;
     let started = std::time::Instant::now();
     let silent_tls = tokio::process::Command::new("openssl")
         .args([
@@ -420,8 +409,8 @@ async fn an_http2_connection_without_its_preface_is_closed_at_the_header_deadlin
 #[tokio::test]
 async fn clients_of_every_protocol_see_no_error_through_graceful_upgrades() {
     let test = "upgrades_under_load";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let (mut site, ca) = h2_site(test, &certs).await;
+    let (mut site, certs) = h2_site(test).await;
+    let ca = &certs.ca;
     let loads = [
         (
             "h2 over TLS",

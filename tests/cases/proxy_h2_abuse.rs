@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge_tests::load::{open_loop, Served};
-use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{test_client, Site};
 use drawbridge_tests::tls_ca::TestCa;
 use reqwest::Version;
@@ -49,18 +48,6 @@ fn legitimate_rate() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50u64)
         .max(1)
-}
-
-/// A site whose proxy serves HTTP/2 over TLS by ALPN with a certificate for [`HOST`]; the CA
-/// and certificates live in `certs`, which must outlive the site.
-async fn h2_site(test: &str, certs: &TestDir) -> (Site, TestCa) {
-    let ca = TestCa::new(certs.path());
-    let issued = ca.issue("a", &[HOST]);
-    let site = Site::start_with(test, |b| {
-        b.tls_certificate(&issued.cert, &issued.key, false)
-    })
-    .await;
-    (site, ca)
 }
 
 /// What `/proc` says of the proxy at one moment.
@@ -475,8 +462,8 @@ fn reacted_in_time(entry: &Value, allowed: &[&str]) -> bool {
 /// Starts a site, runs the legitimate loads, runs `attack` beside them with the proxy sampled,
 /// and gathers what happened.
 async fn attack_beside_loads(test: &str, attack: &'static str, args: &[&str]) -> Outcome {
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let (site, ca) = h2_site(test, &certs).await;
+    let (site, certs) = Site::start_tls(test, HOST, |b| b).await;
+    let ca = &certs.ca;
     let client = site.edge.tls_client(&ca.cert, &[HOST]);
     let check = client
         .get(site.edge.tls_url(HOST, LEGIT_H2))
@@ -490,7 +477,7 @@ async fn attack_beside_loads(test: &str, attack: &'static str, args: &[&str]) ->
     );
     let pid = site.edge.pid();
     let reached_before = attack_requests(&site);
-    let loads = Loads::start(&site, &ca, legitimate_rate());
+    let loads = Loads::start(&site, ca, legitimate_rate());
     // The loads warm up: connections open, the proxy's buffers reach their working size.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_kib = sample(pid).rss_kib;

@@ -364,9 +364,8 @@ async fn assert_saved(path: &Path, key: &str, mode: &str) {
         Duration::from_millis(20),
         || async move {
             let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-            let saved: Value = serde_json::from_slice(&text).map_err(|e| {
-                format!("not JSON ({e}): {}", String::from_utf8_lossy(&text))
-            })?;
+            let saved: Value = serde_json::from_slice(&text)
+                .map_err(|e| format!("not JSON ({e}): {}", String::from_utf8_lossy(&text)))?;
             if saved["key"] == key && saved["doc"]["mode"] == mode {
                 Ok(())
             } else {

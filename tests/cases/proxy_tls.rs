@@ -22,6 +22,7 @@ use drawbridge_tests::proxy::{header, now_unix, run_drawbridge, Drawbridge, Rout
 use drawbridge_tests::tls_ca::{Issued, TestCa};
 use drawbridge_tests::upstream::Upstream;
 use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENV: &str = "e2e";
 const SECRET: &str = "e2e-bypass-secret-0123456789abcdef-0123456789";
@@ -227,16 +228,11 @@ fn bypass_token() -> String {
 /// the upstream answers.
 #[tokio::test]
 async fn maintenance_answers_and_the_bypass_work_over_tls() {
-    let test = "maintenance_over_tls";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let ca = TestCa::new(certs.path());
-    let a = ca.issue("a", &["a.test"]);
-    let site = Site::start_with(test, |builder| {
-        builder
-            .tls_certificate(&a.cert, &a.key, false)
-            .bypass_key(ENV, "k1", SECRET)
+    let (site, certs) = Site::start_tls("maintenance_over_tls", "a.test", |b| {
+        b.bypass_key(ENV, "k1", SECRET)
     })
     .await;
+    let ca = &certs.ca;
     site.put_gate(r#"{"mode":"maintenance","message":"Back soon"}"#)
         .await;
     let edge = &site.edge;
@@ -290,18 +286,13 @@ async fn maintenance_answers_and_the_bypass_work_over_tls() {
 /// upstream learns the scheme from `X-Forwarded-Proto`.
 #[tokio::test]
 async fn plain_requests_go_to_https_and_tls_answers_carry_hsts() {
-    let test = "https_redirect_and_hsts";
-    let certs = TestDir::new(&format!("{test}-certs"));
-    let ca = TestCa::new(certs.path());
-    let a = ca.issue("a", &["a.test"]);
     let hsts = "max-age=63072000; includeSubDomains";
-    let site = Site::start_with(test, |builder| {
-        builder
-            .tls_certificate(&a.cert, &a.key, false)
-            .setting("server", "https_redirect", true)
+    let (site, certs) = Site::start_tls("https_redirect_and_hsts", "a.test", |b| {
+        b.setting("server", "https_redirect", true)
             .setting("tls", "hsts", hsts)
     })
     .await;
+    let ca = &certs.ca;
     let edge = &site.edge;
     let port = edge.tls_addr().port();
     for method in [reqwest::Method::GET, reqwest::Method::POST] {
@@ -635,4 +626,78 @@ async fn a_bad_certificate_at_start_is_refused_with_its_key() {
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
+}
+
+/// A TLS connection holds its place under the caps from the accept, before its handshake; a
+/// handshake that does not end within `limits.header_timeout` is cut, and one that fails (plain
+/// HTTP sent to the TLS port) too: both counted as `tls_handshake`, neither logged as an error.
+#[tokio::test]
+async fn handshakes_are_held_to_the_caps_and_the_header_deadline() {
+    let (site, certs) = Site::start_tls("tls_handshake_limits", "a.test", |b| {
+        b.limit("header_timeout", "2s")
+            .limit("max_connections_per_client", 2)
+    })
+    .await;
+    let ca = &certs.ca;
+    let edge = &site.edge;
+    let addr = edge.tls_addr();
+    let mut byte = [0u8; 1];
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut byte)).await;
+    edge.wait_metric(
+        "drawbridge_refused_requests_total",
+        &[("reason", "tls_handshake")],
+        1.0,
+    )
+    .await;
+    edge.wait_metric("drawbridge_client_connections", &[], 0.0)
+        .await;
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    edge.wait_metric("drawbridge_client_connections", &[], 2.0)
+        .await;
+    // A third connection from the same client is over its cap while the two handshake.
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let read = tokio::time::timeout(Duration::from_secs(1), third.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the third connection was not closed: {read:?}"
+    );
+    for mut conn in silent {
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    let after = started.elapsed();
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(4)).contains(&after),
+        "silent handshakes cut after {after:?}"
+    );
+    edge.wait_metric(
+        "drawbridge_refused_requests_total",
+        &[("reason", "tls_handshake")],
+        3.0,
+    )
+    .await;
+    edge.wait_metric(
+        "drawbridge_refused_requests_total",
+        &[("reason", "max_connections_per_client")],
+        1.0,
+    )
+    .await;
+    let log = edge.log();
+    assert!(log.contains("refused: the TLS handshake failed"), "{log}");
+    assert!(
+        !log.contains("Downstream handshake"),
+        "Pingora's own error lines:\n{log}"
+    );
+    // Handshakes that finish are served.
+    let client = edge.tls_client(&ca.cert, &["a.test"]);
+    assert_eq!(get(edge, &client, "a.test", "/page").await.status(), 200);
 }

@@ -5,6 +5,8 @@
 use super::clock::{is_h2, Guarded, HeaderClock, CLOCK};
 use super::{Refusal, RefusalLog};
 use crate::config::Limits;
+use crate::one_line::OneLine;
+use crate::tls::TlsAcceptor;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::apps::ServerApp;
@@ -169,25 +171,57 @@ impl ConnectionFilter for EarlyRefusal {
     }
 }
 
-/// The listening app with the connection caps and guarded streams in front of `inner`.
+/// The listening app with the connection caps, the TLS handshakes and guarded streams in front
+/// of `inner`.
 pub struct Gatehouse<A> {
     inner: Arc<A>,
     caps: Arc<Caps>,
     header_timeout: Duration,
     /// Plain connections may start with the HTTP/2 preface (`server.h2c`).
     h2c: bool,
+    /// The handshakes of the TLS listeners' connections.
+    tls: Option<TlsAcceptor>,
 }
 
 impl<A> Gatehouse<A> {
-    /// `inner` behind `caps`, each HTTP/1 connection with the `header_timeout` deadline; with
-    /// `h2c`, a plain connection that starts with the HTTP/2 preface speaks HTTP/2.
-    pub fn new(inner: A, caps: Arc<Caps>, header_timeout: Duration, h2c: bool) -> Self {
+    /// `inner` behind `caps`, each HTTP/1 connection with the `header_timeout` deadline (and a
+    /// TLS one's handshake before it); with `h2c`, a plain connection that starts with the
+    /// HTTP/2 preface speaks HTTP/2.
+    pub fn new(
+        inner: A,
+        caps: Arc<Caps>,
+        header_timeout: Duration,
+        h2c: bool,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
         Gatehouse {
             inner: Arc::new(inner),
             caps,
             header_timeout,
             h2c,
+            tls,
         }
+    }
+
+    /// The TLS handshake of a connection accepted on a TLS listener, held to `header_timeout`;
+    /// other connections as they are. `None` when the handshake failed or came too late
+    /// (counted and logged).
+    async fn handshake(&self, stream: Stream, client: Option<IpAddr>) -> Option<Stream> {
+        let Some(tls) = self.tls.as_ref().filter(|tls| tls.serves(&stream)) else {
+            return Some(stream);
+        };
+        let detail = match tokio::time::timeout(self.header_timeout, tls.handshake(stream)).await {
+            Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(e)) => format!("the TLS handshake failed: {}", OneLine(&e.to_string())),
+            Err(_) => format!(
+                "no TLS handshake within limits.header_timeout ({:?})",
+                self.header_timeout
+            ),
+        };
+        self.caps
+            .log
+            .refused(Refusal::TlsHandshake, client, || detail);
+        None
     }
 
     /// Whether `stream` speaks HTTP/2: by ALPN on TLS; on a plain connection with `h2c`, by
@@ -254,7 +288,7 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let client = client_ip(&stream);
@@ -266,6 +300,7 @@ where
                 return None;
             }
         };
+        let mut stream = self.handshake(stream, client).await?;
         let clock = HeaderClock::new(self.header_timeout);
         let log = self.caps.log.clone();
         if self.speaks_h2(&mut stream, client).await? {

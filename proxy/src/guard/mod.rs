@@ -59,10 +59,12 @@ pub enum Refusal {
     H2ControlFlood,
     /// A CONNECT request: the proxy opens no tunnels (405).
     ConnectMethod,
+    /// A TLS handshake that failed, or did not end within `header_timeout`.
+    TlsHandshake,
 }
 
 /// How many kinds of refusal there are.
-const REFUSALS: usize = 14;
+const REFUSALS: usize = 15;
 
 impl Refusal {
     /// The label value in `drawbridge_refused_requests_total`.
@@ -82,6 +84,7 @@ impl Refusal {
             Refusal::Ambiguous => "ambiguous_request",
             Refusal::H2ControlFlood => "h2_control_flood",
             Refusal::ConnectMethod => "connect_method",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -99,7 +102,8 @@ impl Refusal {
             | Refusal::MaxConnectionsPerClient
             | Refusal::HeaderTimeout
             | Refusal::AdminToken
-            | Refusal::H2ControlFlood => None,
+            | Refusal::H2ControlFlood
+            | Refusal::TlsHandshake => None,
         }
     }
 }

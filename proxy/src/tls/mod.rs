@@ -4,16 +4,19 @@
 //! served at reload leaves the previous certificate in place and is reported.
 //!
 //! # Layout
+//! * `accept`: the handshakes, under the connection caps and the header deadline ([`TlsAcceptor`]).
 //! * `load`: one entry's files, read and checked ([`load`], [`Loaded`]).
 //! * `resolver`: the certificate of a handshake, by name ([`CertSet`], [`SniResolver`]).
 //! * `store`: the entries being served, reloaded and reported ([`Certificates`]).
 //! * `reload`: the background service that reloads them ([`TlsReloader`]).
 
+mod accept;
 mod load;
 mod reload;
 mod resolver;
 mod store;
 
+pub use accept::TlsAcceptor;
 pub use load::{load, Fingerprint, LoadError, Loaded, Part, EXPIRY_WARNING};
 pub use reload::TlsReloader;
 pub use resolver::{CertSet, Shadowed, SniResolver};

@@ -36,4 +36,4 @@ pub use config::{DrawbridgeBuilder, HealthCheck, Pool, Ready, Route, RouteKind};
 pub use gate::{clear_gate, now_unix, rfc3339_in, set_gate, test_key};
 pub use metrics::Metrics;
 pub use running::{drawbridge_bin, run_drawbridge, Drawbridge, APPLY_DEADLINE, START_DEADLINE};
-pub use site::{InFlight, Site, SLOW_PATH_DELAY};
+pub use site::{InFlight, Site, TlsCerts, SLOW_PATH_DELAY};

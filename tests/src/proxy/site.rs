@@ -11,7 +11,17 @@ use super::running::Drawbridge;
 use crate::consul::ConsulServer;
 use crate::eventually::eventually;
 use crate::process::TestDir;
+use crate::tls_ca::{Issued, TestCa};
 use crate::upstream::{Kind, Upstream};
+
+/// The certificates of a [`Site::start_tls`] scene.
+pub struct TlsCerts {
+    /// The CA clients trust.
+    pub ca: TestCa,
+    /// The certificate the proxy serves.
+    pub issued: Issued,
+    _dir: TestDir,
+}
 
 /// A request in flight on its own task.
 pub type InFlight = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
@@ -70,6 +80,31 @@ impl Site {
             key,
             dir,
         }
+    }
+
+    /// Starts the scene with a TLS listener too, serving a certificate for `host` issued by a
+    /// CA made for the test (in a folder of its own, kept in the returned [`TlsCerts`], which
+    /// must outlive the site); `customize` as for [`Site::start_with`].
+    pub async fn start_tls(
+        test: &str,
+        host: &str,
+        customize: impl FnOnce(DrawbridgeBuilder) -> DrawbridgeBuilder,
+    ) -> (Site, TlsCerts) {
+        let dir = TestDir::new(&format!("{test}-certs"));
+        let ca = TestCa::new(dir.path());
+        let issued = ca.issue("a", &[host]);
+        let site = Site::start_with(test, |builder| {
+            customize(builder.tls_certificate(&issued.cert, &issued.key, false))
+        })
+        .await;
+        (
+            site,
+            TlsCerts {
+                ca,
+                issued,
+                _dir: dir,
+            },
+        )
     }
 
     /// Writes `value` at the gate key and waits until the proxy applied it.
