@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The load bench: Drawbridge against HAProxy, nginx and a bare Pingora pass-through, on loopback, in
-# one interleaved run. Installs what is missing (scripts/setup.sh for Consul; haproxy, nginx and wrk
-# from Debian; oha from crates.io into the git-ignored .tools/cargo, reused on later runs), builds in
-# release mode, then runs the orchestrator. Tables go to stdout; the results, raw data and setup
-# notes to benches/runs/<date>-<machine>/. Method: benches/load/README.md.
+# one interleaved run. Installs what is missing (scripts/setup.sh for Consul; haproxy, nginx, wrk
+# and openssl from Debian; oha from crates.io into the git-ignored .tools/cargo, reused on later
+# runs), builds in release mode, then runs the orchestrator. Tables go to stdout; the results, raw
+# data and setup notes to benches/runs/<date>-<machine>/. Method: benches/load/README.md.
 #
 #   scripts/bench.sh            the full run (about 22 minutes)
 #   scripts/bench.sh --quick    a smoke run with short measurements (a few minutes)
+#   scripts/bench.sh --figures tls   the TLS figure alone (handshakes, HTTPS over HTTP/1.1 and HTTP/2)
 #   scripts/bench.sh --help     the orchestrator's options (any of them can be passed here)
 set -euo pipefail
 
@@ -15,7 +16,7 @@ log_name=bench
 source "$(dirname "$0")/bench-prelude.sh" "$@"
 
 missing=()
-for tool in haproxy nginx wrk; do
+for tool in haproxy nginx wrk openssl; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

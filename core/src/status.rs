@@ -100,6 +100,9 @@ pub struct PoolStatus {
 pub struct ServerStatus {
     pub address: String,
     pub healthy: bool,
+    /// Requests this proxy has in flight to the server now (0 from proxies that predate it).
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// The TLS listeners and the certificates they serve.

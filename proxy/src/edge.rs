@@ -20,7 +20,7 @@ use crate::guard::{self, refusal_for, BodyPace, Refusal, RefusalLog};
 use crate::https::{self, HttpsSettings};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::one_line::OneLine;
-use crate::pools::Pool;
+use crate::pools::{Pool, UpstreamRequest};
 use crate::respond;
 use crate::router::Router;
 use arc_swap::ArcSwap;
@@ -120,6 +120,8 @@ pub struct RequestCtx {
     body: BodyPace,
     /// The request came over TLS.
     tls: bool,
+    /// Counted in flight to the server it was sent to, until it ends.
+    upstream: Option<UpstreamRequest>,
     /// The request was sent to HTTPS (`server.https_redirect`).
     redirected: bool,
 }
@@ -320,6 +322,7 @@ impl ProxyHttp for Edge {
             refused: None,
             body: BodyPace::default(),
             tls: false,
+            upstream: None,
             redirected: false,
         }
     }
@@ -409,6 +412,8 @@ impl ProxyHttp for Edge {
                 format!("no healthy server in pool {}", pool.name),
             )
         })?;
+        // A retry moves the request: the place at the first server is given back.
+        ctx.upstream = Some(pool.start_request(&backend.addr));
         let mut peer = pool.peer(backend.addr);
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Requests that failed towards an upstream, by pool and the status the proxy answered
     /// (`502`: refused, reset, no healthy server, a broken answer; `504`: timed out).
     pub upstream_errors: IntCounterVec,
+    /// Requests in flight to each server, by pool and server (`ip:port`): 0 to a drained
+    /// server once its last request has ended.
+    pub upstream_in_flight: IntGaugeVec,
     /// Failed requests to Consul by the gate watcher, by kind.
     pub consul_watch_errors: IntCounterVec,
     /// Values at the gate key that were refused.
@@ -95,6 +98,14 @@ impl Metrics {
             &["mode"],
         )?;
         registry.register(Box::new(gate_mode.clone()))?;
+        let upstream_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "drawbridge_upstream_requests_in_flight",
+                "Requests in flight to each server of a pool",
+            ),
+            &["pool", "server"],
+        )?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
         let tls_certificate_expiry = GaugeVec::new(
             Opts::new(
                 "drawbridge_tls_certificate_expiry_timestamp_seconds",
@@ -124,6 +135,7 @@ impl Metrics {
                 "Requests that failed towards an upstream pool, by the status answered (502, 504)",
                 &["pool", "status"],
             )?,
+            upstream_in_flight,
             consul_watch_errors: counter_vec(
                 "drawbridge_consul_watch_errors_total",
                 "Failed requests of the gate watcher to Consul",

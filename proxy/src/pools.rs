@@ -17,14 +17,16 @@ use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as BackendAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use pingora::upstreams::peer::{HttpPeer, Peer};
+use prometheus::{IntGauge, IntGaugeVec};
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long one blocking read of a Consul-service pool waits.
@@ -44,6 +46,65 @@ pub struct Pool {
     group: u64,
     /// Failed handshakes are logged at most once a second.
     handshake_failures: EachSecond,
+    /// Requests in flight to each server.
+    in_flight: InFlight,
+}
+
+/// The requests in flight to each server of a pool: gauges of
+/// `drawbridge_upstream_requests_in_flight`, found without a lock on the request path (a
+/// server seen for the first time takes a short one, to add its gauge).
+struct InFlight {
+    pool: String,
+    gauges: IntGaugeVec,
+    by_server: ArcSwap<HashMap<BackendAddr, IntGauge>>,
+    adding: Mutex<()>,
+}
+
+impl InFlight {
+    fn new(pool: &str, gauges: IntGaugeVec) -> InFlight {
+        InFlight {
+            pool: pool.to_owned(),
+            gauges,
+            by_server: ArcSwap::default(),
+            adding: Mutex::new(()),
+        }
+    }
+
+    /// The gauge of `server`, added the first time it is asked for.
+    fn gauge(&self, server: &BackendAddr) -> IntGauge {
+        if let Some(gauge) = self.by_server.load().get(server) {
+            return gauge.clone();
+        }
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_server = HashMap::clone(&self.by_server.load());
+        let gauge = by_server
+            .entry(server.clone())
+            .or_insert_with(|| {
+                self.gauges
+                    .with_label_values(&[self.pool.as_str(), &server.to_string()])
+            })
+            .clone();
+        self.by_server.store(Arc::new(by_server));
+        gauge
+    }
+
+    /// The requests in flight to `server` now.
+    fn count(&self, server: &BackendAddr) -> u64 {
+        self.by_server
+            .load()
+            .get(server)
+            .map_or(0, |gauge| u64::try_from(gauge.get()).unwrap_or(0))
+    }
+}
+
+/// A request's place among those in flight to one server; given back when dropped (the
+/// request ended, failed, or moved to another server).
+pub struct UpstreamRequest(IntGauge);
+
+impl Drop for UpstreamRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Pool {
@@ -77,6 +138,13 @@ impl Pool {
         }
     }
 
+    /// Counts a request in flight to `server` until the returned place is dropped.
+    pub fn start_request(&self, server: &BackendAddr) -> UpstreamRequest {
+        let gauge = self.in_flight.gauge(server);
+        gauge.inc();
+        UpstreamRequest(gauge)
+    }
+
     /// The next healthy server, round robin; `None` when every server is down.
     pub fn select(&self) -> Option<Backend> {
         self.lb.select(b"", 64)
@@ -94,6 +162,7 @@ impl Pool {
                 .map(|b| ServerStatus {
                     address: b.addr.to_string(),
                     healthy: backends.ready(b),
+                    in_flight: self.in_flight.count(&b.addr),
                 })
                 .collect(),
         }
@@ -106,8 +175,9 @@ pub struct BuiltPool {
     pub services: Vec<Box<dyn ServiceWithDependents>>,
 }
 
-/// Builds a pool; `consul` holds the agents Consul-service pools read from.
-pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
+/// Builds a pool; `consul` holds the agents Consul-service pools read from, `in_flight` the
+/// gauges of its requests in flight.
+pub fn build(settings: &PoolSettings, consul: &Arc<Failover>, in_flight: IntGaugeVec) -> BuiltPool {
     let group = {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         settings.name.hash(&mut hasher);
@@ -205,6 +275,7 @@ pub fn build(settings: &PoolSettings, consul: &Arc<Failover>) -> BuiltPool {
             tls: settings.tls.clone(),
             group,
             handshake_failures: EachSecond::default(),
+            in_flight: InFlight::new(&settings.name, in_flight),
         }),
         services,
     }

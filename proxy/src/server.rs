@@ -129,7 +129,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     let mut pool_list = Vec::new();
     let mut pool_handles = Vec::new();
     for settings in &config.pools {
-        let built = pools::build(settings, &consul);
+        let built = pools::build(settings, &consul, metrics.upstream_in_flight.clone());
         for service in built.services {
             pool_handles.push(server.add_boxed_service(service));
         }

@@ -184,3 +184,54 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
         .expect("node maintenance off on box1");
     wait_all_seen(&edge, "/orders", &["api-box1"]).await;
 }
+
+/// The requests in flight to each server, in `/status` and `drawbridge_upstream_requests_in_flight`:
+/// two slow requests to the `ui` server count 2 while they run and 0 once they have ended; the
+/// `api` server, idle, counts 0.
+#[tokio::test]
+async fn requests_in_flight_are_counted_per_server_until_they_end() {
+    let site = drawbridge_tests::proxy::Site::start("requests_in_flight_per_server").await;
+    let client = site.edge.client().clone();
+    let ui = site.ui.addr().to_string();
+    let in_flight = |report: &StatusReport, pool: &str| -> Vec<u64> {
+        report
+            .pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| p.servers.iter().map(|s| s.in_flight))
+            .collect()
+    };
+    let first = site.start_slow(&client, "/slow/one").await;
+    let second = site.start_slow(&client, "/slow/two").await;
+    let report = site
+        .edge
+        .wait_status(
+            "two requests in flight to ui",
+            Duration::from_secs(5),
+            |r| in_flight(r, "ui") == [2],
+        )
+        .await;
+    assert_eq!(in_flight(&report, "api"), [0]);
+    site.edge
+        .wait_metric(
+            "drawbridge_upstream_requests_in_flight",
+            &[("pool", "ui"), ("server", ui.as_str())],
+            2.0,
+        )
+        .await;
+    for slow in [first, second] {
+        assert_eq!(site.slow_answer(slow).await.status(), 200);
+    }
+    site.edge
+        .wait_status("nothing in flight", Duration::from_secs(5), |r| {
+            in_flight(r, "ui") == [0]
+        })
+        .await;
+    site.edge
+        .wait_metric(
+            "drawbridge_upstream_requests_in_flight",
+            &[("pool", "ui"), ("server", ui.as_str())],
+            0.0,
+        )
+        .await;
+}
