@@ -4,13 +4,15 @@
 //! With `--answer-page`/`--answer-api` it answers every request itself with a fixed 503 instead,
 //! the floor for maintenance answers. Adding `--session-only` writes those answers straight on
 //! Pingora's HTTP session, without the proxy framework's phases: the least any Pingora-based
-//! answer can cost.
+//! answer can cost. `--tls-listen` adds a TLS listener with Pingora's own rustls settings (TLS
+//! 1.2 and 1.3, HTTP/2 then HTTP/1.1 by ALPN), the floor of the TLS figure.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Parser;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::http::ResponseHeader;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::{HttpPeer, Opt};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::{ProxyHttp, Session};
@@ -46,6 +48,15 @@ struct Cli {
     /// Serve the answers from Pingora's HTTP session alone, not through `ProxyHttp`.
     #[arg(long, requires = "answer_page")]
     session_only: bool,
+    /// A TLS listener too, `ip:port`, serving `--cert` with `--key`.
+    #[arg(long, requires_all = ["cert", "key"])]
+    tls_listen: Option<SocketAddr>,
+    /// The certificate of the TLS listener, PEM.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Its key, PEM.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 /// The two fixed answers of the maintenance floor.
@@ -149,7 +160,7 @@ fn main() -> anyhow::Result<()> {
     match answers {
         Some(answers) if cli.session_only => {
             let service = Service::new("session floor".to_string(), SessionFloor(answers));
-            add(&mut server, service, &cli);
+            add(&mut server, service, &cli)?;
         }
         answers => {
             let floor = Floor {
@@ -157,21 +168,33 @@ fn main() -> anyhow::Result<()> {
                 answers,
             };
             let service = pingora::proxy::http_proxy_service(&server.configuration, floor);
-            add(&mut server, service, &cli);
+            add(&mut server, service, &cli)?;
         }
     }
     server.run_forever()
 }
 
-/// Adds `service` on the listener with the threads asked for.
+/// Adds `service` on the listeners with the threads asked for.
 fn add<A: ServerApp + Send + Sync + 'static>(
     server: &mut Server,
     mut service: Service<A>,
     cli: &Cli,
-) {
+) -> anyhow::Result<()> {
     service.add_tcp(&cli.listen.to_string());
+    if let (Some(addr), Some(cert), Some(key)) = (cli.tls_listen, &cli.cert, &cli.key) {
+        let path = |p: &PathBuf| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", p.display()))
+        };
+        let mut tls = TlsSettings::intermediate(&path(cert)?, &path(key)?)
+            .map_err(|e| anyhow::anyhow!("TLS listener settings: {e}"))?;
+        tls.enable_h2();
+        service.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
     service.threads = Some(cli.threads);
     server.add_service(service);
+    Ok(())
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Bytes> {

@@ -10,6 +10,7 @@ mod report;
 mod switching;
 mod systems;
 mod throughput;
+mod tls;
 mod upgrade;
 
 use anyhow::{bail, Context};
@@ -50,11 +51,12 @@ struct Cli {
     /// Offered rate while switching or upgrading under load.
     #[arg(long, default_value_t = 5000)]
     switch_rate: u64,
-    /// Figures to run: proxied (1–4), switches (5–6), upgrade (7).
+    /// Figures to run: proxied (1–4), switches (5–6), upgrade (7), tls (8); `--figures tls`
+    /// runs the TLS figure alone.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "proxied,switches,upgrade"
+        default_value = "proxied,switches,upgrade,tls"
     )]
     figures: Vec<String>,
     /// Run everything unpinned (no taskset).
@@ -220,6 +222,7 @@ fn tools(cli: &Cli) -> anyhow::Result<Tools> {
         haproxy: on_path("haproxy", "install it: apt-get install haproxy")?,
         nginx: on_path("nginx", "install it: apt-get install nginx")?,
         taskset: on_path("taskset", "install it: apt-get install util-linux")?,
+        openssl: on_path("openssl", "install it: apt-get install openssl")?,
     })
 }
 
@@ -253,8 +256,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let tools = tools(cli)?;
     let plan = plan(cli)?;
     for f in &cli.figures {
-        if !["proxied", "switches", "upgrade"].contains(&f.as_str()) {
-            bail!("unknown figure {f:?}; --figures takes proxied, switches, upgrade");
+        if !["proxied", "switches", "upgrade", "tls"].contains(&f.as_str()) {
+            bail!("unknown figure {f:?}; --figures takes proxied, switches, upgrade, tls");
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -350,6 +353,9 @@ fn measure(env: &Env, plan: &Plan, cli: &Cli, results: &mut Results) -> anyhow::
     if figures("proxied") {
         throughput::run(bench, results)?;
     }
+    if figures("tls") {
+        tls::run(bench, results)?;
+    }
     if figures("switches") {
         switching::propagation(bench, results)?;
         switching::errors_under_switches(bench, results)?;
@@ -377,6 +383,7 @@ fn maintenance_answers(
             consul,
             key,
             cpu: Cpu::Any,
+            tls: None,
         },
     )?;
     let addr = db.instance.addr;
@@ -424,6 +431,7 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli) -> String {
     s += &format!("- wrk: {}\n", first_line(&t.wrk, &["-v"]));
     s += &format!("- oha: {}\n", first_line(&t.oha, &["--version"]));
     s += &format!("- consul: {}\n", first_line(&t.consul, &["version"]));
+    s += &format!("- openssl: {}\n", first_line(&t.openssl, &["version"]));
     s += &format!(
         "- rustc: {}\n",
         first_line(Path::new("rustc"), &["--version"])
@@ -438,7 +446,8 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli) -> String {
     s += &format!(
         "- plan: {} round(s), threads {:?}, {} ms warm-up + {} ms per measurement, fixed-rate (two rates) and switch runs with oha \
          (64 keep-alive connections), {} propagation switches per fleet size and side, {} switches under load per side \
-         every {} ms at {} req/s, {} upgrade(s) per round every {} ms; `{}`\n",
+         every {} ms at {} req/s, {} upgrade(s) per round every {} ms, full TLS handshakes with {} `openssl s_time -new` \
+         clients at once; `{}`\n",
         plan.rounds,
         plan.threads,
         plan.warmup.as_millis(),
@@ -449,6 +458,7 @@ fn setup_notes(env: &Env, plan: &Plan, cli: &Cli) -> String {
         plan.switch_load_rate,
         plan.upgrades_per_round,
         plan.upgrade_interval.as_millis(),
+        tls::HANDSHAKE_CLIENTS,
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     if let Some(note) = &cli.note {

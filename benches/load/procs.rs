@@ -215,6 +215,11 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(own + children)
 }
 
+/// Clock ticks of CPU time in microseconds.
+pub fn cpu_us(ticks: u64, ticks_per_second: u64) -> f64 {
+    ticks as f64 * 1e6 / ticks_per_second.max(1) as f64
+}
+
 /// Resident memory of `pid` and its live descendants, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     std::iter::once(pid)

@@ -16,8 +16,10 @@ pub struct Sample {
     pub round: usize,
     pub system: System,
     pub threads: usize,
-    /// `keep-alive`/`close` (proxied), `page`/`api` (maintenance), the rate (fixed-rate).
+    /// `keep-alive`/`close` (proxied), `page`/`api` (maintenance), the rate (fixed-rate),
+    /// `plain h1`/`https h1`/`https h2`/`handshakes` (tls).
     pub scenario: String,
+    /// Requests answered; for `handshakes`, full handshakes made.
     pub requests: u64,
     pub rps: f64,
     /// The proxy's own CPU time (user + system, all threads and processes) per request.
@@ -25,13 +27,32 @@ pub struct Sample {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: Option<f64>,
-    /// Answers with another status than the scenario's.
+    /// Answers with another status than the scenario's; for `handshakes`, resumed sessions.
     pub unexpected: u64,
     pub socket_errors: u64,
     pub rss_load_kib: Option<u64>,
 }
 
 impl Sample {
+    /// A sample with nothing measured yet.
+    pub fn new(round: usize, system: System, threads: usize) -> Sample {
+        Sample {
+            round,
+            system,
+            threads,
+            scenario: String::new(),
+            requests: 0,
+            rps: 0.0,
+            cpu_us_per_req: None,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            p999_ms: None,
+            unexpected: 0,
+            socket_errors: 0,
+            rss_load_kib: None,
+        }
+    }
+
     pub fn with_scenario(mut self, scenario: &str) -> Sample {
         self.scenario = scenario.to_string();
         self
@@ -250,6 +271,8 @@ pub struct Results {
     pub propagation: Vec<Propagation>,
     pub switch_errors: Vec<SwitchErrors>,
     pub upgrade: Option<SwitchErrors>,
+    /// What each system's TLS listener negotiated with `openssl s_client` (figure 8), by system.
+    pub tls_negotiated: BTreeMap<String, String>,
     /// Config files used, copied into the run folder.
     #[serde(skip)]
     pub configs: Vec<(String, PathBuf)>,
@@ -611,6 +634,8 @@ impl Results {
 
         push_section(&mut md, head, &mut body);
 
+        self.tls_tables(&mut md, &mut targets);
+
         let head = "\n### Targets\n\n| target | measured | |\n| --- | --- | --- |\n";
         for t in &targets {
             let _ = writeln!(
@@ -623,6 +648,138 @@ impl Results {
         }
         push_section(&mut md, head, &mut body);
         (md, targets)
+    }
+}
+
+/// The plain-HTTP kept-open CPU/request ratios to HAProxy by threads that the README showed
+/// when the TLS targets were set (run `2026-11-24-vm-2cpu-lto`): the HTTPS ratios are held to
+/// them. At other thread counts they are held to the plain ratio of the same run.
+const PLAIN_RATIOS_IN_README: [(usize, f64); 2] = [(1, 1.89), (2, 2.10)];
+
+/// Figure 8's scenarios: requests over three wires, and full handshakes.
+pub const TLS_WIRES: [&str; 3] = ["plain h1", "https h1", "https h2"];
+pub const HANDSHAKES: &str = "handshakes";
+
+impl Results {
+    /// Figure 8: full handshakes per CPU-second, and CPU per request over plain HTTP/1.1,
+    /// HTTP/1.1 over TLS and HTTP/2 over TLS, each with per-round ratios to HAProxy, nginx and
+    /// the floor; Drawbridge's targets.
+    fn tls_tables(&self, md: &mut String, targets: &mut Vec<Target>) {
+        let figure = "tls";
+        let mut body = String::new();
+        let negotiated: Vec<String> = self
+            .tls_negotiated
+            .iter()
+            .map(|(system, what)| format!("{system}: {what}"))
+            .collect();
+        let head = format!(
+            "\n### 8. TLS\n\nEvery proxy serves the same ECDSA P-256 certificate on a TLS listener beside its \
+             plain one (TLS 1.2 and 1.3 offered, ALPN `h2` then `http/1.1`). Negotiated with `openssl s_client`: \
+             {}.\n\nFull handshakes: `openssl s_time -new`, 4 clients at once, each connection a full handshake \
+             (no session is offered for resumption; resumed = connections that resumed one anyway) with no \
+             request; handshakes ÷ the proxy's own CPU seconds over the run. × = per-round ratios of \
+             handshakes per CPU-second (higher is better).\n\n\
+             | threads | system | handshakes per CPU-s | × HAProxy | × nginx | × floor | CPU µs/handshake | handshakes/s | resumed |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+            if negotiated.is_empty() {
+                "–".to_string()
+            } else {
+                negotiated.join("; ")
+            }
+        );
+        let per_cpu_s = |s: &Sample| s.cpu_us_per_req.map(|us| 1e6 / us);
+        for ((threads, system), samples) in self.groups(figure, Some(HANDSHAKES)) {
+            let ratio = |base| self.ratio_to(figure, &samples, base, per_cpu_s);
+            let vs_haproxy = ratio(System::Haproxy);
+            let _ = writeln!(
+                body,
+                "| {threads} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                system.label(),
+                show(
+                    Stat::of(&collect(&samples, |s| per_cpu_s(s).unwrap_or(f64::NAN))),
+                    0
+                ),
+                show(vs_haproxy, 2),
+                show(ratio(System::Nginx), 2),
+                show(ratio(System::PingoraFloor), 2),
+                show(
+                    Stat::of(&collect(&samples, |s| s.cpu_us_per_req.unwrap_or(f64::NAN))),
+                    1
+                ),
+                show(Stat::of(&collect(&samples, |s| s.rps)), 0),
+                samples.iter().map(|s| s.unexpected).sum::<u64>(),
+            );
+            if system == System::Drawbridge {
+                if let Some(r) = vs_haproxy {
+                    targets.push(Target::at_least(
+                        format!("TLS full handshakes per CPU-second, {threads} thread(s): ≥ 1.5× HAProxy"),
+                        r.median,
+                        1.5,
+                        "×",
+                    ));
+                }
+            }
+        }
+        push_section(md, &head, &mut body);
+
+        let head = "\nRequests on 64 kept-open connections to the same origin as figure 1: plain HTTP/1.1 and \
+               HTTP/1.1 over TLS with wrk (1 thread), HTTP/2 over TLS with oha (16 connections × 4 streams), on the \
+               same processes in the same round.\n\n\
+               | threads | wire | system | CPU µs/req | × HAProxy | × nginx | × floor | req/s | p99 ms | bad |\n\
+               | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        let cpu = |s: &Sample| s.cpu_us_per_req;
+        // Drawbridge's plain ratio to HAProxy by threads, beside which the HTTPS ones are read.
+        let mut plain: BTreeMap<usize, Stat> = BTreeMap::new();
+        for wire in TLS_WIRES {
+            for ((threads, system), samples) in self.groups(figure, Some(wire)) {
+                let ratio = |base| self.ratio_to(figure, &samples, base, cpu);
+                let vs_haproxy = ratio(System::Haproxy);
+                let _ = writeln!(
+                    body,
+                    "| {threads} | {wire} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    system.label(),
+                    show(
+                        Stat::of(&collect(&samples, |s| s.cpu_us_per_req.unwrap_or(f64::NAN))),
+                        1
+                    ),
+                    show(vs_haproxy, 2),
+                    show(ratio(System::Nginx), 2),
+                    show(ratio(System::PingoraFloor), 2),
+                    show(Stat::of(&collect(&samples, |s| s.rps)), 0),
+                    show(Stat::of(&collect(&samples, |s| s.p99_ms)), 2),
+                    bad(&samples),
+                );
+                let (System::Drawbridge, Some(r)) = (system, vs_haproxy) else {
+                    continue;
+                };
+                if wire == TLS_WIRES[0] {
+                    plain.insert(threads, r);
+                    continue;
+                }
+                let readme = PLAIN_RATIOS_IN_README
+                    .iter()
+                    .find(|&&(t, _)| t == threads)
+                    .map(|&(_, limit)| limit);
+                let (limit, basis) = match (readme, plain.get(&threads)) {
+                    (Some(limit), _) => (limit, "the plain kept-open ratio the README shows"),
+                    (None, Some(p)) => (p.median, "the plain ratio of this run"),
+                    (None, None) => continue,
+                };
+                let mut target = Target::at_most(
+                    format!(
+                        "{wire} CPU/request, {threads} thread(s): ≤ {limit:.2}× HAProxy ({basis})"
+                    ),
+                    r.median,
+                    limit,
+                    "×",
+                );
+                if let Some(p) = plain.get(&threads) {
+                    target.measured += &format!("; plain h1 in this run: {:.2}×", p.median);
+                }
+                targets.push(target);
+            }
+        }
+        push_section(md, head, &mut body);
     }
 }
 
@@ -650,6 +807,22 @@ impl Target {
     /// not measured.
     fn ratio_at_most_one(name: String, ratio: Option<Stat>, unit: &str) -> Option<Target> {
         ratio.map(|r| Target::at_most(name, r.median, 1.0, unit))
+    }
+
+    /// `value` at least `limit` (a ratio where higher is better).
+    fn at_least(name: String, value: f64, limit: f64, unit: &str) -> Target {
+        let measured = if value.is_finite() {
+            format!("{value:.2} {unit} (at least {limit})")
+        } else {
+            format!("not measured (at least {limit} {unit})")
+        };
+        Target {
+            name,
+            value,
+            limit,
+            measured,
+            met: value >= limit,
+        }
     }
 
     fn at_most(name: String, value: f64, limit: f64, unit: &str) -> Target {

@@ -68,6 +68,7 @@ impl Fleet {
                             consul,
                             key,
                             cpu,
+                            tls: None,
                         },
                     )?;
                     fleet.addrs.push(db.instance.addr);

@@ -1,6 +1,7 @@
 //! The systems under test and their surroundings: the origin (nginx), the Consul dev agent,
 //! HAProxy, nginx, the bare Pingora floor and Drawbridge, each with its config written here, on
-//! loopback ports checked free, pinned to a CPU when pinning is on.
+//! loopback ports checked free, pinned to a CPU when pinning is on; and the one certificate their
+//! TLS listeners share.
 
 use crate::http;
 use crate::procs::Proc;
@@ -31,6 +32,7 @@ pub struct Tools {
     pub haproxy: PathBuf,
     pub nginx: PathBuf,
     pub taskset: PathBuf,
+    pub openssl: PathBuf,
 }
 
 /// Where a process runs: the load side (generator, origin, Consul) or the proxy under test.
@@ -171,6 +173,8 @@ impl System {
 pub struct Instance {
     pub system: System,
     pub addr: SocketAddr,
+    /// Its TLS listener, when it was started with one.
+    pub tls: Option<SocketAddr>,
     pub proc: Option<Proc>,
     /// The config file it was started with (for the setup notes).
     pub config: Option<PathBuf>,
@@ -191,9 +195,16 @@ impl Instance {
         Ok(Instance {
             system,
             addr,
+            tls: None,
             proc: Some(proc),
             config,
         })
+    }
+
+    /// The same, with the TLS listener on `tls_port` (which opens with the plain one).
+    fn with_tls(mut self, tls_port: Option<u16>) -> Instance {
+        self.tls = tls_port.map(loopback);
+        self
     }
 
     /// The PID whose process tree is measured.
@@ -206,6 +217,55 @@ impl Instance {
 pub struct Answers {
     pub page: PathBuf,
     pub api: PathBuf,
+}
+
+/// The certificate every TLS listener serves: ECDSA P-256, self-signed, for `localhost` and
+/// 127.0.0.1, made with `openssl` at the start of the TLS figure.
+pub struct Certificate {
+    /// The certificate, PEM; also the CA file the clients check it with.
+    pub chain: PathBuf,
+    /// Its key, PEM (PKCS#8).
+    pub key: PathBuf,
+    /// Both in one file, as HAProxy's `crt` takes them.
+    pub combined: PathBuf,
+}
+
+impl Certificate {
+    /// Makes the key and the certificate (valid 30 days) in a fresh folder of the run.
+    pub fn make(env: &Env) -> anyhow::Result<Certificate> {
+        let dir = env.instance_dir("certificate")?;
+        let chain = dir.join("localhost.pem");
+        let key = dir.join("localhost.key");
+        let out = Command::new(&env.tools.openssl)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            // Not a CA: clients that trust it as it is (webpki) refuse a CA as a server's.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&chain)
+            .output()
+            .with_context(|| format!("cannot run {}", env.tools.openssl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "openssl could not make the bench's certificate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let combined = dir.join("localhost-with-key.pem");
+        write(&combined, &(read(&chain)? + &read(&key)?))?;
+        Ok(Certificate {
+            chain,
+            key,
+            combined,
+        })
+    }
 }
 
 /// The status a proxy answers `/` with once it is up: 503 when it serves the maintenance answers.
@@ -284,37 +344,43 @@ const MAINT_HEADERS: [(&str, &str); 4] = [
 
 /// HAProxy in one process (`-db`) with `nbthread = threads`, proxying to the origin with
 /// server-side keep-alive shared across clients (`http-reuse always`), or, with `answers`,
-/// answering every request itself with `http-request return`.
+/// answering every request itself with `http-request return`; with `tls`, also on a TLS
+/// listener serving that certificate.
 pub fn start_haproxy(
     env: &Env,
     threads: usize,
     origin: SocketAddr,
     answers: Option<&Answers>,
+    tls: Option<&Certificate>,
 ) -> anyhow::Result<Instance> {
     let dir = env.instance_dir("haproxy")?;
     let port = free_port()?;
+    let tls_port = tls.map(|_| free_port()).transpose()?;
     let config = dir.join("haproxy.cfg");
     write(
         &config,
-        &haproxy_config(threads, port, origin, answers, None),
+        &haproxy_config(threads, port, tls_port.zip(tls), origin, answers, None),
     )?;
     let mut cmd = env.command(&env.tools.haproxy, Cpu::Proxy);
     cmd.arg("-db").arg("-f").arg(&config);
     let proc = Proc::spawn(&format!("haproxy-t{threads}"), cmd, &env.logs)?;
-    Instance::ready(
+    Ok(Instance::ready(
         System::Haproxy,
         proc,
         port,
         first_status(answers),
         Some(config),
-    )
+    )?
+    .with_tls(tls_port))
 }
 
 /// The HAProxy configuration; `stats_socket` adds the master-worker socket that hands the
-/// listeners to the next process on a reload (`expose-fd listeners`).
+/// listeners to the next process on a reload (`expose-fd listeners`); `tls` adds a TLS listener
+/// (port and certificate) offering TLS 1.2 and 1.3 and, by ALPN, HTTP/2 then HTTP/1.1.
 pub fn haproxy_config(
     threads: usize,
     port: u16,
+    tls: Option<(u16, &Certificate)>,
     origin: SocketAddr,
     answers: Option<&Answers>,
     stats_socket: Option<&Path>,
@@ -330,6 +396,12 @@ pub fn haproxy_config(
           \x20   timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
           \x20   timeout http-keep-alive 60s\n\n";
     c += &format!("frontend edge\n    bind 127.0.0.1:{port}\n");
+    if let Some((tls_port, cert)) = tls {
+        c += &format!(
+            "    bind 127.0.0.1:{tls_port} ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.2\n",
+            cert.combined.display()
+        );
+    }
     if let Some(a) = answers {
         let hdrs: String = MAINT_HEADERS
             .iter()
@@ -351,15 +423,29 @@ pub fn haproxy_config(
 }
 
 /// nginx with `worker_processes = threads`, proxying with an upstream keep-alive pool, or, with
-/// `answers`, answering every request itself with `return 503`.
+/// `answers`, answering every request itself with `return 503`; with `tls`, also on a TLS
+/// listener serving that certificate (TLS 1.2 and 1.3; HTTP/2 then HTTP/1.1 by ALPN, written
+/// `listen … ssl http2` as nginx 1.22 takes it).
 pub fn start_nginx(
     env: &Env,
     threads: usize,
     origin: SocketAddr,
     answers: Option<&Answers>,
+    tls: Option<&Certificate>,
 ) -> anyhow::Result<Instance> {
     let dir = env.instance_dir("nginx")?;
     let port = free_port()?;
+    let tls_port = tls.map(|_| free_port()).transpose()?;
+    let tls_listen = match tls_port.zip(tls) {
+        Some((tls_port, cert)) => format!(
+            "    listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n\
+             \x20   ssl_certificate {};\n    ssl_certificate_key {};\n\
+             \x20   ssl_protocols TLSv1.2 TLSv1.3;\n",
+            cert.chain.display(),
+            cert.key.display()
+        ),
+        None => String::new(),
+    };
     let locations = match answers {
         None => {
             "    location / {\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n\
@@ -387,18 +473,19 @@ pub fn start_nginx(
          error_log {d}/error.log warn;\nevents {{ worker_connections 8192; }}\n\
          http {{\n{common}\n  upstream origin {{\n    server {origin};\n    keepalive 128;\n\
          \x20   keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
-         {locations}  }}\n}}\n",
+         {tls_listen}{locations}  }}\n}}\n",
         d = dir.display(),
         common = nginx_http_common(&dir),
     );
     let (config, proc) = spawn_nginx(env, &dir, &conf, Cpu::Proxy, &format!("nginx-t{threads}"))?;
-    Instance::ready(
+    Ok(Instance::ready(
         System::Nginx,
         proc,
         port,
         first_status(answers),
         Some(config),
-    )
+    )?
+    .with_tls(tls_port))
 }
 
 /// A file's content as a single-quoted nginx string.
@@ -415,14 +502,16 @@ fn nginx_string(path: &Path) -> anyhow::Result<String> {
     Ok(text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The bare Pingora pass-through (or, with `answers`, the fixed 503).
+/// The bare Pingora pass-through (or, with `answers`, the fixed 503); with `tls`, also on a TLS
+/// listener with Pingora's own rustls settings (TLS 1.2 and 1.3, HTTP/2 then HTTP/1.1).
 pub fn start_floor(
     env: &Env,
     threads: usize,
     origin: SocketAddr,
     answers: Option<&Answers>,
+    tls: Option<&Certificate>,
 ) -> anyhow::Result<Instance> {
-    spawn_floor(env, System::PingoraFloor, threads, origin, answers)
+    spawn_floor(env, System::PingoraFloor, threads, origin, answers, tls)
 }
 
 /// The fixed 503 written on Pingora's HTTP session alone, without the proxy framework.
@@ -432,7 +521,14 @@ pub fn start_session_floor(
     origin: SocketAddr,
     answers: &Answers,
 ) -> anyhow::Result<Instance> {
-    spawn_floor(env, System::PingoraSession, threads, origin, Some(answers))
+    spawn_floor(
+        env,
+        System::PingoraSession,
+        threads,
+        origin,
+        Some(answers),
+        None,
+    )
 }
 
 /// Starts `bare-pingora` as `system`, one of the two floors.
@@ -442,9 +538,11 @@ fn spawn_floor(
     threads: usize,
     origin: SocketAddr,
     answers: Option<&Answers>,
+    tls: Option<&Certificate>,
 ) -> anyhow::Result<Instance> {
     let dir = env.instance_dir(system.label())?;
     let port = free_port()?;
+    let tls_port = tls.map(|_| free_port()).transpose()?;
     let mut cmd = env.command(&env.tools.floor, Cpu::Proxy);
     cmd.arg("--listen")
         .arg(loopback(port).to_string())
@@ -463,8 +561,16 @@ fn spawn_floor(
     if system == System::PingoraSession {
         cmd.arg("--session-only");
     }
+    if let Some((tls_port, cert)) = tls_port.zip(tls) {
+        cmd.arg("--tls-listen")
+            .arg(loopback(tls_port).to_string())
+            .arg("--cert")
+            .arg(&cert.chain)
+            .arg("--key")
+            .arg(&cert.key);
+    }
     let proc = Proc::spawn(&format!("{}-t{threads}", system.label()), cmd, &env.logs)?;
-    Instance::ready(system, proc, port, first_status(answers), None)
+    Ok(Instance::ready(system, proc, port, first_status(answers), None)?.with_tls(tls_port))
 }
 
 /// The Consul dev agent (in memory), all ports on loopback, DNS and gRPC off.
@@ -549,6 +655,8 @@ pub struct DrawbridgeSpec<'a> {
     pub consul: &'a Consul,
     pub key: &'a str,
     pub cpu: Cpu,
+    /// A TLS listener too, serving this certificate.
+    pub tls: Option<&'a Certificate>,
 }
 
 /// A Drawbridge process with the config it can be restarted (or upgraded) with.
@@ -562,22 +670,35 @@ pub struct Drawbridge {
 
 impl Drawbridge {
     /// Writes the config (access log off, no Consul registration, one static pool with no
-    /// health check, a page route and an api route) and starts the proxy; returns once it
-    /// proxies.
+    /// health check, a page route and an api route, and a TLS listener when the spec has a
+    /// certificate) and starts the proxy; returns once it proxies.
     pub fn start(env: &Env, spec: &DrawbridgeSpec) -> anyhow::Result<Drawbridge> {
         let dir = env.instance_dir(spec.name)?;
         let port = free_port()?;
         let admin = loopback(free_port()?);
+        let tls_port = spec.tls.map(|_| free_port()).transpose()?;
+        let (tls_listen, tls_section) = match tls_port.zip(spec.tls) {
+            Some((tls_port, cert)) => (
+                format!("tls_listen = [\"127.0.0.1:{tls_port}\"]\n"),
+                format!(
+                    "\n[tls]\nhttp2 = true\n\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                    cert.chain.display(),
+                    cert.key.display()
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         let d = dir.display();
         let toml = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = {threads}\n\
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n{tls_listen}threads = {threads}\n\
              pid_file = \"{d}/drawbridge.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
              state_file = \"{d}/gate-state.json\"\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\n\
              access_log = \"off\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
              [consul]\naddress = \"http://{consul}\"\nkey = \"{key}\"\nregister = false\n\n\
              [pools.origin]\nservers = [\"{origin}\"]\nhealth_check = {{ type = \"none\" }}\n\n\
              [[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nkind = \"api\"\npool = \"origin\"\n\n\
-             [[routes]]\nname = \"page\"\npath_prefix = \"/\"\nkind = \"page\"\npool = \"origin\"\n",
+             [[routes]]\nname = \"page\"\npath_prefix = \"/\"\nkind = \"page\"\npool = \"origin\"\n\
+             {tls_section}",
             threads = spec.threads,
             consul = spec.consul.addr,
             key = spec.key,
@@ -603,6 +724,7 @@ impl Drawbridge {
             instance: Instance {
                 system: System::Drawbridge,
                 addr: loopback(port),
+                tls: tls_port.map(loopback),
                 proc: None,
                 config: Some(config.clone()),
             },
@@ -668,10 +790,13 @@ impl Incumbent {
         let normal = dir.join("normal.cfg");
         let maintenance = dir.join("maintenance.cfg");
         let live = dir.join("haproxy.cfg");
-        write(&normal, &haproxy_config(1, port, origin, None, Some(&sock)))?;
+        write(
+            &normal,
+            &haproxy_config(1, port, None, origin, None, Some(&sock)),
+        )?;
         write(
             &maintenance,
-            &haproxy_config(1, port, origin, Some(answers), Some(&sock)),
+            &haproxy_config(1, port, None, origin, Some(answers), Some(&sock)),
         )?;
         std::fs::copy(&normal, &live).context("cannot install the HAProxy config")?;
         let pid_file = dir.join("haproxy.pid");

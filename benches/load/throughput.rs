@@ -1,9 +1,9 @@
 //! Figures 1 to 4: proxied requests (keep-alive and a new connection per request), latency at
 //! two fixed offered rates, maintenance answers served by the proxy itself, and memory. Each round
 //! and thread count starts every system afresh and measures them in turn (A B C A B C …), so
-//! drift of the machine hits all alike.
+//! drift of the machine hits all alike. [`measure`] serves figure 8 (TLS) too.
 
-use crate::load::{self, Connections, RssPeak};
+use crate::load::{self, Connections, Oha, RssPeak, Wire};
 use crate::procs;
 use crate::report::{rate_label, FixedRates, Results, Sample};
 use crate::systems::{self, Cpu, Drawbridge, DrawbridgeSpec, Instance, System};
@@ -55,12 +55,13 @@ fn block(
             consul,
             key,
             cpu: Cpu::Proxy,
+            tls: None,
         },
     )?;
     let proxies = [
-        systems::start_haproxy(env, threads, o, None)?,
-        systems::start_nginx(env, threads, o, None)?,
-        systems::start_floor(env, threads, o, None)?,
+        systems::start_haproxy(env, threads, o, None, None)?,
+        systems::start_nginx(env, threads, o, None, None)?,
+        systems::start_floor(env, threads, o, None, None)?,
     ];
     if round == 1 && threads == plan.threads[0] {
         for (name, inst) in [
@@ -96,6 +97,7 @@ fn block(
             let scenario = Scenario {
                 path: PAGE_PATH,
                 connections,
+                wire: Wire::Plain,
                 expected: 200,
             };
             let sample = measure(bench, inst, scenario, round, threads)?;
@@ -159,9 +161,9 @@ fn block(
 
     // Maintenance: the others get their maintenance configs, Drawbridge gets the key.
     let proxies = [
-        systems::start_haproxy(env, threads, o, Some(answers))?,
-        systems::start_nginx(env, threads, o, Some(answers))?,
-        systems::start_floor(env, threads, o, Some(answers))?,
+        systems::start_haproxy(env, threads, o, Some(answers), None)?,
+        systems::start_nginx(env, threads, o, Some(answers), None)?,
+        systems::start_floor(env, threads, o, Some(answers), None)?,
         systems::start_session_floor(env, threads, o, answers)?,
     ];
     if round == 1 && threads == plan.threads[0] {
@@ -182,6 +184,7 @@ fn block(
             let scenario = Scenario {
                 path,
                 connections: Connections::KeepAlive,
+                wire: Wire::Plain,
                 expected: 503,
             };
             let sample = measure(bench, inst, scenario, round, threads)?;
@@ -199,18 +202,21 @@ fn connections_label(c: Connections) -> &'static str {
     }
 }
 
-/// What one wrk measurement asks of a system.
+/// What one measurement asks of a system.
 #[derive(Clone, Copy)]
-struct Scenario {
-    path: &'static str,
-    connections: Connections,
+pub struct Scenario<'a> {
+    pub path: &'static str,
+    pub connections: Connections,
+    /// HTTP/1.1 in the clear or over TLS (wrk), or HTTP/2 over TLS (oha).
+    pub wire: Wire<'a>,
     /// The status every answer must have.
-    expected: u16,
+    pub expected: u16,
 }
 
-/// One wrk measurement after a warm-up: the proxy's CPU time per request from `/proc`, its
-/// memory peak, and a check that every answer had the `expected` status.
-fn measure(
+/// One measurement after a warm-up: the proxy's CPU time per request from `/proc`, its memory
+/// peak, and a check that every answer had the `expected` status. wrk measures HTTP/1.1, oha
+/// HTTP/2; over TLS the system's TLS listener is used.
+pub fn measure(
     bench: Bench,
     inst: &Instance,
     scenario: Scenario,
@@ -221,52 +227,69 @@ fn measure(
     let Scenario {
         path,
         connections,
+        wire,
         expected,
     } = scenario;
-    load::warm_up(env, inst.addr, path, connections, plan.warmup)?;
+    let addr = match wire {
+        Wire::Plain => inst.addr,
+        Wire::Https { .. } | Wire::H2 { .. } => inst
+            .tls
+            .with_context(|| format!("{} has no TLS listener", inst.system.label()))?,
+    };
+    load::warm_up(env, addr, path, (connections, wire), plan.warmup)?;
     // Direct-to-origin has no proxy whose CPU time could be measured.
     let pid = inst.pid().filter(|_| inst.system != System::Direct);
     let before = pid.map(procs::cpu_ticks).transpose()?;
     let mut peak = pid.map(RssPeak::new);
-    let started = Instant::now();
-    let r = load::wrk(env, inst.addr, path, connections, plan.duration, || {
+    let mut sample_peak = || {
         if let Some(p) = peak.as_mut() {
             p.sample();
         }
-    })?;
+    };
+    let started = Instant::now();
+    let mut sample = if let Wire::H2 { .. } = wire {
+        let r = Oha::flat_out(env, addr, path, (connections, wire), plan.duration)?
+            .finish_sampling(&mut sample_peak)?;
+        Sample {
+            requests: r.requests,
+            rps: r.rps,
+            p50_ms: r.p50_ms,
+            p99_ms: r.p99_ms,
+            p999_ms: Some(r.p999_ms),
+            unexpected: r.unexpected(&[expected]),
+            socket_errors: r.error_count(),
+            ..Sample::new(round, inst.system, threads)
+        }
+    } else {
+        let how = (connections, wire);
+        let r = load::wrk(env, addr, path, how, plan.duration, &mut sample_peak)?;
+        Sample {
+            requests: r.requests,
+            rps: r.rps(),
+            p50_ms: r.p50_us as f64 / 1e3,
+            p99_ms: r.p99_us as f64 / 1e3,
+            // wrk counts answers that are not 2xx/3xx; all of them are wanted for a 503 figure.
+            unexpected: if expected == 503 {
+                r.requests - r.status.min(r.requests)
+            } else {
+                r.status
+            },
+            socket_errors: r.socket_errors(),
+            ..Sample::new(round, inst.system, threads)
+        }
+    };
     let after = pid.map(procs::cpu_ticks).transpose()?;
-    if r.requests == 0 {
+    if sample.requests == 0 {
         bail!(
             "{} served no request in {:?} on {path}",
             inst.system.label(),
             started.elapsed()
         );
     }
-    // wrk counts answers that are not 2xx/3xx; all of them are wanted for a 503 figure.
-    let unexpected = if expected == 503 {
-        r.requests - r.status.min(r.requests)
-    } else {
-        r.status
-    };
-    let cpu_us_per_req = match (before, after) {
-        (Some(b), Some(a)) => {
-            Some((a - b) as f64 * 1e6 / plan.ticks_per_second as f64 / r.requests as f64)
-        }
-        _ => None,
-    };
-    Ok(Sample {
-        round,
-        system: inst.system,
-        threads,
-        scenario: String::new(),
-        requests: r.requests,
-        rps: r.rps(),
-        cpu_us_per_req,
-        p50_ms: r.p50_us as f64 / 1e3,
-        p99_ms: r.p99_us as f64 / 1e3,
-        p999_ms: None,
-        unexpected,
-        socket_errors: r.socket_errors(),
-        rss_load_kib: peak.map(|p| p.peak_kib),
-    })
+    if let (Some(b), Some(a)) = (before, after) {
+        sample.cpu_us_per_req =
+            Some(procs::cpu_us(a - b, plan.ticks_per_second) / sample.requests as f64);
+    }
+    sample.rss_load_kib = peak.map(|p| p.peak_kib);
+    Ok(sample)
 }

@@ -38,6 +38,7 @@ pub fn run(bench: Bench, results: &mut Results) -> anyhow::Result<()> {
             consul,
             key,
             cpu: Cpu::Proxy,
+            tls: None,
         },
     )?;
     let mut record = SwitchErrors::new("drawbridge upgrade");
