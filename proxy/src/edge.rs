@@ -59,29 +59,21 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const OWN_HEADER_PREFIX: &str = "x-drawbridge-";
 /// Where the resolved client goes for the application.
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-/// Client-address headers the proxy does not vouch for: a client could write any address there.
-const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("true-client-ip")];
-/// Headers about the client's own connection to the proxy (RFC 9110, 7.6.1), not for the
-/// upstream's; `Connection` itself is rebuilt ([`prepare_upstream`]).
-const HOP_BY_HOP: [HeaderName; 4] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
+/// Client-address and scheme headers the proxy does not vouch for: a client could write anything
+/// there, and applications read them (Rack reads `X-Forwarded-Ssl` and `X-Forwarded-Scheme`
+/// before `X-Forwarded-Proto`).
+const UNVOUCHED: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("front-end-https"),
 ];
 /// The scheme the client used, as the application sees it.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The host the client asked for, as the application sees it.
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Names a `Connection` line may not remove: the request's host and framing, and the upgrade
-/// it asks for.
-const NOT_HOP_BY_HOP: [HeaderName; 4] = [
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// The edge proxy.
 pub struct Edge {
     pub gate: Arc<ArcSwap<GateState>>,
@@ -235,7 +227,8 @@ impl Edge {
                 Refusal::Ambiguous,
                 format!("an HTTP/2 request body that does not match its content-length: {e}"),
             ))),
-            Ok(Err(e)) => Err(e),
+            // The client's stream ended otherwise (a cancel): its error, not the proxy's.
+            Ok(Err(e)) => Err(e.into_down()),
             Err(_) => Ok(Some((
                 Refusal::BodyTimeout,
                 format!("no whole request body within limits.body_timeout ({timeout:?})"),
@@ -360,7 +353,10 @@ impl ProxyHttp for Edge {
             self.refuse(session, ctx, route, refusal, detail).await;
             return Ok(true);
         }
-        if let Some(port) = self.https.redirect_port.filter(|_| !ctx.tls) {
+        // Behind a trusted proxy that ended TLS, the client is on HTTPS already.
+        let on_https = ctx.tls
+            || vouched_scheme(session.req_header(), &self.bypass, ctx.peer_ip) == Some("https");
+        if let Some(port) = self.https.redirect_port.filter(|_| !on_https) {
             let req = session.req_header();
             let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
             if let Some(location) = https::redirect_location(facts.host, facts.path, target, port) {
@@ -399,6 +395,10 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        // A retry starts over: the place at the previous server is given back, and the body is
+        // counted again as Pingora sends it again.
+        ctx.upstream = None;
+        ctx.body = BodyPace::default();
         let route = ctx.decision.and_then(Decision::route).ok_or_else(|| {
             Error::explain(
                 ErrorType::InternalError,
@@ -412,7 +412,6 @@ impl ProxyHttp for Edge {
                 format!("no healthy server in pool {}", pool.name),
             )
         })?;
-        // A retry moves the request: the place at the first server is given back.
         ctx.upstream = Some(pool.start_request(&backend.addr));
         let mut peer = pool.peer(backend.addr);
         peer.options.connection_timeout = Some(pool.connect_timeout);
@@ -612,18 +611,20 @@ pub struct Client {
 
 /// Cleans a request for the upstream, open gate or closed:
 /// * drops the bypass token header and every client-sent `X-Drawbridge-*` header (the proxy's
-///   own names: an application must be able to trust them), and `Forwarded`, `True-Client-IP`
-///   and `X-Real-IP`, addresses the proxy does not vouch for;
-/// * drops the hop-by-hop headers, and those a `Connection` line names (but for the host, the
-///   framing and an upgrade, which is all `Connection` keeps);
+///   own names: an application must be able to trust them), and `Forwarded`, `True-Client-IP`,
+///   `X-Real-IP` and the scheme headers other than `X-Forwarded-Proto` (`X-Forwarded-Ssl`, …),
+///   which the proxy does not vouch for;
 /// * cuts the bypass cookie out of the `Cookie` lines, the other cookies kept byte for byte; a
 ///   line left empty is dropped;
 /// * sends one `X-Forwarded-For` line: every line the request had, in order, then the peer;
 /// * sets `X-Real-IP` to the client as resolved by the trust rules, when known;
-/// * sets `X-Forwarded-Proto` (`https` or `http`) and `X-Forwarded-Host` (the request's host)
-///   from the connection, unless the peer is one of `bypass.trusted_proxies` and sent them.
+/// * sets `X-Forwarded-Host` to the request's host, and `X-Forwarded-Proto` (`https` or `http`)
+///   from the connection, unless the peer is one of `bypass.trusted_proxies` and its last
+///   `X-Forwarded-Proto` line names a scheme (which is then the one line sent).
 ///
-/// Headers are only rebuilt where there is something to remove.
+/// Hop-by-hop headers, and those a `Connection` line names, are Pingora's to drop before this
+/// runs (its standard upstream request policy). Headers are only rebuilt where there is
+/// something to remove.
 ///
 /// # Errors
 /// Only if a header cannot be stored, which values taken from the request rule out.
@@ -637,7 +638,6 @@ pub fn prepare_upstream(
         resolved: client,
         tls,
     } = from;
-    let connection_named = connection_named(upstream);
     // Collecting nothing allocates nothing: the usual request pays one pass over its names.
     let unwanted: Vec<HeaderName> = upstream
         .headers
@@ -647,21 +647,11 @@ pub fn prepare_upstream(
                 || **name == bypass.header
                 || **name == X_REAL_IP
                 || UNVOUCHED.contains(*name)
-                || HOP_BY_HOP.contains(*name)
-                || connection_named.contains(*name)
         })
         .cloned()
         .collect();
     for name in &unwanted {
         upstream.remove_header(name);
-    }
-    if upstream.headers.contains_key(header::CONNECTION) {
-        let upgrade = upstream.headers.contains_key(header::UPGRADE)
-            && connection_tokens(upstream).any(|token| token.eq_ignore_ascii_case("upgrade"));
-        upstream.remove_header(&header::CONNECTION);
-        if upgrade {
-            upstream.insert_header(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
-        }
     }
 
     let cookies = || upstream.headers.get_all(header::COOKIE).iter();
@@ -706,48 +696,48 @@ pub fn prepare_upstream(
         upstream.insert_header(X_REAL_IP, text)?;
     }
 
-    let vouched = peer.is_some_and(|ip| bypass.trusted_proxies.iter().any(|n| n.contains(&ip)));
-    let proto = upstream.headers.get(&X_FORWARDED_PROTO);
-    if !(vouched && proto.is_some_and(|p| p == "https" || p == "http")) {
-        let scheme = if tls { "https" } else { "http" };
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
-    }
-    if !(vouched && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
-        let host = match upstream.uri.authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => upstream.headers.get(header::HOST).cloned(),
-        };
-        match host {
-            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
-            None => {
-                upstream.remove_header(&X_FORWARDED_HOST);
-            }
+    let scheme =
+        vouched_scheme(upstream, bypass, peer).unwrap_or(if tls { "https" } else { "http" });
+    upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
+    let host = match upstream.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => upstream
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+    };
+    match host {
+        Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+        None => {
+            upstream.remove_header(&X_FORWARDED_HOST);
         }
     }
     Ok(())
 }
 
-/// The tokens of the request's `Connection` lines.
-fn connection_tokens(req: &RequestHeader) -> impl Iterator<Item = &str> {
-    req.headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|line| line.to_str().ok())
-        .flat_map(|line| line.split(','))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-}
-
-/// The headers a `Connection` line names as hop-by-hop, but for [`NOT_HOP_BY_HOP`]; none
-/// (and no allocation) without a `Connection` line.
-fn connection_named(req: &RequestHeader) -> Vec<HeaderName> {
-    if !req.headers.contains_key(header::CONNECTION) {
-        return Vec::new();
+/// The scheme a trusted proxy in front (`bypass.trusted_proxies`) says the client used: the
+/// last `X-Forwarded-Proto` line of a request from `peer`, when it is `https` or `http` (a proxy
+/// that appends its line puts it last).
+fn vouched_scheme(
+    req: &RequestHeader,
+    bypass: &BypassSettings,
+    peer: Option<IpAddr>,
+) -> Option<&'static str> {
+    let trusted = peer.is_some_and(|ip| bypass.trusted_proxies.iter().any(|n| n.contains(&ip)));
+    if !trusted {
+        return None;
     }
-    connection_tokens(req)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !NOT_HOP_BY_HOP.contains(name))
-        .collect()
+    match req
+        .headers
+        .get_all(&X_FORWARDED_PROTO)
+        .iter()
+        .next_back()?
+        .as_bytes()
+    {
+        b"https" => Some("https"),
+        b"http" => Some("http"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -813,6 +803,9 @@ mod tests {
                 ("x-drawbridge-outage", "planned"),
                 ("x-drawbridge-anything", "1"),
                 ("forwarded", "for=192.0.2.1"),
+                ("x-forwarded-ssl", "on"),
+                ("x-forwarded-scheme", "https"),
+                ("front-end-https", "on"),
                 ("true-client-ip", "192.0.2.1"),
                 ("x-real-ip", "192.0.2.1"),
                 ("x-drawbridgeish", "kept"),
@@ -834,51 +827,8 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_and_those_connection_names_stay_at_the_proxy() {
-        let req = prepared(
-            &[
-                ("connection", "keep-alive, X-Secret, host"),
-                ("connection", "content-length,upgrade"),
-                ("x-secret", "1"),
-                ("keep-alive", "timeout=5"),
-                ("proxy-connection", "keep-alive"),
-                ("te", "trailers"),
-                ("trailer", "x-sum"),
-                ("host", "shop.test"),
-                ("content-length", "0"),
-                ("accept", "*/*"),
-            ],
-            None,
-        );
-        for gone in [
-            "connection",
-            "x-secret",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-        ] {
-            assert!(req.headers.get(gone).is_none(), "{gone}");
-        }
-        assert_eq!(all(&req, "host"), ["shop.test"]);
-        assert_eq!(all(&req, "content-length"), ["0"]);
-        assert_eq!(all(&req, "accept"), ["*/*"]);
-        // An upgrade keeps what it needs.
-        let upgrade = prepared(
-            &[
-                ("connection", "Upgrade, x-secret"),
-                ("upgrade", "websocket"),
-                ("x-secret", "1"),
-            ],
-            None,
-        );
-        assert_eq!(all(&upgrade, "connection"), ["upgrade"]);
-        assert_eq!(all(&upgrade, "upgrade"), ["websocket"]);
-        assert!(upgrade.headers.get("x-secret").is_none());
-    }
-
-    #[test]
-    fn forwarded_proto_and_host_come_from_the_connection_unless_a_trusted_proxy_sent_them() {
+    fn forwarded_proto_comes_from_the_connection_unless_a_trusted_proxy_says_and_host_from_the_request(
+    ) {
         let sent = [
             ("host", "shop.test"),
             ("x-forwarded-proto", "https"),
@@ -893,7 +843,20 @@ mod tests {
         let mut req = request(Method::GET, "/", &sent);
         prepare_upstream(&mut req, &settings, from(ip("10.0.0.2"), None)).unwrap();
         assert_eq!(all(&req, "x-forwarded-proto"), ["https"]);
-        assert_eq!(all(&req, "x-forwarded-host"), ["evil.test"]);
+        // The host is the request's, whoever sent the header.
+        assert_eq!(all(&req, "x-forwarded-host"), ["shop.test"]);
+        // A load balancer that appends its line: the client's earlier one does not count.
+        let mut appended = request(
+            Method::GET,
+            "/",
+            &[
+                ("host", "shop.test"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "http"),
+            ],
+        );
+        prepare_upstream(&mut appended, &settings, from(ip("10.0.0.2"), None)).unwrap();
+        assert_eq!(all(&appended, "x-forwarded-proto"), ["http"]);
         // Even a trusted proxy's scheme must be one.
         let mut odd = request(
             Method::GET,

@@ -8,8 +8,22 @@ use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
-/// Paths a plain request is served on, not redirected.
-const SERVED_PLAIN: [&str; 2] = ["/.well-known/acme-challenge/", "/.well-known/maintenance"];
+/// Where a certificate authority fetches an ACME HTTP-01 challenge: one token after it.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+/// The maintenance document partners poll.
+const MAINTENANCE_DOCUMENT: &str = "/.well-known/maintenance";
+
+/// Whether a plain request for `path` is served where it came: the maintenance document, or an
+/// ACME challenge (one base64url token, so that no `..` reaches another path through it).
+fn served_plain(path: &str) -> bool {
+    path == MAINTENANCE_DOCUMENT
+        || path.strip_prefix(ACME_CHALLENGE).is_some_and(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
 
 /// What the edge does for HTTPS.
 #[derive(Debug, Clone, Default)]
@@ -22,15 +36,16 @@ pub struct HttpsSettings {
 
 /// Where a plain request for `target` (path and query) with host `host` is sent: `https://`,
 /// the host without its port, `:port` unless 443, then `target`. `None` when the request is
-/// served where it came: its path is one of [`SERVED_PLAIN`], or it names no usable host
-/// (none, or one with characters a host cannot have: the redirect must not point elsewhere).
+/// served where it came: its path is an ACME challenge or the maintenance document, or it names
+/// no usable host (none, or one with characters a host cannot have: the redirect must not
+/// point elsewhere).
 pub fn redirect_location(
     host: Option<&str>,
     path: &str,
     target: &str,
     port: u16,
 ) -> Option<String> {
-    if SERVED_PLAIN.iter().any(|kept| path.starts_with(kept)) {
+    if served_plain(path) {
         return None;
     }
     let name = host_name(host?)?;
@@ -129,7 +144,7 @@ mod tests {
     #[test]
     fn acme_challenges_and_the_maintenance_document_are_served_plain() {
         for target in [
-            "/.well-known/acme-challenge/tok3n",
+            "/.well-known/acme-challenge/tok3n_A-z",
             "/.well-known/maintenance",
             "/.well-known/maintenance?x",
         ] {
@@ -139,7 +154,19 @@ mod tests {
                 "{target}"
             );
         }
-        assert!(location(Some("shop.example"), "/.well-known/other", 443).is_some());
+        for elsewhere in [
+            "/.well-known/other",
+            "/.well-known/maintenanceX",
+            "/.well-known/maintenance/x",
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/../../account",
+            "/.well-known/acme-challenge/a/b",
+        ] {
+            assert!(
+                location(Some("shop.example"), elsewhere, 443).is_some(),
+                "{elsewhere}"
+            );
+        }
     }
 
     #[test]

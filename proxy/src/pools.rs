@@ -70,13 +70,24 @@ impl InFlight {
         }
     }
 
-    /// The gauge of `server`, added the first time it is asked for.
-    fn gauge(&self, server: &BackendAddr) -> IntGauge {
+    /// The gauge of `server`, added the first time it is asked for; then the gauges of servers
+    /// that have left the pool (`is_current` says which are in it) with nothing in flight go,
+    /// series and all, so a pool whose servers come and go does not grow.
+    fn gauge(&self, server: &BackendAddr, is_current: impl Fn(&BackendAddr) -> bool) -> IntGauge {
         if let Some(gauge) = self.by_server.load().get(server) {
             return gauge.clone();
         }
         let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
         let mut by_server = HashMap::clone(&self.by_server.load());
+        by_server.retain(|addr, gauge| {
+            let keep = is_current(addr) || gauge.get() != 0;
+            if !keep {
+                let _ = self
+                    .gauges
+                    .remove_label_values(&[self.pool.as_str(), &addr.to_string()]);
+            }
+            keep
+        });
         let gauge = by_server
             .entry(server.clone())
             .or_insert_with(|| {
@@ -140,7 +151,13 @@ impl Pool {
 
     /// Counts a request in flight to `server` until the returned place is dropped.
     pub fn start_request(&self, server: &BackendAddr) -> UpstreamRequest {
-        let gauge = self.in_flight.gauge(server);
+        let gauge = self.in_flight.gauge(server, |addr| {
+            self.lb
+                .backends()
+                .get_backend()
+                .iter()
+                .any(|backend| backend.addr == *addr)
+        });
         gauge.inc();
         UpstreamRequest(gauge)
     }

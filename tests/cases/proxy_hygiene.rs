@@ -195,6 +195,8 @@ async fn forged_headers_do_not_reach_the_upstream() {
         ("proxy-connection", "keep-alive"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-scheme", "https"),
     ];
     for (path, upstream) in [("/forged", &site.ui), ("/api/forged", &site.api)] {
         let mut req = site.edge.request(reqwest::Method::GET, path);
@@ -213,6 +215,8 @@ async fn forged_headers_do_not_reach_the_upstream() {
             "true-client-ip",
             "x-secret-hop",
             "proxy-connection",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
         ] {
             assert!(
                 seen.header_lines(name).is_empty(),

@@ -287,9 +287,11 @@ async fn maintenance_answers_and_the_bypass_work_over_tls() {
 #[tokio::test]
 async fn plain_requests_go_to_https_and_tls_answers_carry_hsts() {
     let hsts = "max-age=63072000; includeSubDomains";
+    // The test client's address stands for a load balancer in front.
     let (site, certs) = Site::start_tls("https_redirect_and_hsts", "a.test", |b| {
         b.setting("server", "https_redirect", true)
             .setting("tls", "hsts", hsts)
+            .trusted_proxies(&["127.0.0.1/32"])
     })
     .await;
     let ca = &certs.ca;
@@ -325,6 +327,26 @@ async fn plain_requests_go_to_https_and_tls_answers_carry_hsts() {
         ),
         (200, Some("ui".to_string()))
     );
+    // Only a challenge token is served plain, and only the maintenance document itself.
+    for elsewhere in [
+        "/.well-known/acme-challenge/a/b",
+        "/.well-known/maintenanceX",
+    ] {
+        assert_eq!(edge.get(elsewhere).await.status(), 308, "{elsewhere}");
+    }
+    // A load balancer that ended TLS says so: served, not sent round again.
+    let behind = edge
+        .send(
+            edge.request(reqwest::Method::GET, "/page/lb")
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    assert_eq!(behind.status(), 200);
+    let seen = site
+        .ui
+        .last_request()
+        .expect("the upstream saw the request");
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 
     let client = edge.tls_client(&ca.cert, &["a.test"]);
     let page = get(edge, &client, "a.test", "/page").await;

@@ -79,9 +79,30 @@ pub fn ambiguous(session: &ServerSession) -> Option<(Refusal, String)> {
 /// The framing and authority fields of a header block, as received.
 #[derive(Default)]
 struct Fields<'a> {
-    content_length: Vec<&'a [u8]>,
-    transfer_encoding: Vec<&'a [u8]>,
-    host: Vec<&'a [u8]>,
+    content_length: Lines<'a>,
+    transfer_encoding: Lines<'a>,
+    host: Lines<'a>,
+}
+
+/// The lines of one field: how many, and the first one's value (nothing is allocated).
+#[derive(Default)]
+struct Lines<'a> {
+    count: usize,
+    first: &'a [u8],
+}
+
+impl<'a> Lines<'a> {
+    fn push(&mut self, value: &'a [u8]) {
+        if self.count == 0 {
+            self.first = value;
+        }
+        self.count += 1;
+    }
+
+    /// The value when there is exactly one line.
+    fn only(&self) -> Option<&'a [u8]> {
+        (self.count == 1).then_some(self.first)
+    }
 }
 
 impl<'a> Fields<'a> {
@@ -112,11 +133,12 @@ impl<'a> Fields<'a> {
 
     /// `Content-Length` and `Transfer-Encoding`: one of them at most, once, in its one form.
     fn framing(&self, req: &RequestHeader) -> Option<&'static str> {
-        match (&self.content_length[..], &self.transfer_encoding[..]) {
-            ([], []) => None,
-            ([_, ..], [_, ..]) => Some("content_length_with_transfer_encoding"),
-            ([value], []) => {
-                let digits = after_spaces(value);
+        let (lengths, encodings) = (&self.content_length, &self.transfer_encoding);
+        match (lengths.count, encodings.count) {
+            (0, 0) => None,
+            (1.., 1..) => Some("content_length_with_transfer_encoding"),
+            (1, 0) => {
+                let digits = after_spaces(lengths.first);
                 if digits.contains(&b',') {
                     Some("duplicate_content_length")
                 } else if number(digits).is_none() {
@@ -125,20 +147,26 @@ impl<'a> Fields<'a> {
                     None
                 }
             }
-            ([_, _, ..], []) => Some("duplicate_content_length"),
-            ([], _) if req.version == http::Version::HTTP_10 => Some("transfer_encoding_on_http10"),
-            ([], [value]) if after_spaces(value).eq_ignore_ascii_case(b"chunked") => None,
-            ([], _) => Some("transfer_encoding_not_chunked"),
+            (_, 0) => Some("duplicate_content_length"),
+            (0, _) if req.version == http::Version::HTTP_10 => Some("transfer_encoding_on_http10"),
+            (0, _)
+                if encodings
+                    .only()
+                    .is_some_and(|value| after_spaces(value).eq_ignore_ascii_case(b"chunked")) =>
+            {
+                None
+            }
+            (0, _) => Some("transfer_encoding_not_chunked"),
         }
     }
 
     /// `Host`: once (and at all in HTTP/1.1), naming what an absolute-form target names.
     fn authority(&self, req: &RequestHeader) -> Option<&'static str> {
-        let host = match &self.host[..] {
-            [] if req.version == http::Version::HTTP_11 => return Some("missing_host"),
-            [] => None,
-            [host] => Some(*host),
-            [_, _, ..] => return Some("duplicate_host"),
+        let host = match self.host.count {
+            0 if req.version == http::Version::HTTP_11 => return Some("missing_host"),
+            0 => None,
+            1 => Some(self.host.first),
+            _ => return Some("duplicate_host"),
         };
         let target = match raw_target_authority(req.raw_path()) {
             RawTargetAuthority::Absolute { authority, .. } => authority,
