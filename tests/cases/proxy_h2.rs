@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use drawbridge_core::bypass::{BypassKey, Keyring};
 use drawbridge_tests::proxy::{h2c_test_client, header, now_unix, Site, TlsCerts, SLOW_PATH_DELAY};
+use drawbridge_tests::raw_http::RawConnection;
 use drawbridge_tests::tls_ca::TestCa;
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode, Version};
@@ -386,6 +387,18 @@ async fn an_http2_connection_without_its_preface_is_closed_at_the_header_deadlin
             2.0,
         )
         .await;
+    // A short HTTP/1.0 request (22 bytes, less than the HTTP/2 preface) on the h2c listener is
+    // answered at once, as a load balancer's health check must be.
+    let asked = std::time::Instant::now();
+    let mut short = RawConnection::connect(site.edge.listen_addr()).await;
+    short.send("GET /page HTTP/1.0\r\n\r\n").await;
+    let answer = short.read_answer("a short HTTP/1.0 request").await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     // Clients that speak keep being served after the deadline.
     let client = site.edge.tls_client(&ca.cert, &[HOST]);
     let answer = site

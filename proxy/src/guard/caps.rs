@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::apps::ServerApp;
 use pingora::listeners::ConnectionFilter;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
@@ -20,6 +21,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 
 /// The connection caps and the connections they count, shared by the accept-time filter and
 /// the gatehouse.
@@ -225,20 +227,43 @@ impl<A> Gatehouse<A> {
     }
 
     /// Whether `stream` speaks HTTP/2: by ALPN on TLS; on a plain connection with `h2c`, by
-    /// its first bytes, which must come within `header_timeout` (they are read and put back).
-    /// `None` when the connection is over: it closed, or sent too little in time (refused).
-    async fn speaks_h2(&self, stream: &mut Stream, client: Option<IpAddr>) -> Option<bool> {
-        if is_h2(stream) {
-            return Some(true);
+    /// its first bytes, read as they come until they leave the HTTP/2 preface (an HTTP/1
+    /// request is known by its first byte, however short) and put back. They must come within
+    /// `header_timeout`. `None` when the connection is over: it closed, or sent too little in
+    /// time (refused).
+    async fn speaks_h2(&self, stream: Stream, client: Option<IpAddr>) -> Option<(Stream, bool)> {
+        if is_h2(&stream) {
+            return Some((stream, true));
         }
         if !self.h2c || stream.get_ssl_digest().is_some() {
-            return Some(false);
+            return Some((stream, false));
         }
+        let mut tcp = match stream.into_any().downcast::<TcpStream>() {
+            Ok(tcp) => tcp,
+            // Only plain TCP listeners take h2c.
+            Err(_) => return None,
+        };
         let mut first = [0u8; H2_PREFACE.len()];
-        match tokio::time::timeout(self.header_timeout, stream.try_peek(&mut first)).await {
-            // A stream that cannot look ahead is not a plain TCP one: HTTP/1.
-            Ok(Ok(peeked)) => Some(peeked && first == *H2_PREFACE),
-            Ok(Err(_)) => None,
+        let mut len = 0;
+        let read = tokio::time::timeout(self.header_timeout, async {
+            while len < first.len() {
+                let n = tcp.read(&mut first[len..]).await?;
+                if n == 0 {
+                    // Closed after a short request (or before any): HTTP/1, or nothing.
+                    return Ok::<_, std::io::Error>((len > 0).then_some(false));
+                }
+                len += n;
+                if first[..len] != H2_PREFACE[..len] {
+                    return Ok(Some(false));
+                }
+            }
+            Ok(Some(true))
+        })
+        .await;
+        tcp.rewind(&first[..len]);
+        match read {
+            Ok(Ok(Some(h2))) => Some((tcp, h2)),
+            Ok(Ok(None) | Err(_)) => None,
             Err(_) => {
                 self.header_timed_out(client);
                 None
@@ -300,10 +325,11 @@ where
                 return None;
             }
         };
-        let mut stream = self.handshake(stream, client).await?;
+        let stream = self.handshake(stream, client).await?;
         let clock = HeaderClock::new(self.header_timeout);
         let log = self.caps.log.clone();
-        if self.speaks_h2(&mut stream, client).await? {
+        let (stream, h2) = self.speaks_h2(stream, client).await?;
+        if h2 {
             // The preface is timed; then the h2 layer's limits and idle timeout hold.
             let stream: Stream = Box::new(Guarded::h2(stream, clock.clone(), client, log));
             let served = self.inner.process_new(stream, shutdown);

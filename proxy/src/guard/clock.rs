@@ -312,8 +312,12 @@ impl Ssl for Guarded {
         self.inner.get_ssl_digest()
     }
 
+    /// `h2` on an HTTP/2 connection, h2c included: the HTTP layer goes by it.
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        match self.h2 {
+            Some(_) => Some(ALPN::H2),
+            None => self.inner.selected_alpn_proto(),
+        }
     }
 }
 
