@@ -12,6 +12,7 @@
 //! which a client certificate may not have, and keeps the key as a signer, where Pingora takes
 //! the key's bytes.
 
+use crate::tls::{certified_key, pem_error, private_key, unexpired, PairProblem};
 use async_trait::async_trait;
 use pingora::connectors::TransportConnector;
 use pingora::lb::health_check::HealthCheck;
@@ -20,11 +21,9 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use pingora::ErrorType;
-use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
-use rustls::{Error as RustlsError, InconsistentKeys, RootCertStore};
+use rustls::RootCertStore;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -121,44 +120,17 @@ pub fn read_client_pair(
             "certificate 1 is not a valid X.509 certificate: {e}"
         ))
     })?;
-    let not_after = leaf.validity().not_after.to_datetime();
-    if not_after <= now {
-        return Err(cert_error(format!(
-            "the certificate expired at {}",
-            drawbridge_core::timestamp::seconds(not_after)
-        )));
-    }
+    unexpired(leaf.validity().not_after.to_datetime(), now).map_err(cert_error)?;
 
-    let pem = std::fs::read(key).map_err(|e| key_error(format!("cannot read it: {e}")))?;
-    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        key_error(match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "holds no unencrypted private key (\"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" \
-                 or \"BEGIN EC PRIVATE KEY\"); encrypted keys are not supported"
-                    .to_string()
-            }
-            other => format!("is not valid PEM: {}", pem_error(&other)),
-        })
-    })?;
+    let der = private_key(key).map_err(key_error)?;
     // Pingora keeps the key as bytes and reads its kind back from them per connection.
     let raw = der.secret_der().to_vec();
     let again = PrivateKeyDer::try_from(raw.as_slice())
         .map_err(|e| key_error(format!("is not a key the TLS client can read back: {e}")))?;
-    let signing = any_supported_type(&again).map_err(|e| {
-        key_error(format!(
-            "is not a key TLS can sign with (RSA, ECDSA P-256 or P-384, Ed25519): {e}"
-        ))
+    certified_key(chain.clone(), &again, cert).map_err(|problem| match problem {
+        PairProblem::Cert(message) => cert_error(message),
+        PairProblem::Key(message) => key_error(message),
     })?;
-    match CertifiedKey::new(chain.clone(), signing).keys_match() {
-        Ok(()) | Err(RustlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {}
-        Err(RustlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            return Err(key_error(format!(
-                "is not the key of the certificate in {}",
-                cert.display()
-            )))
-        }
-        Err(e) => return Err(cert_error(format!("cannot be used: {e}"))),
-    }
     let chain = chain.iter().map(|der| der.to_vec()).collect();
     Ok(Arc::new(CertKey::new(chain, raw)))
 }
@@ -181,17 +153,6 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
         }
     }
     Ok(ders)
-}
-
-/// A PEM error in words (the parser's own message shows the marker lines as byte lists).
-fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
-    match e {
-        rustls::pki_types::pem::Error::MissingSectionEnd { end_marker } => format!(
-            "the {:?} block has no END line",
-            String::from_utf8_lossy(end_marker)
-        ),
-        other => other.to_string(),
-    }
 }
 
 /// A health check that completes a TLS handshake with the server, as requests do (name, CAs,
@@ -296,7 +257,7 @@ fn describe(cause: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::CertificateError;
+    use rustls::{CertificateError, Error as RustlsError};
     use std::path::PathBuf;
 
     fn testdata(name: &str) -> PathBuf {

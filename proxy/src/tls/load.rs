@@ -128,41 +128,14 @@ pub fn load(cert: &Path, key: &Path, now: OffsetDateTime) -> Result<Loaded, Load
     })?;
     let not_before = leaf.validity().not_before.to_datetime();
     let not_after = leaf.validity().not_after.to_datetime();
-    if not_after <= now {
-        return Err(cert_error(format!(
-            "the certificate expired at {}",
-            drawbridge_core::timestamp::seconds(not_after)
-        )));
-    }
+    unexpired(not_after, now).map_err(cert_error)?;
     let names = dns_names(&leaf).map_err(cert_error)?;
 
-    let pem = std::fs::read(key).map_err(|e| key_error(format!("cannot read it: {e}")))?;
-    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        key_error(match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "holds no unencrypted private key (\"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" \
-                 or \"BEGIN EC PRIVATE KEY\"); encrypted keys are not supported"
-                    .to_string()
-            }
-            other => format!("is not valid PEM: {}", pem_error(&other)),
-        })
+    let der = private_key(key).map_err(key_error)?;
+    let certified = certified_key(chain, &der, cert).map_err(|problem| match problem {
+        PairProblem::Cert(message) => cert_error(message),
+        PairProblem::Key(message) => key_error(message),
     })?;
-    let signing = any_supported_type(&der).map_err(|e| {
-        key_error(format!(
-            "is not a key TLS can sign with (RSA, ECDSA P-256 or P-384, Ed25519): {e}"
-        ))
-    })?;
-    let certified = CertifiedKey::new(chain, signing);
-    match certified.keys_match() {
-        Ok(()) | Err(RustlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {}
-        Err(RustlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            return Err(key_error(format!(
-                "is not the key of the certificate in {}",
-                cert.display()
-            )))
-        }
-        Err(e) => return Err(cert_error(format!("cannot be used: {e}"))),
-    }
     Ok(Loaded {
         certified: Arc::new(certified),
         names,
@@ -171,8 +144,59 @@ pub fn load(cert: &Path, key: &Path, now: OffsetDateTime) -> Result<Loaded, Load
     })
 }
 
+/// Fails when a certificate valid until `not_after` has expired at `now`.
+pub(crate) fn unexpired(not_after: OffsetDateTime, now: OffsetDateTime) -> Result<(), String> {
+    if not_after <= now {
+        return Err(format!(
+            "the certificate expired at {}",
+            drawbridge_core::timestamp::seconds(not_after)
+        ));
+    }
+    Ok(())
+}
+
+/// The unencrypted private key in the PEM file `path`.
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "holds no unencrypted private key (\"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" \
+             or \"BEGIN EC PRIVATE KEY\"); encrypted keys are not supported"
+                .to_string()
+        }
+        other => format!("is not valid PEM: {}", pem_error(&other)),
+    })
+}
+
+/// A problem of a certificate chain with its key, and the file it is in.
+pub(crate) enum PairProblem {
+    Cert(String),
+    Key(String),
+}
+
+/// `chain` (read from `cert`) with `key`: a key TLS can sign with, and the first certificate's.
+pub(crate) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+    cert: &Path,
+) -> Result<CertifiedKey, PairProblem> {
+    let signing = any_supported_type(key).map_err(|e| {
+        PairProblem::Key(format!(
+            "is not a key TLS can sign with (RSA, ECDSA P-256 or P-384, Ed25519): {e}"
+        ))
+    })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(RustlsError::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
+        Err(RustlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(PairProblem::Key(
+            format!("is not the key of the certificate in {}", cert.display()),
+        )),
+        Err(e) => Err(PairProblem::Cert(format!("cannot be used: {e}"))),
+    }
+}
+
 /// A PEM error in words (the parser's own message shows the marker lines as byte lists).
-fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+pub(crate) fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error;
     match e {
         Error::MissingSectionEnd { end_marker } => format!(

@@ -17,6 +17,7 @@ mod resolver;
 mod store;
 
 pub use accept::TlsAcceptor;
+pub(crate) use load::{certified_key, pem_error, private_key, unexpired, PairProblem};
 pub use load::{load, Fingerprint, LoadError, Loaded, Part, EXPIRY_WARNING};
 pub use reload::TlsReloader;
 pub use resolver::{CertSet, Shadowed, SniResolver};
