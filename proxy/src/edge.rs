@@ -201,7 +201,10 @@ impl Edge {
     /// Reads a whole HTTP/2 request body of at most [`H2_BODY_READ_FIRST`] bytes before an
     /// upstream is chosen, so that the h2 layer has checked it against its `content-length`:
     /// a body that does not match is refused here instead of being cut halfway to the upstream.
-    /// Pingora sends the body read from its retry buffer. Says why the request is refused.
+    /// Pingora sends the body read from its retry buffer. A `content-length: 0` is read too:
+    /// Pingora takes it for "no body" without waiting for the end of the stream, so DATA after
+    /// it would otherwise follow a whole empty request to the upstream. Says why the request is
+    /// refused.
     async fn read_small_h2_body(&self, session: &mut Session) -> Result<Option<(Refusal, String)>> {
         let req = session.req_header();
         let small = req.version == Version::HTTP_2
@@ -210,10 +213,10 @@ impl Edge {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 .is_some_and(|length| length <= H2_BODY_READ_FIRST);
-        let downstream = session.as_downstream_mut();
-        if !small || downstream.is_body_empty() {
+        if !small {
             return Ok(None);
         }
+        let downstream = session.as_downstream_mut();
         downstream.enable_retry_buffering();
         let timeout = self.limits.body_timeout;
         let read = tokio::time::timeout(timeout, async {
