@@ -4,9 +4,8 @@
 //! bad file at reload keeping the old certificate (reported in `/status` and a metric), and a
 //! bad file at start refused with its key.
 //!
-//! The certificates are made by each test in its folder with Debian's `openssl` command, the
-//! tool operators use; `openssl s_client` also plays the clients that pick the protocol
-//! version or send no name.
+//! The certificates are made by each test in its folder with `rcgen`; Debian's `openssl
+//! s_client` plays the clients that pick the protocol version or send no name.
 
 use std::net::SocketAddr;
 use std::path::Path;

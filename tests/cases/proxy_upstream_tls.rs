@@ -5,7 +5,7 @@
 //! client certificate goes to an upstream that requires one; health checks speak TLS the same
 //! way; and `--check` refuses a bad TLS file with its key.
 //!
-//! The certificates are made by each test in its folder with Debian's `openssl` command.
+//! The certificates are made by each test in its folder with `rcgen`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

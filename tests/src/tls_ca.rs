@@ -1,25 +1,13 @@
-//! Certificates for the TLS tests, made with Debian's `openssl` command, the tool operators use:
-//! a certificate authority per test ([`TestCa`]) and the certificates it issues ([`Issued`]).
+//! Certificates for the TLS tests, made by the test itself with `rcgen`: a certificate
+//! authority per test ([`TestCa`]) and the certificates it issues ([`Issued`]), written as PEM
+//! files the way an operator's would be.
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
+};
 use std::path::{Path, PathBuf};
-
-/// Runs `openssl` with the words of `line` (none has a space) in `dir`; returns its output.
-///
-/// # Panics
-/// When the command is missing or fails, with its output.
-pub fn openssl(dir: &Path, line: &str) -> Vec<u8> {
-    let out = std::process::Command::new("openssl")
-        .args(line.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install Debian's openssl package"));
-    assert!(
-        out.status.success(),
-        "openssl {line} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use time::{Duration, OffsetDateTime};
 
 /// A certificate and its key, as files, with the DER of the certificate (what a client sees).
 #[derive(Debug, Clone)]
@@ -32,12 +20,30 @@ pub struct Issued {
 /// A certificate authority made for one test, in its folder (ECDSA P-256, valid 30 days).
 pub struct TestCa {
     dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
     /// The CA certificate (PEM), what clients trust.
     pub cert: PathBuf,
 }
 
-/// The key of every certificate of these tests.
-const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+/// How long every certificate of these tests is valid from now.
+const VALID_FOR: Duration = Duration::days(30);
+
+/// Parameters valid from a minute ago for [`VALID_FOR`], with the common name `name`.
+fn params(names: &[&str], name: &str) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names)
+        .unwrap_or_else(|e| panic!("certificate names for {name}: {e}"));
+    params.distinguished_name.push(DnType::CommonName, name);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(1);
+    params.not_after = now + VALID_FOR;
+    params
+}
+
+/// A new ECDSA P-256 key.
+fn new_key() -> KeyPair {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("an ECDSA P-256 key is made")
+}
 
 impl TestCa {
     /// A new CA in `dir`.
@@ -49,43 +55,34 @@ impl TestCa {
     /// unknown to a client trusting only that other (one with the same name is found, and its
     /// signature does not match).
     pub fn named(dir: &Path, name: &str) -> TestCa {
-        openssl(
-            dir,
-            &format!(
-                "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 30 -subj /CN={name} \
-                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
-            ),
-        );
+        let mut ca = params(&[], name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = new_key();
+        let cert = ca.self_signed(&key).expect("the CA certificate is signed");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
         TestCa {
             dir: dir.to_path_buf(),
-            cert: dir.join("ca.pem"),
+            issuer: Issuer::new(ca, key),
+            cert: path,
         }
     }
 
     /// Issues `<stem>.pem` and `<stem>.key` for DNS `names`, with common name `stem` (what
     /// `openssl s_client` shows as `subject=CN = <stem>`).
     pub fn issue(&self, stem: &str, names: &[&str]) -> Issued {
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(
-            self.dir.join(format!("{stem}.ext")),
-            format!("subjectAltName={}\n", san.join(",")),
-        )
-        .unwrap();
-        openssl(
-            &self.dir,
-            &format!("req {NEW_KEY} -keyout {stem}.key -out {stem}.csr -subj /CN={stem}"),
-        );
-        openssl(
-            &self.dir,
-            &format!(
-                "x509 -req -in {stem}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-                 -extfile {stem}.ext -out {stem}.pem"
-            ),
-        );
-        Issued {
+        let key = new_key();
+        let cert = params(names, stem)
+            .signed_by(&key, &self.issuer)
+            .unwrap_or_else(|e| panic!("certificate {stem} is signed: {e}"));
+        let issued = Issued {
             cert: self.dir.join(format!("{stem}.pem")),
             key: self.dir.join(format!("{stem}.key")),
-            der: openssl(&self.dir, &format!("x509 -in {stem}.pem -outform DER")),
-        }
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        issued
     }
 }
