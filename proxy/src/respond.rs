@@ -275,6 +275,24 @@ pub fn failure(status: u16, answer: Answer) -> Result<(ResponseHeader, Bytes)> {
     Ok((h, body))
 }
 
+/// The whole HTTP/1.1 answer, as sent, to a request the HTTP/1 parser could not read: the
+/// connection's stream writes it in place of the parser's own bare 400. problem+json, since
+/// without a request there is no route to take the form from; the connection is closed after.
+pub fn unreadable_request() -> Bytes {
+    let (header, body) =
+        failure(400, Answer::Problem).expect("the 400 answer is built from fixed values");
+    let mut wire = b"HTTP/1.1 400 Bad Request\r\n".to_vec();
+    for (name, value) in &header.headers {
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"connection: close\r\n\r\n");
+    wire.extend_from_slice(&body);
+    Bytes::from(wire)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -4,11 +4,15 @@
 //! waits on [`HeaderClock::expired`] beside the connection and drops it when the deadline
 //! passes, so no request is in flight and nothing else has to log it. An answer written while a
 //! header is still being read can only be the HTTP/1 parser's own 400 for a request it could
-//! not read: the stream counts and logs it as a refusal. On an HTTP/2 connection the clock
-//! times the client's preface, and the stream watches its control frames (`h2_frames`).
+//! not read: the stream counts and logs it as a refusal, and writes the proxy's own 400 in its
+//! place ([`respond::unreadable_request`]): the parser's has no body, names Pingora and carries a
+//! fixed date of 1994. On an HTTP/2 connection the clock times the client's preface, and the
+//! stream watches its control frames (`h2_frames`).
 
 use super::h2_frames::{FrameWatch, CONTROL_BURST, CONTROL_PER_SECOND};
 use super::{Refusal, RefusalLog};
+use crate::respond;
+use bytes::{Buf, Bytes};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -19,7 +23,7 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,6 +34,9 @@ tokio::task_local! {
     /// The clock of the connection the current task serves.
     pub(super) static CLOCK: Arc<HeaderClock>;
 }
+
+/// What is written in place of the HTTP/1 parser's 400.
+static UNREADABLE_REQUEST: LazyLock<Bytes> = LazyLock::new(respond::unreadable_request);
 
 /// No request header is being read (the header was parsed; body and answer take their time).
 const NOT_READING: u64 = 0;
@@ -137,8 +144,9 @@ pub(super) struct Guarded {
     clock: Arc<HeaderClock>,
     client: Option<IpAddr>,
     refusals: Arc<RefusalLog>,
-    /// The parser's refusal is counted (once: the connection is closed after it).
-    refusal_counted: bool,
+    /// The parser's 400 is being replaced: what is left to write of the proxy's own answer
+    /// (empty once written: the rest of the parser's answer is dropped, the connection closes).
+    replacing: Option<Bytes>,
     /// HTTP/2: what the client has sent so far.
     h2: Option<H2Client>,
 }
@@ -182,7 +190,7 @@ impl Guarded {
             clock,
             client,
             refusals,
-            refusal_counted: false,
+            replacing: None,
             h2: None,
         }
     }
@@ -230,15 +238,35 @@ impl Guarded {
         false
     }
 
-    /// An answer is being written: while an HTTP/1 header is read, that is the parser's 400.
-    fn writing(&mut self) {
-        if self.refusal_counted || self.h2.is_some() || !self.clock.reading() {
-            return;
+    /// An answer of `len` bytes is to be written. While an HTTP/1 header is read that is the
+    /// parser's 400: counted, and the proxy's own answer written in its place, after which the
+    /// parser's bytes are taken and dropped. `None` for any other answer, written as it is.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            if self.h2.is_some() || !self.clock.reading() {
+                return None;
+            }
+            self.refusals.refused(Refusal::BadRequest, self.client, || {
+                "a request the HTTP/1 parser could not read (answered 400)".to_owned()
+            });
+            self.replacing = Some(UNREADABLE_REQUEST.clone());
         }
-        self.refusal_counted = true;
-        self.refusals.refused(Refusal::BadRequest, self.client, || {
-            "a request the HTTP/1 parser could not read (answered 400)".to_owned()
-        });
+        let rest = self.replacing.as_mut()?;
+        while !rest.is_empty() {
+            match Pin::new(&mut *self.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => rest.advance(n),
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        Some(Poll::Ready(Ok(len)))
     }
 }
 
@@ -268,7 +296,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.writing();
+        if let Some(replaced) = self.poll_replace(cx, buf.len()) {
+            return replaced;
+        }
         Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
 
@@ -277,7 +307,10 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.writing();
+        let len = bufs.iter().map(|buf| buf.len()).sum();
+        if let Some(replaced) = self.poll_replace(cx, len) {
+            return replaced;
+        }
         Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
     }
 

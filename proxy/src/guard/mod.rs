@@ -51,7 +51,7 @@ pub enum Refusal {
     BodyTimeout,
     /// An admin request without the right bearer token (the admin listener answers 401).
     AdminToken,
-    /// A request the HTTP/1 parser could not read (it answers 400 itself).
+    /// A request the HTTP/1 parser could not read (400, written by the guarded stream).
     BadRequest,
     /// An HTTP/1 request two parsers could read two ways (400): `strict`'s rules.
     Ambiguous,
