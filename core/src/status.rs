@@ -103,6 +103,16 @@ pub struct ServerStatus {
     /// Requests this proxy has in flight to the server now (0 from proxies that predate it).
     #[serde(default)]
     pub in_flight: u64,
+    /// Whether the server is one of the pool's now. `false` for one that has left it (out of
+    /// its Consul service, a box put into maintenance) and is listed only while requests to it
+    /// are still in flight: new requests no longer go there, and a drain waits for these.
+    #[serde(default = "in_pool_by_default")]
+    pub in_pool: bool,
+}
+
+/// Proxies that predate `in_pool` list only the pool's servers.
+fn in_pool_by_default() -> bool {
+    true
 }
 
 /// The TLS listeners and the certificates they serve.
@@ -135,4 +145,23 @@ pub struct CertificateStatus {
     /// Why the last read was refused, naming the file; the certificate read before is still
     /// served. `None` when the last read was served.
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_listed_by_an_older_proxy_is_in_its_pool_with_nothing_in_flight() {
+        let server: ServerStatus =
+            serde_json::from_str(r#"{"address":"10.0.1.10:8080","healthy":true}"#).unwrap();
+        assert_eq!(server.in_flight, 0);
+        assert!(server.in_pool);
+        let departed: ServerStatus = serde_json::from_str(
+            r#"{"address":"10.0.1.10:8080","healthy":false,"in_flight":2,"in_pool":false}"#,
+        )
+        .unwrap();
+        assert!(!departed.in_pool);
+        assert_eq!(departed.in_flight, 2);
+    }
 }

@@ -101,11 +101,23 @@ impl InFlight {
 
     /// The requests in flight to `server` now.
     fn count(&self, server: &BackendAddr) -> u64 {
+        self.by_server.load().get(server).map_or(0, gauge_count)
+    }
+
+    /// The servers not [`is_current`] that still have requests in flight, with their counts.
+    fn departed(&self, is_current: impl Fn(&BackendAddr) -> bool) -> Vec<(BackendAddr, u64)> {
         self.by_server
             .load()
-            .get(server)
-            .map_or(0, |gauge| u64::try_from(gauge.get()).unwrap_or(0))
+            .iter()
+            .filter(|(addr, _)| !is_current(addr))
+            .map(|(addr, gauge)| (addr.clone(), gauge_count(gauge)))
+            .filter(|&(_, count)| count > 0)
+            .collect()
     }
+}
+
+fn gauge_count(gauge: &IntGauge) -> u64 {
+    u64::try_from(gauge.get()).unwrap_or(0)
 }
 
 /// A request's place among those in flight to one server; given back when dropped (the
@@ -167,21 +179,34 @@ impl Pool {
         self.lb.select(b"", 64)
     }
 
-    /// The pool's servers and their health, for `/status`.
+    /// The pool's servers and their health, for `/status`; then the servers that have left it
+    /// while requests to them are still in flight (`in_pool: false`).
     pub fn status(&self) -> PoolStatus {
         let backends = self.lb.backends();
+        let current = backends.get_backend();
+        let mut servers: Vec<ServerStatus> = current
+            .iter()
+            .map(|b| ServerStatus {
+                address: b.addr.to_string(),
+                healthy: backends.ready(b),
+                in_flight: self.in_flight.count(&b.addr),
+                in_pool: true,
+            })
+            .collect();
+        let mut departed = self
+            .in_flight
+            .departed(|addr| current.iter().any(|b| b.addr == *addr));
+        departed.sort_by_key(|(addr, _)| addr.to_string());
+        servers.extend(departed.into_iter().map(|(addr, in_flight)| ServerStatus {
+            address: addr.to_string(),
+            healthy: false,
+            in_flight,
+            in_pool: false,
+        }));
         PoolStatus {
             name: self.name.clone(),
             source: self.source.clone(),
-            servers: backends
-                .get_backend()
-                .iter()
-                .map(|b| ServerStatus {
-                    address: b.addr.to_string(),
-                    healthy: backends.ready(b),
-                    in_flight: self.in_flight.count(&b.addr),
-                })
-                .collect(),
+            servers,
         }
     }
 }

@@ -527,7 +527,10 @@ async fn a_request_the_parser_cannot_read_is_counted_and_logged() {
         head.contains(&format!("content-length: {}", body.len())),
         "{answer}"
     );
-    assert!(!head.contains("pingora") && !head.contains("1994"), "{head}");
+    assert!(
+        !head.contains("pingora") && !head.contains("1994"),
+        "{head}"
+    );
     let problem: serde_json::Value = serde_json::from_str(body).expect("a problem+json body");
     assert_eq!(problem["status"], 400);
     assert_eq!(problem["title"], "bad request");

@@ -130,9 +130,35 @@ async fn closed_port_takes_a_server_out_of_rotation() {
     assert_all_reach(&edge, "/", "b").await;
 }
 
+/// How long box 1 of the Consul-service pool takes to answer `/slow/…`.
+const SLOW: Duration = Duration::from_secs(6);
+
+/// Starts `GET /slow/<n>` requests one after another until one reaches `up` (round robin sends
+/// the others elsewhere, where they are answered at once); returns that one, in flight.
+async fn slow_request_at(
+    edge: &Drawbridge,
+    up: &Upstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    for n in 0..8 {
+        let path = format!("/slow/{n}");
+        let request = tokio::spawn(edge.client().get(edge.url(&path)).send());
+        for _ in 0..50 {
+            if up.requests_to(&path) == 1 {
+                return request;
+            }
+            if request.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("no /slow request reached {}", up.addr());
+}
+
 /// A pool following Consul service `api` gets both boxes' instances; putting box 1 into node
-/// maintenance (on its own agent) removes it, so every request goes to box 2; taking it out of
-/// maintenance brings it back.
+/// maintenance (on its own agent) removes it, so every new request goes to box 2, while a slow
+/// request already at box 1 finishes with its 200 and `/status` lists box 1 as out of the pool
+/// with that request in flight until it ends; taking it out of maintenance brings it back.
 #[tokio::test]
 async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
     let dir = TestDir::new("node_maintenance_removes_a_box");
@@ -141,6 +167,7 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
     let box2 = ConsulClientAgent::start(&dir, &consul, "box2", BOX2).await;
     let up1 = Upstream::builder("api-box1")
         .listen((BOX1, 0).into())
+        .delay("/slow", SLOW)
         .start();
     let up2 = Upstream::builder("api-box2")
         .listen((BOX2, 0).into())
@@ -166,17 +193,38 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
         .start(&dir)
         .await;
     wait_all_seen(&edge, "/orders", &["api-box1", "api-box2"]).await;
+    let slow = slow_request_at(&edge, &up1).await;
 
     box1.client()
         .agent_node_maintenance(true, "e2e: box1 down for work")
         .await
         .expect("node maintenance on box1");
     let box1_addr = up1.addr().to_string();
-    edge.wait_status("box1 out of the api pool", HEALTH_DEADLINE, |r| {
-        server_health(r, "api", &box1_addr) != Some(true)
-    })
+    let leaving = |r: &StatusReport| {
+        r.pools
+            .iter()
+            .filter(|p| p.name == "api")
+            .flat_map(|p| &p.servers)
+            .find(|s| s.address == box1_addr)
+            .map(|s| (s.in_pool, s.in_flight))
+    };
+    edge.wait_status(
+        "box1 out of the api pool, its request in flight",
+        SLOW / 2,
+        |r| leaving(r) == Some((false, 1)),
+    )
     .await;
     assert_all_reach(&edge, "/orders", "api-box2").await;
+    let answer = slow
+        .await
+        .expect("the slow request's task")
+        .expect("the slow request is answered");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(header(&answer, "x-upstream").as_deref(), Some("api-box1"));
+    edge.wait_status("box1 gone from /status", HEALTH_DEADLINE, |r| {
+        leaving(r).is_none()
+    })
+    .await;
 
     box1.client()
         .agent_node_maintenance(false, "")
