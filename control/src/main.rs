@@ -2,7 +2,7 @@
 //! exits with its documented code.
 
 use clap::{Parser, Subcommand};
-use maintctl::commands::{self, CommandResult, Failure, RunRequest};
+use maintctl::commands::{self, CommandResult, DrainRequest, Failure, RunRequest};
 use maintctl::config::Config;
 use maintctl::output::Format;
 use maintctl::output::Output;
@@ -17,7 +17,8 @@ use time::OffsetDateTime;
 /// Takes a whole service down for planned maintenance and brings it back, one command each way:
 /// sets the Drawbridge gate key and verifies every proxy and public URL, puts API/UI boxes into
 /// Consul node maintenance, stops workers, disables scheduled jobs, and restores in reverse after
-/// smoke tests through the closed gate. Locked, journalled in Consul, resumable.
+/// smoke tests through the closed gate. Locked, journalled in Consul, resumable. Drains single
+/// API/UI boxes out of the traffic, and back, without the maintenance page.
 #[derive(Parser, Debug)]
 #[command(
     name = "maintctl",
@@ -59,6 +60,41 @@ struct RunFlags {
     repeat_steps: bool,
 }
 
+/// The flags of `drain` and `undrain`.
+#[derive(clap::Args, Debug)]
+struct BoxFlags {
+    /// The environment of the inventory, e.g. final, mock or prod.
+    #[arg(long)]
+    env: String,
+    /// The api_ui boxes, by inventory name.
+    #[arg(required = true)]
+    boxes: Vec<String>,
+    /// How long to wait for the proxies (and, draining, for the requests in flight), e.g. 10m
+    /// (default: the environment's step_timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Do not ask for confirmation (environments with `confirm = true`).
+    #[arg(long)]
+    yes: bool,
+    /// Print the steps and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl BoxFlags {
+    /// The request, with `reason` for Consul.
+    fn request(self, reason: Option<String>) -> (String, DrainRequest) {
+        let request = DrainRequest {
+            boxes: self.boxes,
+            reason,
+            timeout: self.timeout,
+            yes: self.yes,
+            dry_run: self.dry_run,
+        };
+        (self.env, request)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Take the environment down: gate key, node maintenance, workers, scheduled jobs.
@@ -87,6 +123,22 @@ enum Command {
         all: bool,
         #[command(flatten)]
         flags: RunFlags,
+    },
+    /// Take API/UI boxes out of the traffic without dropping a request: Consul node
+    /// maintenance on each, then wait until every proxy sends them nothing and has no request
+    /// in flight to them (pools that follow a Consul service drop them at once).
+    Drain {
+        #[command(flatten)]
+        boxes: BoxFlags,
+        /// Why (the node maintenance reason in Consul).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Put drained boxes back, only when every Consul check of theirs passes: node maintenance
+    /// off, then wait until every proxy sends to them again.
+    Undrain {
+        #[command(flatten)]
+        boxes: BoxFlags,
     },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
@@ -247,6 +299,14 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
         Command::Up { env, all, flags } => {
             let request = run(None, None, all, flags);
             commands::up(&inventory()?, &env, request, out).await
+        }
+        Command::Drain { boxes, reason } => {
+            let (env, request) = boxes.request(reason);
+            commands::drain(&inventory()?, &env, request, out).await
+        }
+        Command::Undrain { boxes } => {
+            let (env, request) = boxes.request(None);
+            commands::undrain(&inventory()?, &env, request, out).await
         }
         Command::Resume { env, flags } => {
             let request = run(None, None, false, flags);

@@ -290,7 +290,7 @@ impl Context {
 
     /// Node maintenance through the box's Consul agent, verified in the catalog: on when `want`
     /// is stopped (out of traffic), off when running.
-    async fn node_maintenance(
+    pub(crate) async fn node_maintenance(
         &self,
         b: &BoxSettings,
         want: BoxState,

@@ -64,3 +64,5 @@ mod maintctl_ambiguous;
 mod maintctl_rerun;
 // maintctl with part of the fleet failing: a lost box, a failed smoke test, undo of a partial down.
 mod maintctl_partial;
+// maintctl drain and undrain: a box out of the traffic and back without dropping a request.
+mod maintctl_drain;

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use drawbridge_core::consul::ServiceRegistration;
 use drawbridge_core::status::StatusReport;
 use drawbridge_tests::consul::{ConsulClientAgent, ConsulServer};
 use drawbridge_tests::process::TestDir;
@@ -133,28 +132,6 @@ async fn closed_port_takes_a_server_out_of_rotation() {
 /// How long box 1 of the Consul-service pool takes to answer `/slow/…`.
 const SLOW: Duration = Duration::from_secs(6);
 
-/// Starts `GET /slow/<n>` requests one after another until one reaches `up` (round robin sends
-/// the others elsewhere, where they are answered at once); returns that one, in flight.
-async fn slow_request_at(
-    edge: &Drawbridge,
-    up: &Upstream,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    for n in 0..8 {
-        let path = format!("/slow/{n}");
-        let request = tokio::spawn(edge.client().get(edge.url(&path)).send());
-        for _ in 0..50 {
-            if up.requests_to(&path) == 1 {
-                return request;
-            }
-            if request.is_finished() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("no /slow request reached {}", up.addr());
-}
-
 /// A pool following Consul service `api` gets both boxes' instances; putting box 1 into node
 /// maintenance (on its own agent) removes it, so every new request goes to box 2, while a slow
 /// request already at box 1 finishes with its 200 and `/status` lists box 1 as out of the pool
@@ -172,20 +149,8 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
     let up2 = Upstream::builder("api-box2")
         .listen((BOX2, 0).into())
         .start();
-    for (agent, up, id) in [(&box1, &up1, "api-1"), (&box2, &up2, "api-2")] {
-        let reg = ServiceRegistration {
-            id: id.to_string(),
-            name: "api".to_string(),
-            address: up.addr().ip().to_string(),
-            port: up.addr().port(),
-            ..ServiceRegistration::default()
-        };
-        agent
-            .client()
-            .agent_service_register(&reg)
-            .await
-            .unwrap_or_else(|e| panic!("register {id}: {e}"));
-    }
+    box1.register_upstream("api-1", "api", &up1, None).await;
+    box2.register_upstream("api-2", "api", &up2, None).await;
 
     let edge = Drawbridge::builder(&consul.http_addr(), &test_key("consul_pool"))
         .consul_pool("api", "api", Some(HealthCheck::None))
@@ -193,7 +158,7 @@ async fn node_maintenance_removes_a_box_from_a_consul_service_pool() {
         .start(&dir)
         .await;
     wait_all_seen(&edge, "/orders", &["api-box1", "api-box2"]).await;
-    let slow = slow_request_at(&edge, &up1).await;
+    let slow = edge.slow_request_at(&up1).await;
 
     box1.client()
         .agent_node_maintenance(true, "e2e: box1 down for work")

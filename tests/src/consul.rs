@@ -21,8 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
+use drawbridge_core::consul::{
+    Client, Consistency, PutMode, QueryOptions, ServiceCheck, ServiceRegistration,
+};
 use serde::de::DeserializeOwned;
+
+use crate::upstream::Upstream;
 use serde::Deserialize;
 
 use crate::eventually::try_eventually;
@@ -451,6 +455,19 @@ impl<S> ConsulAgent<S> {
         self.agent.log_tail()
     }
 
+    /// Whether node `node` is in maintenance, as the catalog's health has it.
+    ///
+    /// # Panics
+    /// When the agent does not answer.
+    pub async fn node_in_maintenance(&self, node: &str) -> bool {
+        self.client()
+            .health_node(node)
+            .await
+            .unwrap_or_else(|e| panic!("consul health node {node}: {e}"))
+            .iter()
+            .any(|c| c.is_node_maintenance())
+    }
+
     /// Kills the agent with SIGKILL, as in a crash: connections are refused from now on.
     pub fn stop(&mut self) {
         self.agent.stop();
@@ -600,6 +617,32 @@ impl ConsulAgent<ClientSide> {
     /// Its loopback address.
     pub fn ip(&self) -> Ipv4Addr {
         self.agent.ip
+    }
+
+    /// Registers `up` on this agent as instance `id` of service `service`, at its address, with
+    /// `check` when given.
+    ///
+    /// # Panics
+    /// When the agent refuses it.
+    pub async fn register_upstream(
+        &self,
+        id: &str,
+        service: &str,
+        up: &Upstream,
+        check: Option<ServiceCheck>,
+    ) {
+        let reg = ServiceRegistration {
+            id: id.to_owned(),
+            name: service.to_owned(),
+            address: up.addr().ip().to_string(),
+            port: up.addr().port(),
+            check,
+            ..ServiceRegistration::default()
+        };
+        self.client()
+            .agent_service_register(&reg)
+            .await
+            .unwrap_or_else(|e| panic!("register {id} of {service} on {}: {e}", self.node_name()));
     }
 
     /// Starts it again on the same ports and data directory and waits until it is back in

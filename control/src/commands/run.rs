@@ -52,8 +52,8 @@ async fn maintenance(env: &Environment, consul: &Client) -> Result<Maintenance, 
         .map_err(Failure::failed)
 }
 
-/// Asks for the environment's name back before a production run.
-fn confirmed(env: &Environment, direction: Direction, yes: bool) -> Result<(), Failure> {
+/// Asks for the environment's name back before a production run of `action` (`down`, `drain`…).
+pub(super) fn confirmed(env: &Environment, action: &str, yes: bool) -> Result<(), Failure> {
     if !env.confirm || yes {
         return Ok(());
     }
@@ -64,8 +64,7 @@ fn confirmed(env: &Environment, direction: Direction, yes: bool) -> Result<(), F
         )));
     }
     eprint!(
-        "maintctl {} --env {}: type the environment name to go on: ",
-        direction.as_str(),
+        "maintctl {action} --env {}: type the environment name to go on: ",
         env.name
     );
     let _ = std::io::stderr().flush();
@@ -133,7 +132,7 @@ async fn run_plan(
     out: Output,
 ) -> CommandResult {
     let http = http_client().map_err(Failure::failed)?;
-    confirmed(env, plan.direction, req.yes)?;
+    confirmed(env, plan.direction.as_str(), req.yes)?;
     let holder = Holder::me(plan.direction.as_str());
     let lock = match Lock::acquire(&consul, &env.prefix, &holder).await {
         Ok(lock) => lock,

@@ -1,5 +1,6 @@
 //! Health reads: the instances of a service (blocking capable, optionally passing only), the
-//! checks of a node, and the current raft leader.
+//! checks of a node, the service instances a node runs (from the catalog), and the current raft
+//! leader.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,18 @@ pub enum CheckStatus {
     Critical,
     /// Any other value Consul may send.
     Other(String),
+}
+
+impl CheckStatus {
+    /// As Consul writes it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+            CheckStatus::Other(s) => s,
+        }
+    }
 }
 
 impl From<String> for CheckStatus {
@@ -182,6 +195,44 @@ impl Client {
         let answer = self.call_ok(req).await?;
         let checks: Option<Vec<HealthCheck>> = self.json(&what, &answer)?;
         Ok(checks.unwrap_or_default())
+    }
+
+    /// Node `node` and the service instances registered on it, whatever their health, each
+    /// with the node (so [`ServiceEntry::address`] applies) and no checks; `None` for a node
+    /// the catalog does not know.
+    ///
+    /// # Errors
+    /// Transport, ACL, leader and decode failures.
+    pub async fn catalog_node_services(
+        &self,
+        node: &str,
+    ) -> Result<Option<(ServiceNode, Vec<ServiceEntry>)>, Error> {
+        /// `/v1/catalog/node/:node`: the node and its instances by id (`null` for an unknown
+        /// node).
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct CatalogNode {
+            node: ServiceNode,
+            #[serde(default, deserialize_with = "null_as_default")]
+            services: HashMap<String, ServiceInstance>,
+        }
+        let what = format!("catalog node {node}");
+        let req = Request::get(&what, format!("/v1/catalog/node/{}", escape_segment(node)));
+        let answer = self.call_ok(req).await?;
+        let Some(found): Option<CatalogNode> = self.json(&what, &answer)? else {
+            return Ok(None);
+        };
+        let mut entries: Vec<ServiceEntry> = found
+            .services
+            .into_values()
+            .map(|service| ServiceEntry {
+                node: found.node.clone(),
+                service,
+                checks: Vec::new(),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.service.id.cmp(&b.service.id));
+        Ok(Some((found.node, entries)))
     }
 
     /// The raft leader's address (`host:port`); empty while there is none.

@@ -142,6 +142,26 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// The inventory of `boxes`, with Consul at `consul`, gate key `key` and proxies
+    /// registered as `drawbridge`; verifications wait 10 s, steps 20 s; no public URL, smoke
+    /// test, bypass key or extra step.
+    pub fn new(consul: String, key: &str, boxes: Vec<InventoryBox>) -> Inventory {
+        Inventory {
+            consul,
+            key: key.to_owned(),
+            verify_timeout: "10s".to_owned(),
+            step_timeout: "20s".to_owned(),
+            ssh_config: None,
+            proxy_service: "drawbridge".to_owned(),
+            public_page_urls: Vec::new(),
+            public_api_urls: Vec::new(),
+            bypass: None,
+            smoke: Vec::new(),
+            boxes,
+            steps: Vec::new(),
+        }
+    }
+
     /// The whole file with this inventory as environment `env`.
     pub fn to_toml(&self, env: &str) -> String {
         #[derive(Serialize)]

@@ -124,13 +124,20 @@ impl MaintScene {
         );
         wait_registered(&consul, 2).await;
 
+        let boxes = vec![
+            InventoryBox::api_ui("api1", &api1.http_addr()),
+            InventoryBox::api_ui("api2", &api2.http_addr()),
+            over_ssh("worker1", "worker", &worker1, ["stop", "start", "check"]),
+            over_ssh("worker2", "worker", &worker2, ["stop", "start", "check"]),
+            over_ssh(
+                "sched1",
+                "scheduler",
+                &sched1,
+                ["disable", "enable", "check"],
+            ),
+        ];
         let inventory = Inventory {
-            consul: consul.http_addr(),
-            key: GATE_KEY.to_owned(),
-            verify_timeout: "10s".to_owned(),
-            step_timeout: "20s".to_owned(),
             ssh_config: Some(fleet.config_path().to_path_buf()),
-            proxy_service: "drawbridge".to_owned(),
             public_page_urls: vec![edge1.url("/")],
             public_api_urls: vec![edge1.url("/api/ping")],
             bypass: Some(Bypass {
@@ -156,19 +163,7 @@ impl MaintScene {
                     expect_body: Some(r#""upstream":"api""#.to_owned()),
                 },
             ],
-            boxes: vec![
-                InventoryBox::api_ui("api1", &api1.http_addr()),
-                InventoryBox::api_ui("api2", &api2.http_addr()),
-                over_ssh("worker1", "worker", &worker1, ["stop", "start", "check"]),
-                over_ssh("worker2", "worker", &worker2, ["stop", "start", "check"]),
-                over_ssh(
-                    "sched1",
-                    "scheduler",
-                    &sched1,
-                    ["disable", "enable", "check"],
-                ),
-            ],
-            steps: Vec::new(),
+            ..Inventory::new(consul.http_addr(), GATE_KEY, boxes)
         };
         let maintctl = Maintctl::new(&dir, &inventory);
         MaintScene {
@@ -238,13 +233,7 @@ impl MaintScene {
     /// Whether Consul's health of `node` (as the server's catalog has it) shows the node
     /// maintenance check.
     pub async fn node_in_maintenance(&self, node: &str) -> bool {
-        self.consul
-            .client()
-            .health_node(node)
-            .await
-            .unwrap_or_else(|e| panic!("consul health node {node}: {e}"))
-            .iter()
-            .any(|c| c.is_node_maintenance())
+        self.consul.node_in_maintenance(node).await
     }
 
     /// The X-Consul-Index of the KV store (raised by any KV write), read at a key that never

@@ -17,6 +17,7 @@ use super::config::{DrawbridgeBuilder, Ready};
 use super::metrics::Metrics;
 use crate::eventually::{eventually, try_eventually};
 use crate::process::{workspace_bin, ChildGuard, TestDir, TAIL_LINES};
+use crate::upstream::Upstream;
 
 /// How long the proxy may take to answer on its admin listener after spawn.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -255,6 +256,32 @@ impl Drawbridge {
     /// The test client (from 127.0.0.1).
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Starts `GET /slow/<n>` requests one after another until one reaches `up` (a pool's
+    /// round robin sends the others elsewhere: give only `up` a delay for `/slow`); returns that
+    /// one, in flight at the proxy.
+    ///
+    /// # Panics
+    /// When none of 8 reaches `up`.
+    pub async fn slow_request_at(
+        &self,
+        up: &Upstream,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        for n in 0..8 {
+            let path = format!("/slow/{n}");
+            let request = tokio::spawn(self.client.get(self.url(&path)).send());
+            for _ in 0..50 {
+                if up.requests_to(&path) == 1 {
+                    return request;
+                }
+                if request.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no /slow request reached {}", up.addr());
     }
 
     /// A request to the proxy listener with the test client.

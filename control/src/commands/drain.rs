@@ -1,0 +1,692 @@
+//! `maintctl drain` and `undrain`: API/UI boxes out of the traffic and back, without dropping a
+//! request and without the maintenance page.
+//!
+//! Drain puts each box into Consul node maintenance (the proxies' pools that follow a Consul
+//! service drop its instances at once: no new request goes there), then waits until every proxy
+//! has dropped each instance of the boxes and has no request in flight to it. Undrain goes only
+//! for boxes whose Consul checks all pass: node maintenance off, then a wait until every proxy
+//! whose pools follow one of the boxes' services sends to each instance again, healthy. Both
+//! hold the environment's lock and wait within `--timeout`; a wait that runs out says what was
+//! still running, where.
+
+use super::run::confirmed;
+use super::{consul_client, exit, http_client, CommandResult, Failure};
+use crate::config::{BoxSettings, Config, Environment, Role};
+use crate::lock::{Holder, Lock, LockError};
+use crate::output::{Outcome, Output};
+use crate::proxies::{self, Proxy};
+use crate::remote::BoxState;
+use crate::steps::{count, wait_until, Context, TargetError};
+use drawbridge_core::consul::{CheckStatus, Client};
+use drawbridge_core::status::PoolStatus;
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// What `drain` and `undrain` are asked.
+pub struct DrainRequest {
+    /// The boxes, by inventory name.
+    pub boxes: Vec<String>,
+    /// Why (the node maintenance reason in Consul).
+    pub reason: Option<String>,
+    /// How long to wait for the proxies; the environment's `step_timeout` when absent.
+    pub timeout: Option<Duration>,
+    pub yes: bool,
+    pub dry_run: bool,
+}
+
+/// Which way the boxes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Drain,
+    Undrain,
+}
+
+impl Way {
+    fn as_str(self) -> &'static str {
+        match self {
+            Way::Drain => "drain",
+            Way::Undrain => "undrain",
+        }
+    }
+
+    /// The box state node maintenance is switched to.
+    fn want(self) -> BoxState {
+        match self {
+            Way::Drain => BoxState::Stopped,
+            Way::Undrain => BoxState::Running,
+        }
+    }
+}
+
+/// One box to move, with its node's address and the service instances registered on it.
+struct Target<'a> {
+    settings: &'a BoxSettings,
+    node_ip: Option<IpAddr>,
+    instances: Vec<Instance>,
+}
+
+/// A service instance of a box, as the proxies list it (`ip:port`).
+struct Instance {
+    service: String,
+    addr: SocketAddr,
+}
+
+/// `maintctl drain`.
+pub async fn drain(
+    config: &Config,
+    env_name: &str,
+    req: DrainRequest,
+    out: Output,
+) -> CommandResult {
+    move_boxes(config, env_name, req, Way::Drain, out).await
+}
+
+/// `maintctl undrain`.
+pub async fn undrain(
+    config: &Config,
+    env_name: &str,
+    req: DrainRequest,
+    out: Output,
+) -> CommandResult {
+    move_boxes(config, env_name, req, Way::Undrain, out).await
+}
+
+async fn move_boxes(
+    config: &Config,
+    env_name: &str,
+    req: DrainRequest,
+    way: Way,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let boxes = api_ui_boxes(env, &req.boxes).map_err(Failure::usage)?;
+    let timeout = req.timeout.unwrap_or(env.step_timeout);
+    if req.dry_run {
+        print_steps(env, &boxes, way, timeout, out);
+        return Ok(exit::OK);
+    }
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    confirmed(env, way.as_str(), req.yes)?;
+    let lock = match Lock::acquire(&consul, &env.prefix, &Holder::me(way.as_str())).await {
+        Ok(lock) => lock,
+        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
+        Err(e) => return Err(Failure::failed(e)),
+    };
+    let ended = move_locked(env, &consul, &boxes, &req, way, timeout, out).await;
+    if let Err(e) = lock.release().await {
+        out.note(&format!(
+            "the lock could not be released ({e}); it expires by itself"
+        ));
+    }
+    ended
+}
+
+/// The named boxes, each an `api_ui` box of the environment, in the order given, once each.
+fn api_ui_boxes<'a>(
+    env: &'a Environment,
+    names: &[String],
+) -> Result<Vec<&'a BoxSettings>, String> {
+    if names.is_empty() {
+        return Err("name at least one api_ui box".to_string());
+    }
+    let mut boxes: Vec<&BoxSettings> = Vec::new();
+    for name in names {
+        let Some(b) = env.boxes.iter().find(|b| &b.name == name) else {
+            return Err(format!(
+                "no box {name:?} in environment {} (its api_ui boxes: {})",
+                env.name,
+                api_ui_names(env)
+            ));
+        };
+        if b.role != Role::ApiUi {
+            return Err(format!(
+                "box {name} is a {} box: only api_ui boxes take traffic from the proxies (its api_ui boxes: {})",
+                b.role.as_str(),
+                api_ui_names(env)
+            ));
+        }
+        if !boxes.iter().any(|seen| seen.name == b.name) {
+            boxes.push(b);
+        }
+    }
+    Ok(boxes)
+}
+
+fn api_ui_names(env: &Environment) -> String {
+    let names: Vec<&str> = env
+        .boxes
+        .iter()
+        .filter(|b| b.role == Role::ApiUi)
+        .map(|b| b.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn print_steps(
+    env: &Environment,
+    boxes: &[&BoxSettings],
+    way: Way,
+    timeout: Duration,
+    out: Output,
+) {
+    let names: Vec<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
+    let steps = match way {
+        Way::Drain => vec![
+            "put the boxes into Consul node maintenance (no new request goes to them)".to_string(),
+            format!("wait until every proxy has dropped them and has no request in flight to them (within {timeout:?})"),
+        ],
+        Way::Undrain => vec![
+            "check that every Consul check of the boxes passes (else stop, changing nothing)".to_string(),
+            "take the boxes out of Consul node maintenance".to_string(),
+            format!("wait until every proxy sends to them again, healthy (within {timeout:?})"),
+        ],
+    };
+    out.emit(
+        json!({"event": "plan", "action": way.as_str(), "env": env.name, "boxes": names, "steps": steps}),
+        || {
+            let mut text = format!("maintctl {} --env {} {}:", way.as_str(), env.name, names.join(" "));
+            for (i, step) in steps.iter().enumerate() {
+                text.push_str(&format!("\n  {}. {step}", i + 1));
+            }
+            text
+        },
+    );
+}
+
+/// The part of [`move_boxes`] that runs under the lock.
+async fn move_locked(
+    env: &Environment,
+    consul: &Client,
+    boxes: &[&BoxSettings],
+    req: &DrainRequest,
+    way: Way,
+    timeout: Duration,
+    out: Output,
+) -> CommandResult {
+    let http = http_client().map_err(Failure::failed)?;
+    let proxies = proxies::discover(env, consul)
+        .await
+        .map_err(Failure::failed)?;
+    if proxies.is_empty() {
+        return Err(Failure::failed(format!(
+            "no proxy of {} found: nothing could confirm that the traffic moved; nothing was done",
+            env.name
+        )));
+    }
+    let mut targets = Vec::new();
+    for b in boxes {
+        targets.push(target(consul, b, out).await.map_err(Failure::failed)?);
+    }
+    if way == Way::Undrain {
+        let problems = unhealthy(consul, boxes).await.map_err(Failure::failed)?;
+        if !problems.is_empty() {
+            return Err(Failure::new(
+                exit::PREFLIGHT,
+                format!(
+                    "undrain refused: {} not healthy in Consul; nothing was done (the boxes stay drained)",
+                    count(problems.len(), "check is", "checks are")
+                ),
+            )
+            .with_problems(problems));
+        }
+    }
+    let names: Vec<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
+    let by = Holder::me(way.as_str()).by();
+    let reason = match req.reason.as_deref().map(str::trim) {
+        Some(reason) if !reason.is_empty() => format!("drain by {by}: {reason}"),
+        _ => format!("drain by {by}"),
+    };
+    out.emit(
+        json!({"event": "started", "action": way.as_str(), "env": env.name, "boxes": names}),
+        || {
+            format!(
+                "maintctl {} --env {} {}",
+                way.as_str(),
+                env.name,
+                names.join(" ")
+            )
+        },
+    );
+    let ctx = Context {
+        env: Arc::new(env.clone()),
+        consul: consul.clone(),
+        http: http.clone(),
+        reason,
+        until: None,
+        by,
+        run_id: format!(
+            "{}-{}",
+            way.as_str(),
+            OffsetDateTime::now_utc().unix_timestamp()
+        ),
+        proxies: proxies.clone(),
+        out,
+        // Nothing here stops at a step boundary: Ctrl-C ends the command, and running it
+        // again goes on from what Consul and the proxies show.
+        interrupted: Arc::default(),
+        assume_yes: req.yes,
+        done_before: HashMap::new(),
+        repeat_steps: false,
+    };
+    let step = "node_maintenance";
+    let title = match way {
+        Way::Drain => "put the boxes into Consul node maintenance",
+        Way::Undrain => "take the boxes out of Consul node maintenance",
+    };
+    out.step_started(0, 2, step, title);
+    let started = Instant::now();
+    for target in &targets {
+        let target_started = Instant::now();
+        let result = ctx
+            .node_maintenance(target.settings, way.want(), false)
+            .await;
+        let (outcome, detail) = match result {
+            Ok(done) => done,
+            Err(TargetError::Failed(m) | TargetError::VerifyTimeout(m)) => {
+                out.target_ended(
+                    step,
+                    &target.settings.name,
+                    Outcome::Failed,
+                    target_started.elapsed(),
+                    &m,
+                );
+                out.step_ended(step, false, started.elapsed());
+                return Err(Failure::failed(format!(
+                    "{}: {m}; boxes switched before it stay as they are: run `maintctl {} --env {} {}` again",
+                    target.settings.name,
+                    way.as_str(),
+                    env.name,
+                    names.join(" ")
+                )));
+            }
+        };
+        out.target_ended(
+            step,
+            &target.settings.name,
+            outcome,
+            target_started.elapsed(),
+            &detail,
+        );
+    }
+    out.step_ended(step, true, started.elapsed());
+
+    let step = "proxies";
+    let title = match way {
+        Way::Drain => "wait until no proxy sends to the boxes and nothing is in flight to them",
+        Way::Undrain => "wait until every proxy sends to the boxes again",
+    };
+    out.step_started(1, 2, step, title);
+    let started = Instant::now();
+    let last_said = std::sync::Mutex::new(Vec::new());
+    let sending = std::sync::atomic::AtomicUsize::new(0);
+    let waited = wait_until(timeout, || async {
+        let seen = edge_problems(&http, env, &proxies, &targets, way).await;
+        let problems = seen.problems;
+        if problems.is_empty() {
+            sending.store(seen.sending, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut said = last_said.lock().unwrap_or_else(|e| e.into_inner());
+        if *said != problems {
+            out.emit(json!({"event": "waiting", "still": problems}), || {
+                format!("    waiting: {}", problems.join("; "))
+            });
+            said.clone_from(&problems);
+        }
+        Err(problems.join("\n"))
+    })
+    .await;
+    if let Err(still) = waited {
+        out.step_ended(step, false, started.elapsed());
+        let problems: Vec<String> = still.lines().map(str::to_string).collect();
+        let message = match way {
+            Way::Drain => format!(
+                "the drain did not complete within {timeout:?}; the boxes stay in node maintenance (no new request goes to them where a pool follows Consul): wait and run it again, or `maintctl undrain --env {} {}`",
+                env.name,
+                names.join(" ")
+            ),
+            Way::Undrain => format!(
+                "the proxies did not all send to the boxes again within {timeout:?}; their node maintenance is off"
+            ),
+        };
+        return Err(Failure::new(exit::VERIFY_TIMEOUT, message).with_problems(problems));
+    }
+    out.step_ended(step, true, started.elapsed());
+    let sending = sending.into_inner();
+    out.emit(
+        json!({"event": "done", "action": way.as_str(), "env": env.name, "boxes": names,
+               "proxies": proxies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+               "sending_pools": (way == Way::Undrain).then_some(sending)}),
+        || {
+            let seen = count(proxies.len(), "proxy", "proxies");
+            let names = names.join(", ");
+            match way {
+                Way::Drain => format!(
+                    "done: {names} drained; {seen} send them nothing and have nothing in flight to them"
+                ),
+                Way::Undrain if sending == 0 => format!(
+                    "done: {names} out of node maintenance; no pool of the {seen} follows a service of theirs, so none sends to them"
+                ),
+                Way::Undrain => format!(
+                    "done: {names} back in the traffic; {seen} send to them ({} of a pool and an instance)",
+                    count(sending, "pair", "pairs")
+                ),
+            }
+        },
+    );
+    Ok(exit::OK)
+}
+
+/// Box `b` with its node's address and the service instances registered on it, as the
+/// proxies list them; an instance whose address is not an IP is noted and left out (no proxy
+/// pool takes it either).
+async fn target<'a>(
+    consul: &Client,
+    b: &'a BoxSettings,
+    out: Output,
+) -> Result<Target<'a>, String> {
+    let (node, entries) = consul
+        .catalog_node_services(&b.node)
+        .await
+        .map_err(|e| format!("{}: reading the services of node {}: {e}", b.name, b.node))?
+        .ok_or_else(|| format!("{}: Consul knows no node {}", b.name, b.node))?;
+    let mut instances = Vec::new();
+    for entry in entries {
+        let text = format!("{}:{}", entry.address(), entry.service.port);
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => instances.push(Instance {
+                service: entry.service.service.clone(),
+                addr,
+            }),
+            Err(_) => out.note(&format!(
+                "{}: instance {} of {} is at {text:?}, not an ip:port; no proxy pool sends to it",
+                b.name, entry.service.id, entry.service.service
+            )),
+        }
+    }
+    Ok(Target {
+        settings: b,
+        node_ip: node.address.parse().ok(),
+        instances,
+    })
+}
+
+/// What keeps the boxes from being put back: every Consul check of their nodes that does not
+/// pass, node maintenance aside (a drained box has it); a node Consul does not know.
+async fn unhealthy(consul: &Client, boxes: &[&BoxSettings]) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
+    for b in boxes {
+        let checks = consul
+            .health_node(&b.node)
+            .await
+            .map_err(|e| format!("{}: reading the checks of node {}: {e}", b.name, b.node))?;
+        if checks.is_empty() {
+            problems.push(format!("{}: Consul knows no node {}", b.name, b.node));
+        }
+        for check in checks.iter().filter(|c| !c.is_node_maintenance()) {
+            if check.status == CheckStatus::Passing {
+                continue;
+            }
+            let of = if check.service_name.is_empty() {
+                String::new()
+            } else {
+                format!(" of service {}", check.service_name)
+            };
+            let said = [check.output.trim(), check.notes.trim()]
+                .into_iter()
+                .find(|said| !said.is_empty())
+                .map(|said| format!(": {}", said.lines().next().unwrap_or_default()))
+                .unwrap_or_default();
+            problems.push(format!(
+                "{}: check {}{of} is {}{said}",
+                b.name,
+                check.check_id,
+                check.status.as_str()
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// What the proxies were seen doing with the targets.
+struct Seen {
+    /// What every proxy still does otherwise than the way wants: for a drain, a pool that
+    /// still sends to an instance or has requests in flight to it; for an undrain, a pool that
+    /// follows an instance's service and does not send to it, healthy. A proxy that cannot be
+    /// read is a problem too: what it does is unknown.
+    problems: Vec<String>,
+    /// For an undrain, the pairs of a proxy's pool and an instance it sends to.
+    sending: usize,
+}
+
+async fn edge_problems(
+    http: &reqwest::Client,
+    env: &Environment,
+    proxies: &[Proxy],
+    targets: &[Target<'_>],
+    way: Way,
+) -> Seen {
+    let mut seen = Seen {
+        problems: Vec::new(),
+        sending: 0,
+    };
+    for proxy in proxies {
+        let pools = match proxies::status(http, env, proxy).await {
+            Ok(report) => report.pools,
+            Err(e) => {
+                seen.problems.push(e);
+                continue;
+            }
+        };
+        match way {
+            Way::Drain => seen
+                .problems
+                .extend(still_sending(&proxy.name, &pools, targets)),
+            Way::Undrain => {
+                let (problems, sending) = not_sending(&proxy.name, &pools, targets);
+                seen.problems.extend(problems);
+                seen.sending += sending;
+            }
+        }
+    }
+    seen
+}
+
+/// The box of `targets` a server at `address` belongs to: one of its instances, or any port
+/// of its node's address.
+fn box_at<'a>(targets: &'a [Target<'_>], address: &str) -> Option<&'a str> {
+    let addr: SocketAddr = address.parse().ok()?;
+    targets
+        .iter()
+        .find(|t| t.node_ip == Some(addr.ip()) || t.instances.iter().any(|i| i.addr == addr))
+        .map(|t| t.settings.name.as_str())
+}
+
+/// A proxy's pools that still send to an instance of the drained boxes, or have requests in
+/// flight to one.
+fn still_sending(proxy: &str, pools: &[PoolStatus], targets: &[Target<'_>]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for pool in pools {
+        for server in &pool.servers {
+            let Some(name) = box_at(targets, &server.address) else {
+                continue;
+            };
+            if server.in_pool {
+                let hint = if pool.source == "static" {
+                    " (a pool of static servers does not follow Consul maintenance: take the server out of its `servers`)"
+                } else {
+                    ""
+                };
+                problems.push(format!(
+                    "{proxy}: pool {} still sends new requests to {name} ({}){hint}",
+                    pool.name, server.address
+                ));
+            }
+            if server.in_flight > 0 {
+                problems.push(format!(
+                    "{proxy}: {} still in flight to {name} ({}) in pool {}",
+                    count(server.in_flight as usize, "request", "requests"),
+                    server.address,
+                    pool.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The instances of the undrained boxes a proxy's pools follow (by Consul service) and do not
+/// send to, healthy; and how many pairs of a pool and an instance it does send to.
+fn not_sending(proxy: &str, pools: &[PoolStatus], targets: &[Target<'_>]) -> (Vec<String>, usize) {
+    let mut problems = Vec::new();
+    let mut sending = 0;
+    for pool in pools {
+        let Some(service) = pool.source.strip_prefix("consul:") else {
+            continue;
+        };
+        let serving: BTreeSet<SocketAddr> = pool
+            .servers
+            .iter()
+            .filter(|s| s.in_pool && s.healthy)
+            .filter_map(|s| s.address.parse().ok())
+            .collect();
+        for target in targets {
+            for instance in target.instances.iter().filter(|i| i.service == service) {
+                if serving.contains(&instance.addr) {
+                    sending += 1;
+                } else {
+                    problems.push(format!(
+                        "{proxy}: pool {} does not send to {} ({}) yet",
+                        pool.name, target.settings.name, instance.addr
+                    ));
+                }
+            }
+        }
+    }
+    (problems, sending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BoxAccess;
+    use drawbridge_core::status::ServerStatus;
+
+    fn api1() -> BoxSettings {
+        BoxSettings {
+            name: "api1".to_string(),
+            role: Role::ApiUi,
+            node: "api1".to_string(),
+            access: BoxAccess::ConsulAgent("http://10.0.1.10:8500".to_string()),
+        }
+    }
+
+    fn target(b: &BoxSettings) -> Target<'_> {
+        Target {
+            settings: b,
+            node_ip: Some("10.0.1.10".parse().unwrap()),
+            instances: vec![Instance {
+                service: "api".to_string(),
+                addr: "10.0.1.10:8080".parse().unwrap(),
+            }],
+        }
+    }
+
+    fn pool(name: &str, source: &str, servers: &[(&str, bool, bool, u64)]) -> PoolStatus {
+        PoolStatus {
+            name: name.to_string(),
+            source: source.to_string(),
+            servers: servers
+                .iter()
+                .map(|&(address, in_pool, healthy, in_flight)| ServerStatus {
+                    address: address.to_string(),
+                    healthy,
+                    in_flight,
+                    in_pool,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_drain_waits_for_every_pool_that_sends_or_has_requests_in_flight() {
+        let b = api1();
+        let targets = [target(&b)];
+        let pools = [
+            pool(
+                "api",
+                "consul:api",
+                &[
+                    ("10.0.1.10:8080", false, false, 2),
+                    ("10.0.1.11:8080", true, true, 5),
+                ],
+            ),
+            // Another port of the box's address, in a pool of fixed servers.
+            pool("admin", "static", &[("10.0.1.10:9000", true, true, 0)]),
+        ];
+        assert_eq!(
+            still_sending("edge1", &pools, &targets),
+            [
+                "edge1: 2 requests still in flight to api1 (10.0.1.10:8080) in pool api",
+                "edge1: pool admin still sends new requests to api1 (10.0.1.10:9000) (a pool of static servers does not follow Consul maintenance: take the server out of its `servers`)",
+            ]
+        );
+        let idle = [pool(
+            "api",
+            "consul:api",
+            &[("10.0.1.11:8080", true, true, 5)],
+        )];
+        assert!(still_sending("edge1", &idle, &targets).is_empty());
+    }
+
+    #[test]
+    fn an_undrain_waits_until_every_pool_of_the_service_sends_to_the_box_healthy() {
+        let b = api1();
+        let targets = [target(&b)];
+        let unhealthy = [pool(
+            "api",
+            "consul:api",
+            &[("10.0.1.10:8080", true, false, 0)],
+        )];
+        let (problems, sending) = not_sending("edge1", &unhealthy, &targets);
+        assert_eq!(
+            problems,
+            ["edge1: pool api does not send to api1 (10.0.1.10:8080) yet"]
+        );
+        assert_eq!(sending, 0);
+        let other_service = [pool("web", "consul:web", &[])];
+        assert_eq!(not_sending("edge1", &other_service, &targets), (vec![], 0));
+        let serving = [pool(
+            "api",
+            "consul:api",
+            &[("10.0.1.10:8080", true, true, 0)],
+        )];
+        assert_eq!(not_sending("edge1", &serving, &targets), (vec![], 1));
+    }
+
+    #[test]
+    fn only_named_api_ui_boxes_of_the_environment_are_taken_once_each() {
+        let env = crate::config::sample::mock();
+        let env = &env;
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let taken = api_ui_boxes(env, &names(&["api1", "api1"])).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(
+            api_ui_boxes(env, &names(&["worker1"])).err().unwrap(),
+            "box worker1 is a worker box: only api_ui boxes take traffic from the proxies (its api_ui boxes: api1, api2)"
+        );
+        assert!(api_ui_boxes(env, &names(&["api9"]))
+            .err()
+            .unwrap()
+            .starts_with("no box \"api9\""));
+        assert!(api_ui_boxes(env, &[]).is_err());
+    }
+}
