@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! * `gate`: the gate document, the JSON value at the Consul key that switches the edge.
+//! * `split`: the split document, which sends part of a route's clients to a second pool.
 //! * `status`: the report the proxy serves on its admin `/status` and `maintctl` reads.
 //! * `bypass`: the signed bypass token that lets operators through a closed gate.
 //! * `consul`: a thin client for exactly the Consul endpoints both binaries use.
@@ -20,6 +21,7 @@ pub mod bypass;
 pub mod consul;
 pub mod gate;
 pub mod settings;
+pub mod split;
 pub mod status;
 pub mod timestamp;
 

@@ -23,6 +23,26 @@ pub struct StatusReport {
     /// The TLS listeners and their certificates; absent when the proxy has no TLS listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// The split of routes between two pools; absent from proxies that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitStatus>,
+}
+
+/// The split document a proxy applies, and how the watch on its key is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitStatus {
+    pub key: String,
+    /// The Consul index of the applied document: the key's ModifyIndex, or for a missing key
+    /// the index Consul answered with; 0 before the first answer (nothing is split then).
+    pub applied_index: u64,
+    /// The split routes: their second pool and the share of clients it gets.
+    pub routes: std::collections::BTreeMap<String, crate::split::RouteSplit>,
+    /// Who wrote the applied document.
+    pub by: Option<String>,
+    /// The last error reading the key, if the last read failed.
+    pub last_error: Option<String>,
+    /// The last value at the key that was refused, and why: the split stayed as it was.
+    pub last_rejected: Option<RejectedValue>,
 }
 
 /// The gate state a proxy serves and where it came from.

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (always 200 while the proxy serves, maintenance or not),
-//! `/status` (the gate state, the Consul watch, the pools) and `/metrics` (Prometheus text).
+//! `/status` (the gate state, the Consul watch, the pools, the split) and `/metrics`
+//! (Prometheus text).
 //! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`; a
 //! missing or wrong one is counted and logged at most once a second. Only GET and HEAD are
 //! answered: nothing here changes anything, and any other method gets 405.
@@ -9,6 +10,7 @@ use crate::guard::{Refusal, RefusalLog};
 use crate::metrics::Metrics;
 use crate::one_line::OneLine;
 use crate::pools::Pool;
+use crate::split::{SplitState, SplitWatch, SplitWatcher};
 use crate::tls::Certificates;
 use crate::watcher::WatchStatus;
 use arc_swap::ArcSwap;
@@ -37,6 +39,9 @@ pub struct Admin {
     pub refusals: Arc<RefusalLog>,
     /// The TLS listeners' certificates; `None` without TLS listeners.
     pub tls: Option<Arc<Certificates>>,
+    pub split_key: String,
+    pub split: Arc<ArcSwap<SplitState>>,
+    pub split_watch: Arc<ArcSwap<SplitWatch>>,
 }
 
 impl Admin {
@@ -82,6 +87,11 @@ impl Admin {
             },
             pools: self.pools.iter().map(|p| p.status()).collect(),
             tls: self.tls.as_ref().map(|t| t.status()),
+            split: Some(SplitWatcher::status(
+                &self.split_key,
+                &self.split.load(),
+                &self.split_watch.load(),
+            )),
         }
     }
 

@@ -9,11 +9,15 @@
 //! `X-Forwarded-For` line (the whole chain, then the peer) and `X-Real-IP` set to the client as
 //! resolved by the trust rules ([`prepare_upstream`]). A request that cannot be proxied gets 502
 //! or 504 with a body in its route's form (`fail_to_proxy`).
+//!
+//! A request of a split route goes to the side of its client's bucket under the split document
+//! it met first ([`crate::split`]); a retry stays on that side.
 
 use crate::config::{AccessLog, BypassSettings, Limits, MaintenanceSettings, RouteKind};
 use crate::decide::{decide, Answer, Decision};
 use crate::facts::{
-    forwarded_for_chain, has_cookie, prefers_json, without_cookie, RequestFacts, X_FORWARDED_FOR,
+    cookie_value, forwarded_for_chain, has_cookie, prefers_json, without_cookie, RequestFacts,
+    X_FORWARDED_FOR,
 };
 use crate::gate_state::GateState;
 use crate::guard::{self, refusal_for, BodyPace, Refusal, RefusalLog};
@@ -23,7 +27,8 @@ use crate::one_line::OneLine;
 use crate::pools::{Pool, UpstreamRequest};
 use crate::respond;
 use crate::router::Router;
-use arc_swap::ArcSwap;
+use crate::split::{Bucket, Side, SplitState, POOL_HEADER, SPLIT_COOKIE};
+use arc_swap::{ArcSwap, Guard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use drawbridge_core::bypass::BYPASSED_HEADER;
@@ -92,6 +97,8 @@ pub struct Edge {
     pub refusals: Arc<RefusalLog>,
     /// The redirect of plain requests to HTTPS, and HSTS.
     pub https: HttpsSettings,
+    /// The routes split between two pools.
+    pub split: Arc<ArcSwap<SplitState>>,
 }
 
 /// What one request carries from phase to phase.
@@ -116,6 +123,12 @@ pub struct RequestCtx {
     upstream: Option<UpstreamRequest>,
     /// The request was sent to HTTPS (`server.https_redirect`).
     redirected: bool,
+    /// The pool the request was sent to (index into the edge's pools).
+    pool: Option<usize>,
+    /// Of a split route: the split it met and its side.
+    split: Option<(Arc<SplitState>, Side)>,
+    /// Of a split route: the client's bucket.
+    bucket: Option<Bucket>,
 }
 
 impl RequestCtx {
@@ -247,6 +260,25 @@ impl Edge {
         Ok(())
     }
 
+    /// Picks the side of split route `route` for the request once: the client's bucket from
+    /// its cookie (or a new one), under the split document loaded now. An unsplit route keeps
+    /// no bucket, and sets no cookie.
+    fn take_side(&self, session: &Session, ctx: &mut RequestCtx, route: usize) {
+        let split = self.split.load();
+        if !split.splits(route) {
+            return;
+        }
+        let cookies = session.req_header().headers.get_all(header::COOKIE);
+        let bucket = Bucket::from_cookie(cookie_value(
+            cookies.iter().map(HeaderValue::as_bytes),
+            SPLIT_COOKIE,
+        ));
+        ctx.bucket = Some(bucket);
+        if let Some((side, _)) = split.side(route, bucket.value) {
+            ctx.split = Some((Guard::into_inner(split), side));
+        }
+    }
+
     /// Verifies a bypass token against the keyring, logging who was let through.
     fn token_is_valid(&self, token: &str) -> bool {
         self.bypass.keyring.as_ref().is_some_and(|keys| {
@@ -320,6 +352,9 @@ impl ProxyHttp for Edge {
             tls: false,
             upstream: None,
             redirected: false,
+            pool: None,
+            split: None,
+            bucket: None,
         }
     }
 
@@ -395,7 +430,7 @@ impl ProxyHttp for Edge {
     /// Picks the next healthy server of the route's pool; over TLS for a TLS pool.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // A retry starts over: the place at the previous server is given back, and the body is
@@ -408,7 +443,17 @@ impl ProxyHttp for Edge {
                 "request passed the gate without a route",
             )
         })?;
-        let pool = &self.pools[self.router.route(route).pool];
+        if ctx.bucket.is_none() {
+            self.take_side(session, ctx, route);
+        }
+        let own = self.router.route(route).pool;
+        let pool_index = ctx
+            .split
+            .as_ref()
+            .and_then(|(split, side)| split.meter(route, *side))
+            .map_or(own, |side| side.pool);
+        ctx.pool = Some(pool_index);
+        let pool = &self.pools[pool_index];
         let backend = pool.select().ok_or_else(|| {
             Error::explain(
                 ErrorType::HTTPStatus(502),
@@ -431,8 +476,8 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.decision.and_then(Decision::route) {
-            self.pools[self.router.route(route).pool].connect_failed(peer, &e);
+        if let Some(pool) = ctx.pool {
+            self.pools[pool].connect_failed(peer, &e);
         }
         e
     }
@@ -481,6 +526,16 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(Decision::Bypass { via, .. }) = ctx.decision {
             upstream_response.insert_header(BYPASSED_HEADER, via.as_str())?;
+        }
+        if let (Some((split, side)), Some(route)) =
+            (&ctx.split, ctx.decision.and_then(Decision::route))
+        {
+            if let Some(meter) = split.meter(route, *side) {
+                upstream_response.insert_header(POOL_HEADER, meter.pool_header.clone())?;
+            }
+        }
+        if let Some(bucket) = ctx.bucket.filter(|b| b.drawn) {
+            upstream_response.append_header(header::SET_COOKIE, bucket.cookie(ctx.tls))?;
         }
         self.mark_tls(upstream_response, ctx.tls)
     }
@@ -543,12 +598,13 @@ impl ProxyHttp for Edge {
             }
             _ => {}
         }
-        if let (
-            Some(failure @ (502 | 504)),
-            Some(Decision::Pass { route } | Decision::Bypass { route, .. }),
-        ) = (ctx.failure, ctx.decision)
-        {
-            let pool = &self.pools[self.router.route(route).pool].name;
+        if let (Some((split, side)), Some(route)) = (&ctx.split, route) {
+            if let Some(meter) = split.meter(route, *side) {
+                meter.observe(status, ctx.started.elapsed().as_secs_f64());
+            }
+        }
+        if let (Some(failure @ (502 | 504)), Some(pool)) = (ctx.failure, ctx.pool) {
+            let pool = &self.pools[pool].name;
             let status = if failure == 504 { "504" } else { "502" };
             self.metrics
                 .upstream_errors

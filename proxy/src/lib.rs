@@ -5,8 +5,9 @@
 //! * `config`: the TOML file, checked section by section into `Config` with errors that name the
 //!   key; pool host names and the host name are looked up only when it is finished.
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
-//! * `follow`: the blocking-query loop (index rules, rate limit, backoff) both watchers share.
+//! * `follow`: the blocking-query loop (index rules, rate limit, backoff) the watchers share.
 //! * `watcher`: follows the gate key; saves and restores `state_file`.
+//! * `split`: follows the split key: routes whose clients are shared with a second pool.
 //! * `facts`, `router`, `decide`, `respond`: the pure request path, in order: what a request
 //!   says (client address, token), its route, the decision, the answer the proxy writes itself.
 //! * `edge`: the `ProxyHttp` implementation: facts → decide → respond → write.
@@ -42,6 +43,7 @@ pub mod respond;
 pub mod router;
 pub mod server;
 pub mod sessions;
+pub mod split;
 pub mod state_file;
 pub mod tls;
 pub mod upstream_tls;

@@ -5,7 +5,8 @@ use crate::config::RouteSettings;
 use crate::decide::Answer;
 use drawbridge_core::gate::Mode;
 use prometheus::{
-    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -64,6 +65,15 @@ pub struct Metrics {
     /// Reads of certificate files (on SIGHUP or after a change) that were refused: the
     /// certificate read before is still served.
     pub tls_reload_errors: IntCounter,
+    /// Answers of split routes, by route, the pool that served them and class (`2xx`, …,
+    /// `none` when no answer was written).
+    pub split_answers: IntCounterVec,
+    /// How long requests of split routes took, by route and the pool that served them.
+    pub split_duration: HistogramVec,
+    /// The Consul index of the applied split document.
+    pub split_applied_index: IntGauge,
+    /// Values at the split key that were refused (the split stayed as it was).
+    pub split_rejected_values: IntCounter,
 }
 
 impl Metrics {
@@ -114,6 +124,14 @@ impl Metrics {
             &["cert", "names"],
         )?;
         registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        let split_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "drawbridge_split_request_duration_seconds",
+                "How long requests of split routes took, by route and pool",
+            ),
+            &["route", "pool"],
+        )?;
+        registry.register(Box::new(split_duration.clone()))?;
         Ok(Metrics {
             requests: counter_vec(
                 "drawbridge_requests_total",
@@ -196,6 +214,20 @@ impl Metrics {
             tls_reload_errors: counter(
                 "drawbridge_tls_reload_errors_total",
                 "Certificate reloads refused (the certificate read before is still served)",
+            )?,
+            split_answers: counter_vec(
+                "drawbridge_split_answers_total",
+                "Answers of split routes, by route, pool and class",
+                &["route", "pool", "class"],
+            )?,
+            split_duration,
+            split_applied_index: int_gauge(
+                "drawbridge_split_applied_index",
+                "Consul index of the applied split document",
+            )?,
+            split_rejected_values: counter(
+                "drawbridge_split_rejected_values_total",
+                "Values at the split key that were refused (the split stayed as it was)",
             )?,
             registry,
         })

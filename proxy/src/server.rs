@@ -15,6 +15,7 @@ use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
 use crate::sessions::SessionRules;
+use crate::split::{SplitBuilder, SplitState, SplitWatch, SplitWatcher};
 use crate::tls::{Certificates, TlsAcceptor, TlsReloader};
 use crate::watcher::{GateWatcher, WatchStatus};
 use anyhow::Context;
@@ -126,6 +127,29 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         },
     ));
 
+    let split = Arc::new(ArcSwap::from_pointee(SplitState::none(config.routes.len())));
+    let split_watch = Arc::new(ArcSwap::from_pointee(SplitWatch::default()));
+    let split_watcher = server.add_service(background_service(
+        "split watcher",
+        SplitWatcher {
+            consul: consul.clone(),
+            key: config.consul.split_key.clone(),
+            wait: config.consul.wait,
+            consistency: config.consul.consistency,
+            builder: SplitBuilder {
+                routes: config
+                    .routes
+                    .iter()
+                    .map(|r| (r.name.clone(), r.pool))
+                    .collect(),
+                pools: config.pools.iter().map(|p| p.name.clone()).collect(),
+                metrics: metrics.clone(),
+            },
+            state: split.clone(),
+            watch: split_watch.clone(),
+        },
+    ));
+
     let mut pool_list = Vec::new();
     let mut pool_handles = Vec::new();
     for settings in &config.pools {
@@ -186,6 +210,9 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             metrics: metrics.clone(),
             refusals: refusals.clone(),
             tls: certificates.clone(),
+            split_key: config.consul.split_key.clone(),
+            split: split.clone(),
+            split_watch,
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -214,6 +241,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
                 .filter(|_| config.server.https_redirect),
             hsts: config.tls.hsts.clone(),
         },
+        split,
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut options = HttpServerOptions::default();
@@ -264,8 +292,10 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     // SIGHUP is taken before any listener opens.
     proxy.add_dependency(&reloader);
     // The listeners open only once the gate has a state (never the default one served before
-    // the first read of Consul) and the pools know their servers.
+    // the first read of Consul), the split key was read (or did not answer within its first
+    // read's bound: nothing is split then) and the pools know their servers.
     proxy.add_dependency(&watcher);
+    proxy.add_dependency(&split_watcher);
     for handle in &pool_handles {
         proxy.add_dependency(handle);
     }

@@ -129,7 +129,7 @@ fn judge(
 }
 
 /// The index an answer stands for: the key's ModifyIndex, or Consul's index for a missing key.
-fn answer_index(read: &KvRead) -> u64 {
+pub(crate) fn answer_index(read: &KvRead) -> u64 {
     match &read.entry {
         Some(entry) => entry.modify_index,
         None => read.meta.index,

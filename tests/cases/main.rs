@@ -66,3 +66,5 @@ mod maintctl_rerun;
 mod maintctl_partial;
 // maintctl drain and undrain: a box out of the traffic and back without dropping a request.
 mod maintctl_drain;
+// A route split between two pools by the split document: canary share, stickiness, blue-green.
+mod proxy_split;

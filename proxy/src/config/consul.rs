@@ -1,5 +1,5 @@
-//! `[consul]`: the agents the gate key is read from, the token, the blocking-read settings and
-//! the proxy's own registration.
+//! `[consul]`: the agents the gate key and the split key are read from, the token, the
+//! blocking-read settings and the proxy's own registration.
 //!
 //! The default `service_id` needs the host name, so it is filled in when the config is finished
 //! ([`default_service_id`]), not while checking.
@@ -20,6 +20,8 @@ pub struct ConsulSettings {
     pub addresses: Vec<String>,
     pub token: Option<String>,
     pub key: String,
+    /// The key of the split document (`drawbridge_core::split`).
+    pub split_key: String,
     pub wait: Duration,
     pub consistency: Consistency,
     pub stale_after: Duration,
@@ -58,11 +60,20 @@ pub(super) fn check_consul(
             "consul.key",
             "the gate key is required, e.g. \"drawbridge/prod/gate\"",
         );
-    } else if key.starts_with('/') || key.ends_with('/') || key.contains("//") {
+    } else {
+        check_key_path(p, "consul.key", &key);
+    }
+    let split_key = c
+        .split_key
+        .unwrap_or_else(|| drawbridge_core::split::default_split_key(&key));
+    // Without a gate key, its default split key would only repeat that problem.
+    if split_key == key && !key.is_empty() {
         p.add(
-            "consul.key",
-            format!("{key:?} must not start or end with '/' or contain '//'"),
+            "consul.split_key",
+            "is the gate key: the split document needs a key of its own",
         );
+    } else if !key.is_empty() {
+        check_key_path(p, "consul.split_key", &split_key);
     }
     let wait = p.duration("consul.wait", c.wait.as_deref(), Duration::from_secs(60));
     if wait < Duration::from_secs(1) || wait > MAX_CONSUL_WAIT {
@@ -106,12 +117,23 @@ pub(super) fn check_consul(
         addresses,
         token,
         key,
+        split_key,
         wait,
         consistency,
         stale_after,
         register: c.register.unwrap_or(true),
         service_name,
         service_id: c.service_id.unwrap_or_default(),
+    }
+}
+
+/// Refuses a key path that Consul would read otherwise than written.
+fn check_key_path(p: &mut Problems, field: &str, key: &str) {
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//") {
+        p.add(
+            field,
+            format!("{key:?} must not be empty, start or end with '/' or contain '//'"),
+        );
     }
 }
 

@@ -62,6 +62,7 @@ pub(super) struct FileConsul {
     pub(super) token: Option<String>,
     pub(super) token_file: Option<PathBuf>,
     pub(super) key: Option<String>,
+    pub(super) split_key: Option<String>,
     pub(super) wait: Option<String>,
     pub(super) consistency: Option<String>,
     pub(super) stale_after: Option<String>,

@@ -57,7 +57,30 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.bypass.header, "x-drawbridge-bypass");
     assert_eq!(c.routes[0].path_prefix, "/");
     assert_eq!(c.consul.service_id, "drawbridge-testhost-8080");
+    assert_eq!(c.consul.split_key, "drawbridge/test/gate/split");
     assert_eq!(c.server.unknown_state, Mode::Maintenance);
+}
+
+#[test]
+fn a_split_key_is_a_key_path_of_its_own() {
+    let with = |split_key: &str| {
+        MINIMAL.replace("[consul]", &format!("[consul]\nsplit_key = {split_key:?}"))
+    };
+    assert_eq!(
+        parse(&with("drawbridge/test/split"))
+            .unwrap()
+            .consul
+            .split_key,
+        "drawbridge/test/split"
+    );
+    let err = parse(&with("drawbridge/test/gate"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("consul.split_key: is the gate key"), "{err}");
+    for bad in ["/split", "split/", "a//b", ""] {
+        let err = parse(&with(bad)).unwrap_err().to_string();
+        assert!(err.contains("consul.split_key: "), "{bad:?}: {err}");
+    }
 }
 
 #[test]
