@@ -29,6 +29,7 @@ struct FileEnvironment {
     consul_token: Option<String>,
     consul_token_file: Option<PathBuf>,
     key: Option<String>,
+    split_key: Option<String>,
     prefix: Option<String>,
     #[serde(default)]
     confirm: bool,
@@ -52,6 +53,15 @@ struct FileEnvironment {
     boxes: Vec<FileBox>,
     #[serde(default)]
     steps: Vec<FileExtraStep>,
+    canary: Option<FileCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCanary {
+    max_error_rate: Option<f64>,
+    max_p99_ratio: Option<f64>,
+    min_requests: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +126,8 @@ pub struct Environment {
     pub consul: String,
     pub consul_token: Option<String>,
     pub key: String,
+    /// The split document's key (`<key>/split` unless set, as the proxies' default).
+    pub split_key: String,
     /// Consul KV prefix of the lock and the journal.
     pub prefix: String,
     /// Ask before acting (production), unless `--yes`.
@@ -134,6 +146,18 @@ pub struct Environment {
     pub smoke: Vec<SmokeTest>,
     pub boxes: Vec<BoxSettings>,
     pub extra_steps: Vec<ExtraStep>,
+    pub canary: CanaryThresholds,
+}
+
+/// When `maintctl canary` rolls a new pool back, compared with the pool it replaces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryThresholds {
+    /// The most answers of the new pool that may be 5xx or none, as a share (0.01: 1 %).
+    pub max_error_rate: f64,
+    /// The most the new pool's p99 may be, as a multiple of the old pool's.
+    pub max_p99_ratio: f64,
+    /// The fewest requests the new pool must have answered in a step's hold to be judged.
+    pub min_requests: u64,
 }
 
 /// How the environment's proxies are found.
@@ -330,6 +354,16 @@ fn check_environment(
     if key.is_empty() {
         p.add(k("key"), "the gate key the proxies watch is required");
     }
+    let split_key = e
+        .split_key
+        .unwrap_or_else(|| drawbridge_core::split::default_split_key(&key));
+    if !key.is_empty() && (split_key == key || split_key.is_empty() || split_key.starts_with('/')) {
+        p.add(
+            k("split_key"),
+            format!("{split_key:?} must be a key path of its own, not the gate key"),
+        );
+    }
+    let canary = check_canary(&k("canary"), e.canary, p);
     let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
     if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
         p.add(
@@ -435,6 +469,7 @@ fn check_environment(
         consul,
         consul_token,
         key,
+        split_key,
         prefix,
         confirm: e.confirm,
         parallel,
@@ -461,7 +496,42 @@ fn check_environment(
         smoke,
         boxes,
         extra_steps,
+        canary,
     }
+}
+
+/// `[environments.NAME.canary]`, with its defaults: 1 % errors, p99 at most 1.5 times the old
+/// pool's, 20 requests.
+fn check_canary(key: &str, c: Option<FileCanary>, p: &mut Problems) -> CanaryThresholds {
+    let c = c.unwrap_or(FileCanary {
+        max_error_rate: None,
+        max_p99_ratio: None,
+        min_requests: None,
+    });
+    let thresholds = CanaryThresholds {
+        max_error_rate: c.max_error_rate.unwrap_or(0.01),
+        max_p99_ratio: c.max_p99_ratio.unwrap_or(1.5),
+        min_requests: c.min_requests.unwrap_or(20),
+    };
+    if !(0.0..1.0).contains(&thresholds.max_error_rate) {
+        p.add(
+            format!("{key}.max_error_rate"),
+            "must be a share from 0 (no error) to below 1, e.g. 0.01 for 1 %",
+        );
+    }
+    if !(thresholds.max_p99_ratio >= 1.0 && thresholds.max_p99_ratio.is_finite()) {
+        p.add(
+            format!("{key}.max_p99_ratio"),
+            "must be 1 or more, e.g. 1.5: the new pool's p99 may be at most that many times the old pool's",
+        );
+    }
+    if thresholds.min_requests == 0 {
+        p.add(
+            format!("{key}.min_requests"),
+            "must be at least 1: a pool that answered nothing cannot be judged",
+        );
+    }
+    thresholds
 }
 
 fn check_box(key: &str, b: FileBox, p: &mut Problems) -> Option<BoxSettings> {

@@ -11,6 +11,8 @@
 //! * `survey`: the environment as seen from outside (status, and the end of every run).
 //! * `remote`, `proxies`: reaching boxes (ssh, HTTP, Consul agents) and the edge.
 //! * `probe`: keeps requesting URLs and reports every unexpected answer (`maintctl probe`).
+//! * `split_metrics`: each side of a split route as the proxies' `/metrics` count it, for
+//!   `maintctl canary`.
 //! * `commands`, `output`: the subcommands and how they report.
 
 pub mod commands;
@@ -24,5 +26,6 @@ pub mod probe;
 pub mod proxies;
 pub mod remote;
 pub mod runner;
+pub mod split_metrics;
 pub mod steps;
 pub mod survey;

@@ -2,7 +2,7 @@
 //! exits with its documented code.
 
 use clap::{Parser, Subcommand};
-use maintctl::commands::{self, CommandResult, DrainRequest, Failure, RunRequest};
+use maintctl::commands::{self, CanaryRequest, CommandResult, DrainRequest, Failure, RunRequest};
 use maintctl::config::Config;
 use maintctl::output::Format;
 use maintctl::output::Output;
@@ -58,6 +58,52 @@ struct RunFlags {
     /// Send webhooks and run commands again even when a run of this maintenance did.
     #[arg(long)]
     repeat_steps: bool,
+}
+
+/// The flags of `canary`.
+#[derive(clap::Args, Debug)]
+struct CanaryFlags {
+    /// The environment of the inventory, e.g. final, mock or prod.
+    #[arg(long)]
+    env: String,
+    /// The route, by the proxies' route name.
+    #[arg(long)]
+    route: String,
+    /// The new pool, by the proxies' pool name.
+    #[arg(long, required_unless_present = "abort")]
+    to: Option<String>,
+    /// The shares of clients to go through, in percent, rising.
+    #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
+    steps: Vec<u8>,
+    /// How long each step is held and judged, e.g. 5m.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    hold: Duration,
+    /// Roll back at once: the route's clients all go to its own pool again.
+    #[arg(long, conflicts_with_all = ["to"])]
+    abort: bool,
+    /// Do not ask for confirmation (environments with `confirm = true`).
+    #[arg(long)]
+    yes: bool,
+    /// Print the steps and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl CanaryFlags {
+    /// The environment and the request.
+    fn request(self) -> (String, CanaryRequest) {
+        let f = self;
+        let request = CanaryRequest {
+            route: f.route,
+            to: f.to,
+            steps: f.steps,
+            hold: f.hold,
+            abort: f.abort,
+            yes: f.yes,
+            dry_run: f.dry_run,
+        };
+        (f.env, request)
+    }
 }
 
 /// The flags of `drain` and `undrain`.
@@ -140,6 +186,12 @@ enum Command {
         #[command(flatten)]
         boxes: BoxFlags,
     },
+    /// Move a route's clients to a new pool step by step (canary; 100 is blue-green) through
+    /// the split document every proxy follows: at each step wait until every proxy applied it,
+    /// hold, and compare the new pool with the old from the proxies' metrics (error rate, p99;
+    /// thresholds in the inventory's `canary` table); roll back by itself when it is worse. Run
+    /// again, it goes on from the current share.
+    Canary(CanaryFlags),
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
         /// The environment of the inventory, e.g. final, mock or prod.
@@ -307,6 +359,10 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
         Command::Undrain { boxes } => {
             let (env, request) = boxes.request(None);
             commands::undrain(&inventory()?, &env, request, out).await
+        }
+        Command::Canary(flags) => {
+            let (env, request) = flags.request();
+            commands::canary(&inventory()?, &env, request, out).await
         }
         Command::Resume { env, flags } => {
             let request = run(None, None, false, flags);

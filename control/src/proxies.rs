@@ -1,6 +1,6 @@
-//! What maintctl asks the edge: every proxy's `/status` (found through the Consul service they
-//! register as, or listed admin URLs), what the public URLs answer, and the smoke tests sent
-//! through the proxy with a bypass token.
+//! What maintctl asks the edge: every proxy's `/status` and `/metrics` (found through the Consul
+//! service they register as, or listed admin URLs), what the public URLs answer, and the smoke
+//! tests sent through the proxy with a bypass token.
 
 use crate::config::{BypassSettings, Environment, ProxyDiscovery, SmokeTest};
 use drawbridge_core::bypass::BYPASSED_HEADER;
@@ -65,7 +65,36 @@ pub async fn status(
     env: &Environment,
     proxy: &Proxy,
 ) -> Result<StatusReport, String> {
-    let url = format!("{}/status", proxy.admin_url);
+    let (url, body) = admin_get(http, env, proxy, "/status").await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "{}: {url} is not a drawbridge status report: {e}",
+            proxy.name
+        )
+    })
+}
+
+/// A proxy's `/metrics` (Prometheus text).
+///
+/// # Errors
+/// The proxy does not answer, refuses the token, or answers something that is not text.
+pub async fn metrics(
+    http: &reqwest::Client,
+    env: &Environment,
+    proxy: &Proxy,
+) -> Result<String, String> {
+    let (url, body) = admin_get(http, env, proxy, "/metrics").await?;
+    String::from_utf8(body).map_err(|_| format!("{}: {url} is not text", proxy.name))
+}
+
+/// GET `path` on a proxy's admin listener, with the admin token; the URL and the body of a 2xx.
+async fn admin_get(
+    http: &reqwest::Client,
+    env: &Environment,
+    proxy: &Proxy,
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
+    let url = format!("{}{path}", proxy.admin_url);
     let mut req = http.get(&url).timeout(REQUEST_TIMEOUT);
     if let Some(token) = &env.proxy_admin_token {
         req = req.bearer_auth(token);
@@ -82,12 +111,7 @@ pub async fn status(
     if !code.is_success() {
         return Err(format!("{}: GET {url} answered {code}", proxy.name));
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        format!(
-            "{}: {url} is not a drawbridge status report: {e}",
-            proxy.name
-        )
-    })
+    Ok((url, body.to_vec()))
 }
 
 /// Whether a proxy serves `mode` from at least Consul index `index`.

@@ -76,12 +76,21 @@ impl SplitDoc {
         let doc: SplitDoc = serde_json::from_str(text).map_err(|e| SplitDocError::Invalid {
             detail: e.to_string(),
         })?;
-        if doc.routes.len() > MAX_SPLIT_ROUTES {
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Checks the limits a parsed document must keep.
+    ///
+    /// # Errors
+    /// Too many routes, a share over 100, or an empty pool name.
+    pub fn validate(&self) -> Result<(), SplitDocError> {
+        if self.routes.len() > MAX_SPLIT_ROUTES {
             return Err(SplitDocError::TooManyRoutes {
-                count: doc.routes.len(),
+                count: self.routes.len(),
             });
         }
-        for (route, split) in &doc.routes {
+        for (route, split) in &self.routes {
             if split.percent > 100 {
                 return Err(SplitDocError::PercentOver100 {
                     route: route.clone(),
@@ -94,7 +103,7 @@ impl SplitDoc {
                 });
             }
         }
-        Ok(doc)
+        Ok(())
     }
 }
 

@@ -70,7 +70,7 @@ const STATE_KEY: &str = "drawbridge/prod/gate";
 /// `unreadable` (there is no I/O).
 pub fn state_file(data: &[u8]) {
     let path = Path::new("/var/lib/drawbridge/gate-state.json");
-    match state_file::parse(path, data, STATE_KEY) {
+    match state_file::parse::<GateDoc>(path, data, STATE_KEY) {
         Ok(saved) => {
             assert_eq!(saved.key, STATE_KEY);
             assert_eq!(saved.doc.validate(), Ok(()), "{saved:?}");

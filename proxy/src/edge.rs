@@ -129,6 +129,8 @@ pub struct RequestCtx {
     split: Option<(Arc<SplitState>, Side)>,
     /// Of a split route: the client's bucket.
     bucket: Option<Bucket>,
+    /// The side was taken (a retry keeps it, even when the route was not split then).
+    side_taken: bool,
 }
 
 impl RequestCtx {
@@ -261,18 +263,18 @@ impl Edge {
     }
 
     /// Picks the side of split route `route` for the request once: the client's bucket from
-    /// its cookie (or a new one), under the split document loaded now. An unsplit route keeps
-    /// no bucket, and sets no cookie.
+    /// its cookie (else from its address), under the split document loaded now. An unsplit
+    /// route keeps no bucket, and sets no cookie.
     fn take_side(&self, session: &Session, ctx: &mut RequestCtx, route: usize) {
         let split = self.split.load();
         if !split.splits(route) {
             return;
         }
         let cookies = session.req_header().headers.get_all(header::COOKIE);
-        let bucket = Bucket::from_cookie(cookie_value(
-            cookies.iter().map(HeaderValue::as_bytes),
-            SPLIT_COOKIE,
-        ));
+        let bucket = Bucket::from_cookie(
+            cookie_value(cookies.iter().map(HeaderValue::as_bytes), SPLIT_COOKIE),
+            ctx.client_ip,
+        );
         ctx.bucket = Some(bucket);
         if let Some((side, _)) = split.side(route, bucket.value) {
             ctx.split = Some((Guard::into_inner(split), side));
@@ -355,6 +357,7 @@ impl ProxyHttp for Edge {
             pool: None,
             split: None,
             bucket: None,
+            side_taken: false,
         }
     }
 
@@ -443,7 +446,8 @@ impl ProxyHttp for Edge {
                 "request passed the gate without a route",
             )
         })?;
-        if ctx.bucket.is_none() {
+        if !ctx.side_taken {
+            ctx.side_taken = true;
             self.take_side(session, ctx, route);
         }
         let own = self.router.route(route).pool;

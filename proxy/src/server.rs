@@ -134,6 +134,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         SplitWatcher {
             consul: consul.clone(),
             key: config.consul.split_key.clone(),
+            state_file: config.server.state_file.with_extension("split.json"),
             wait: config.consul.wait,
             consistency: config.consul.consistency,
             builder: SplitBuilder {

@@ -3,7 +3,9 @@
 //! each new valid document whole ([`SplitState`], swapped at once, so a request sees one
 //! document from its first filter to its log line), refuses a bad one (the split stays as it
 //! was, and `/status` says why), and never steps back to an older document a lagging server
-//! answers. Before the first answer, and while the key is missing, nothing is split.
+//! answers. Each applied document is saved beside the gate's state file and restored at start,
+//! so a proxy restarted while Consul is away keeps its split; without one (or with one that
+//! cannot be used), nothing is split until Consul answers. A missing key splits nothing.
 //!
 //! A client keeps its side: its bucket (0–99) comes from the [`SPLIT_COOKIE`] cookie, or is
 //! drawn for a client without a valid one and set in that cookie with the answer; buckets below
@@ -14,6 +16,7 @@
 use crate::follow::{follow, Followed, ReadKind, Taken};
 use crate::metrics::Metrics;
 use crate::one_line::OneLine;
+use crate::state_file::{self, SavedState};
 use crate::watcher::answer_index;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -27,6 +30,8 @@ use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use prometheus::{Histogram, IntCounter};
 use rand::Rng;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -52,21 +57,24 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// The bucket a cookie value names (`0` to `99`), or a new one drawn at random.
-    pub fn from_cookie(value: Option<&str>) -> Bucket {
-        match value
+    /// The bucket a cookie value names (`0` to `99`); without a valid one, the bucket of the
+    /// client's address (the same on every proxy, so a client that keeps no cookie keeps its
+    /// side too), or one drawn at random when the address is not known.
+    pub fn from_cookie(value: Option<&str>, client: Option<IpAddr>) -> Bucket {
+        if let Some(value) = value
             .and_then(|v| v.parse::<u8>().ok())
             .filter(|b| *b < 100)
         {
-            Some(value) => Bucket {
+            return Bucket {
                 value,
                 drawn: false,
-            },
-            None => Bucket {
-                value: rand::rng().random_range(0..100),
-                drawn: true,
-            },
+            };
         }
+        let value = match client {
+            Some(ip) => address_bucket(ip),
+            None => rand::rng().random_range(0..100),
+        };
+        Bucket { value, drawn: true }
     }
 
     /// The `Set-Cookie` value that keeps this bucket (`Secure` over TLS).
@@ -78,6 +86,19 @@ impl Bucket {
         );
         HeaderValue::try_from(text).expect("a cookie of digits and fixed words is a header value")
     }
+}
+
+/// The bucket of address `ip`: FNV-1a of its bytes, modulo 100, so that every proxy, of any
+/// version, puts an address in the same bucket.
+fn address_bucket(ip: IpAddr) -> u8 {
+    let octets = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let hash = octets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % 100) as u8
 }
 
 /// Which pool of a split route served a request.
@@ -247,6 +268,8 @@ pub struct SplitWatch {
 pub struct SplitWatcher {
     pub consul: Arc<Failover>,
     pub key: String,
+    /// Where the applied document is saved (`server.state_file` with `.split.json`).
+    pub state_file: PathBuf,
     pub wait: Duration,
     pub consistency: Consistency,
     pub builder: SplitBuilder,
@@ -255,6 +278,42 @@ pub struct SplitWatcher {
 }
 
 impl SplitWatcher {
+    /// Applies the document saved by the last run for this key, if there is one that still
+    /// fits the routes and pools; a file that cannot be used is logged and counted.
+    fn restore_saved(&self) {
+        let file = self.state_file.display();
+        let refusal = match state_file::load::<SplitDoc>(&self.state_file, &self.key) {
+            Ok(None) => return,
+            Ok(Some(saved)) => match self.builder.build(saved.doc, saved.applied_index) {
+                Ok(state) => {
+                    tracing::info!(
+                        index = state.applied_index,
+                        routes = ?state.doc.routes,
+                        file = %file,
+                        "restored the last applied split"
+                    );
+                    self.state.store(Arc::new(state));
+                    return;
+                }
+                Err(detail) => state_file::Unusable::InvalidDocument {
+                    path: self.state_file.clone(),
+                    detail: format!("it does not fit this proxy's routes and pools: {detail}"),
+                },
+            },
+            Err(refusal) => refusal,
+        };
+        self.builder
+            .metrics
+            .state_file_refused
+            .with_label_values(&[refusal.reason()])
+            .inc();
+        tracing::error!(
+            file = %file,
+            reason = refusal.reason(),
+            "{refusal}; nothing is split until Consul answers"
+        );
+    }
+
     fn update_watch(&self, change: impl Fn(&mut SplitWatch)) {
         let mut next = SplitWatch::clone(&self.watch.load());
         change(&mut next);
@@ -314,7 +373,18 @@ impl SplitWatcher {
                     .metrics
                     .split_applied_index
                     .set(i64::try_from(index).unwrap_or(i64::MAX));
+                let saved = SavedState {
+                    key: self.key.clone(),
+                    doc: state.doc.clone(),
+                    applied_index: index,
+                };
                 self.state.store(Arc::new(state));
+                if let Err(e) = state_file::save(&self.state_file, &saved) {
+                    tracing::error!(
+                        file = %self.state_file.display(),
+                        "cannot save the split (a restart during a Consul outage would split nothing): {e}"
+                    );
+                }
             }
             Err(error) => {
                 tracing::error!(
@@ -394,6 +464,7 @@ impl BackgroundService for SplitWatcher {
         shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
+        self.restore_saved();
         follow(self, shutdown, ready).await;
     }
 }
@@ -412,10 +483,14 @@ mod tests {
         }
     }
 
-    fn watcher() -> SplitWatcher {
+    fn watcher(name: &str) -> SplitWatcher {
+        let dir =
+            std::env::temp_dir().join(format!("drawbridge-split-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         SplitWatcher {
             consul: Arc::new(Failover::new(&["http://127.0.0.1:1".into()], None).unwrap()),
             key: "gate/split".into(),
+            state_file: dir.join("gate-state.split.json"),
             wait: Duration::from_secs(60),
             consistency: Consistency::Default,
             builder: builder(),
@@ -494,25 +569,36 @@ mod tests {
     }
 
     #[test]
-    fn a_cookie_keeps_the_bucket_and_anything_else_draws_one() {
+    fn a_cookie_keeps_the_bucket_and_else_the_address_gives_one() {
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
         assert_eq!(
-            Bucket::from_cookie(Some("42")),
+            Bucket::from_cookie(Some("42"), Some(client)),
             Bucket {
                 value: 42,
                 drawn: false
             }
         );
-        for bad in [
-            None,
-            Some("100"),
-            Some("-1"),
-            Some("x"),
-            Some(""),
-            Some("4 2"),
-        ] {
-            let b = Bucket::from_cookie(bad);
+        let by_address = Bucket::from_cookie(None, Some(client));
+        assert!(by_address.drawn && by_address.value < 100);
+        for bad in [Some("100"), Some("-1"), Some("x"), Some(""), Some("4 2")] {
+            assert_eq!(
+                Bucket::from_cookie(bad, Some(client)),
+                by_address,
+                "{bad:?}"
+            );
+            let b = Bucket::from_cookie(bad, None);
             assert!(b.drawn && b.value < 100, "{bad:?}: {b:?}");
         }
+        // FNV-1a of 203.0.113.7: fixed, so proxies of every version agree.
+        assert_eq!(by_address.value, address_bucket(client));
+        let spread: std::collections::BTreeSet<u8> = (0..=255u8)
+            .map(|i| address_bucket(IpAddr::from([10, 0, 0, i])))
+            .collect();
+        assert!(
+            spread.len() > 80,
+            "{} buckets for 256 addresses",
+            spread.len()
+        );
         let cookie = Bucket {
             value: 7,
             drawn: true,
@@ -526,10 +612,36 @@ mod tests {
 
     #[test]
     fn new_documents_apply_bad_ones_change_nothing_and_old_ones_are_doubted() {
-        let w = watcher();
+        let w = watcher("apply");
         assert_eq!(w.apply(read(Some(TEN), 10, 10), false), Taken::Settled);
         assert_eq!(w.state.load().applied_index, 10);
         assert!(w.state.load().splits(1));
+
+        // Saved, and restored by the next start.
+        let next = SplitWatcher {
+            state_file: w.state_file.clone(),
+            ..watcher("apply-next")
+        };
+        next.restore_saved();
+        assert_eq!(next.state.load().applied_index, 10);
+        assert_eq!(next.state.load().side(1, 5).unwrap().0, Side::Second);
+        // A file for another key is refused: nothing split.
+        let other = SplitWatcher {
+            state_file: w.state_file.clone(),
+            key: "other/split".into(),
+            ..watcher("apply-other")
+        };
+        other.restore_saved();
+        assert!(!other.state.load().splits(1));
+        assert_eq!(
+            other
+                .builder
+                .metrics
+                .state_file_refused
+                .with_label_values(&["other_key"])
+                .get(),
+            1
+        );
 
         // Refused: the split stays, the reason is kept.
         let bad = r#"{"routes": {"api": {"to": "api-green", "percent": 150}}}"#;

@@ -1,24 +1,45 @@
-//! The local copy of the last applied gate state, so a proxy restarted while Consul is down
-//! comes back in the state it had. Written atomically (a temporary file of this process beside
-//! it, fsync, rename, fsync of the folder); a file that cannot be used is refused with what is
-//! wrong ([`Unusable`]), never half-trusted, and the watcher then serves `server.unknown_state`.
+//! The local copy of the last applied gate state (and split document), so a proxy restarted
+//! while Consul is down comes back in the state it had. Written atomically (a temporary file of
+//! this process beside it, fsync, rename, fsync of the folder); a file that cannot be used is
+//! refused with what is wrong ([`Unusable`]), never half-trusted: the gate watcher then serves
+//! `server.unknown_state`, the split watcher splits nothing.
 
 use drawbridge_core::gate::GateDoc;
+use drawbridge_core::split::SplitDoc;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Largest state file read: a saved state is a gate document (at most 16 KiB) and two fields.
+/// Largest state file read: a saved state is a document (at most 16 KiB) and two fields.
 pub const MAX_FILE_BYTES: usize = 64 * 1024;
 
-/// What the file holds.
+/// A document a state file may hold, with the check it must pass when read back.
+pub trait Document: Serialize + DeserializeOwned {
+    /// Why the document is invalid, if it is.
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Document for GateDoc {
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
+    }
+}
+
+impl Document for SplitDoc {
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// What the file holds: a gate document, unless said otherwise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SavedState {
+pub struct SavedState<D = GateDoc> {
     /// The key the state was read from; a file for another key is refused.
     pub key: String,
-    pub doc: GateDoc,
+    pub doc: D,
     pub applied_index: u64,
 }
 
@@ -84,13 +105,13 @@ impl fmt::Display for Unusable {
             ),
             Unusable::Damaged { path, detail } => write!(
                 f,
-                "the state file {} is damaged, not a saved gate state ({detail}); Consul's next \
+                "the state file {} is damaged, not a saved state ({detail}); Consul's next \
                  answer rewrites it",
                 path.display()
             ),
             Unusable::InvalidDocument { path, detail } => write!(
                 f,
-                "the state file {} holds an invalid gate document ({detail}); Consul's next \
+                "the state file {} holds an invalid document ({detail}); Consul's next \
                  answer rewrites it",
                 path.display()
             ),
@@ -134,7 +155,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 ///
 /// # Errors
 /// The file or its folder cannot be written; the temporary file is removed again.
-pub fn save(path: &Path, saved: &SavedState) -> std::io::Result<()> {
+pub fn save<D: Serialize>(path: &Path, saved: &SavedState<D>) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
     let tmp = temp_path(path);
     if let Err(e) = write_synced(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path)) {
@@ -154,7 +175,7 @@ pub fn save(path: &Path, saved: &SavedState) -> std::io::Result<()> {
 /// # Errors
 /// The file exists but cannot be read, is not a saved state, holds an invalid document, or was
 /// written for another key; the refusal names the file and says what is wrong.
-pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Unusable> {
+pub fn load<D: Document>(path: &Path, key: &str) -> Result<Option<SavedState<D>>, Unusable> {
     let mut raw = Vec::new();
     let read = std::fs::File::open(path).and_then(|file| {
         file.take(MAX_FILE_BYTES as u64 + 1)
@@ -178,7 +199,7 @@ pub fn load(path: &Path, key: &str) -> Result<Option<SavedState>, Unusable> {
 ///
 /// # Errors
 /// As [`load`], except that there is no file to read.
-pub fn parse(path: &Path, raw: &[u8], key: &str) -> Result<SavedState, Unusable> {
+pub fn parse<D: Document>(path: &Path, raw: &[u8], key: &str) -> Result<SavedState<D>, Unusable> {
     let damaged = |detail: String| Unusable::Damaged {
         path: path.to_owned(),
         detail,
@@ -203,8 +224,8 @@ pub fn parse(path: &Path, raw: &[u8], key: &str) -> Result<SavedState, Unusable>
         path: path.to_owned(),
         detail,
     };
-    let doc: GateDoc = serde_json::from_value(shape.doc).map_err(|e| invalid(e.to_string()))?;
-    doc.validate().map_err(|e| invalid(e.to_string()))?;
+    let doc: D = serde_json::from_value(shape.doc).map_err(|e| invalid(e.to_string()))?;
+    doc.check().map_err(invalid)?;
     Ok(SavedState {
         key: shape.key,
         doc,
@@ -234,7 +255,7 @@ mod tests {
         };
         save(&path, &saved).unwrap();
         assert_eq!(load(&path, "a/gate").unwrap(), Some(saved));
-        let other = load(&path, "b/gate").unwrap_err();
+        let other = load::<GateDoc>(&path, "b/gate").unwrap_err();
         assert_eq!(other.reason(), "other_key");
         let text = other.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
@@ -245,7 +266,7 @@ mod tests {
     fn a_missing_file_is_no_state_and_no_refusal() {
         let path = temp("missing");
         let _ = std::fs::remove_file(&path);
-        assert_eq!(load(&path, "k").unwrap(), None);
+        assert_eq!(load::<GateDoc>(&path, "k").unwrap(), None);
     }
 
     #[test]
@@ -282,7 +303,7 @@ mod tests {
         ];
         for (content, reason, mention) in cases {
             std::fs::write(&path, content).unwrap();
-            let refusal = load(&path, "k").unwrap_err();
+            let refusal = load::<GateDoc>(&path, "k").unwrap_err();
             let text = refusal.to_string();
             assert_eq!(refusal.reason(), reason, "{text}");
             assert_eq!(refusal.path(), path);
@@ -296,7 +317,7 @@ mod tests {
         let path = temp("unreadable");
         let _ = std::fs::remove_file(&path);
         std::fs::create_dir_all(&path).unwrap();
-        let refusal = load(&path, "k").unwrap_err();
+        let refusal = load::<GateDoc>(&path, "k").unwrap_err();
         std::fs::remove_dir(&path).unwrap();
         assert_eq!(refusal.reason(), "unreadable", "{refusal}");
     }

@@ -696,7 +696,9 @@ mod tests {
             assert_eq!(w.metrics.gate_fail_safe.get(), 0);
             assert_eq!(w.metrics.gate_step_backs_refused.get(), 0);
             // And the file is good again.
-            assert!(state_file::load(&w.state_file, "gate").unwrap().is_some());
+            assert!(state_file::load::<GateDoc>(&w.state_file, "gate")
+                .unwrap()
+                .is_some());
         }
     }
 

@@ -68,3 +68,5 @@ mod maintctl_partial;
 mod maintctl_drain;
 // A route split between two pools by the split document: canary share, stickiness, blue-green.
 mod proxy_split;
+// maintctl canary: a route moved to a new pool step by step, judged, promoted or rolled back.
+mod maintctl_canary;

@@ -37,18 +37,9 @@ impl Fleet {
         wait_registered(&site.consul, 1).await;
         let relay = FaultRelay::start(&site.consul.http_addr(), &site.key);
         let inventory = Inventory {
-            consul: relay.http_addr(),
-            key: site.key.clone(),
-            verify_timeout: "10s".to_owned(),
-            step_timeout: "20s".to_owned(),
-            ssh_config: None,
-            proxy_service: "drawbridge".to_owned(),
             public_page_urls: vec![site.edge.url("/")],
             public_api_urls: vec![site.edge.url("/api/ping")],
-            bypass: None,
-            smoke: Vec::new(),
-            boxes: Vec::new(),
-            steps: Vec::new(),
+            ..Inventory::new(relay.http_addr(), &site.key, Vec::new())
         };
         let maintctl = Maintctl::new(&site.dir, &inventory);
         Fleet {

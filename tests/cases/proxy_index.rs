@@ -472,7 +472,7 @@ async fn classify(client: reqwest::Client, url: String, kind: Kind) -> Seen {
     let body = answer.bytes().await;
     let expected_type = match kind {
         Kind::Page => "text/html",
-        Kind::Api => "application/problem+json",
+        Kind::Api | Kind::Failing => "application/problem+json",
     };
     match (status, body) {
         (_, Err(e)) => Seen::Unexpected(format!("{url}: reading the body: {e}")),

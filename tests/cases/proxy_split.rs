@@ -1,7 +1,11 @@
 //! A route split between its own pool (`api`, upstream `api-blue`) and a second one
 //! (`api-green`) by the split document at `<gate key>/split`: the share of new clients, each
-//! client keeping its side by its cookie, blue-green switches under load, requests in flight
-//! finishing where they started, and bad documents changing nothing.
+//! client keeping its side by its cookie or its address, blue-green switches under load,
+//! requests in flight finishing where they started, bad documents changing nothing, and the
+//! split kept across a restart while Consul is away.
+//!
+//! The test client stands for many clients by sending `X-Forwarded-For` as a load balancer in
+//! front would (127.0.0.1 is a trusted proxy here).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +15,7 @@ use std::time::Duration;
 use drawbridge_core::status::StatusReport;
 use drawbridge_tests::consul::ConsulServer;
 use drawbridge_tests::process::TestDir;
-use drawbridge_tests::proxy::{clear_gate, header, set_gate, test_key, Drawbridge, Route};
+use drawbridge_tests::proxy::{clear_gate, header, set_gate, test_key, Drawbridge, Ready, Route};
 use drawbridge_tests::upstream::Upstream;
 
 /// How long `api-blue` takes to answer `/slow/…`.
@@ -47,6 +51,7 @@ impl Scene {
         let green = Upstream::builder("api-green").start();
         let key = test_key(test);
         let edge = Drawbridge::builder(&consul.http_addr(), &key)
+            .trusted_proxies(&["127.0.0.1/32"])
             .static_pool("api", &[&blue], None)
             .static_pool("api-green", &[&green], None)
             .route(Route::api("api", "/", "api"))
@@ -85,15 +90,29 @@ impl Scene {
             .await
     }
 
-    /// GET `path`, with the split cookie of `bucket` when given.
-    async fn get(&self, path: &str, bucket: Option<u8>) -> Served {
-        let mut request = self.edge.request(reqwest::Method::GET, path);
+    /// GET `path` from client `client` (by `X-Forwarded-For`), with the split cookie of
+    /// `bucket` when given.
+    async fn get_from(&self, client: u32, path: &str, bucket: Option<u8>) -> Served {
+        let mut request = self
+            .edge
+            .request(reqwest::Method::GET, path)
+            .header("x-forwarded-for", client_address(client));
         if let Some(bucket) = bucket {
             request = request.header("cookie", format!("other=1; drawbridge_split={bucket}"));
         }
         let answer = request.send().await.expect("an answer");
         served(&answer)
     }
+
+    /// GET `path` from one client, with the split cookie of `bucket` when given.
+    async fn get(&self, path: &str, bucket: Option<u8>) -> Served {
+        self.get_from(0, path, bucket).await
+    }
+}
+
+/// The address of client `n`: 10.x.y.z.
+fn client_address(n: u32) -> String {
+    std::net::Ipv4Addr::from(0x0a00_0000 | n).to_string()
 }
 
 fn served(answer: &reqwest::Response) -> Served {
@@ -127,10 +146,11 @@ fn is_green(served: &Served) -> bool {
     }
 }
 
-/// New clients (no cookie) of a 10 % split: 2 000 of them land within 7–13 % on the green pool,
-/// each told its bucket, green exactly for buckets below 10; with their cookie each keeps its
-/// side; raised to 25 %, the green ones stay green and buckets 10–24 move over; and the
-/// per-pool answers are counted apart.
+/// New clients (no cookie) of a 10 % split: 2 000 of them (by address) land within 7–13 % on
+/// the green pool, each told its bucket, green exactly for buckets below 10; each keeps its side
+/// by its cookie from any address, and by its address without a cookie; raised to 25 %, the
+/// green ones stay green and buckets 10–24 move over; and the per-pool answers are counted
+/// apart.
 #[tokio::test]
 async fn a_ten_percent_split_takes_a_tenth_of_new_clients_and_each_keeps_its_side() {
     let scene = Scene::start("split_ten_percent").await;
@@ -143,14 +163,16 @@ async fn a_ten_percent_split_takes_a_tenth_of_new_clients_and_each_keeps_its_sid
 
     let mut buckets: BTreeMap<u8, bool> = BTreeMap::new();
     let mut green = 0;
+    let mut by_client = Vec::new();
     for i in 0..2000 {
-        let served = scene.get(&format!("/orders/{i}"), None).await;
+        let served = scene.get_from(i, &format!("/orders/{i}"), None).await;
         assert_eq!(served.status, 200);
         let bucket = served.bucket.expect("a new client is given its bucket");
         let is_green = is_green(&served);
         assert_eq!(is_green, bucket < 10, "bucket {bucket}: {served:?}");
         green += usize::from(is_green);
         buckets.insert(bucket, is_green);
+        by_client.push(is_green);
     }
     let share = green as f64 / 2000.0 * 100.0;
     println!("10 % split: {green} of 2 000 new clients on api-green ({share:.1} %)");
@@ -165,6 +187,13 @@ async fn a_ten_percent_split_takes_a_tenth_of_new_clients_and_each_keeps_its_sid
             assert_eq!(is_green(&served), was_green, "bucket {bucket} changed side");
         }
     }
+    // Without a cookie, a client keeps its side by its address.
+    for (client, &was_green) in by_client.iter().enumerate().take(100) {
+        let served = scene
+            .get_from(client as u32, "/orders/no-cookie", None)
+            .await;
+        assert_eq!(is_green(&served), was_green, "client {client} changed side");
+    }
     // A cookie that is not a bucket is replaced.
     let served = scene.get("/orders/forged", Some(200)).await;
     assert!(served.bucket.is_some_and(|b| b < 100), "{served:?}");
@@ -178,7 +207,7 @@ async fn a_ten_percent_split_takes_a_tenth_of_new_clients_and_each_keeps_its_sid
     };
     assert_eq!(
         answered("api-green") + answered("api"),
-        2000.0 + 3.0 * buckets.len() as f64 + 1.0
+        2000.0 + 3.0 * buckets.len() as f64 + 100.0 + 1.0
     );
     assert!(answered("api-green") >= green as f64);
     assert!(
@@ -332,4 +361,29 @@ async fn a_bad_split_document_changes_nothing_and_a_deleted_key_splits_nothing()
     assert_eq!(served.bucket, None);
     assert_eq!(served.upstream, "api-blue");
     assert_eq!(scene.green.requests_to("/orders/unsplit"), 0);
+}
+
+/// A proxy restarted while Consul is away keeps the split it had applied (saved beside its
+/// gate state): the switched clients stay on green.
+#[tokio::test]
+async fn a_proxy_restarted_while_consul_is_away_keeps_its_split() {
+    let mut scene = Scene::start("split_kept_across_a_restart").await;
+    let applied = scene
+        .put_split(r#"{"routes": {"api": {"to": "api-green", "percent": 100}}}"#)
+        .await
+        .split
+        .expect("a split");
+    assert!(is_green(&scene.get("/before", None).await));
+
+    scene.consul.stop();
+    scene.edge.restart_with(Ready::Healthz).await;
+    let split = scene.edge.status().await.split.expect("a split");
+    assert_eq!(split.applied_index, applied.applied_index);
+    assert_eq!(split.routes, applied.routes);
+    for i in 0..10 {
+        let served = scene
+            .get_from(i, &format!("/after-restart/{i}"), None)
+            .await;
+        assert!(is_green(&served), "{served:?}");
+    }
 }

@@ -45,6 +45,8 @@ pub enum Kind {
     Api,
     /// `text/html`: a tiny page that names the upstream and the path.
     Page,
+    /// 500 to every request but its health check, as a broken new version would.
+    Failing,
 }
 
 /// A request the upstream received, as it arrived.
@@ -515,6 +517,15 @@ async fn handle(
     }
 
     let (content_type, body) = match shared.kind {
+        Kind::Failing => {
+            let body = serde_json::json!({"upstream": shared.name, "error": "failing on purpose"});
+            return Ok(response(
+                &shared,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                body.to_string(),
+            ));
+        }
         Kind::Api => (
             "application/json",
             serde_json::json!({

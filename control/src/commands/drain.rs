@@ -116,7 +116,7 @@ async fn move_boxes(
         Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
         Err(e) => return Err(Failure::failed(e)),
     };
-    let ended = move_locked(env, &consul, &boxes, &req, way, timeout, out).await;
+    let ended = move_locked(env, &consul, &lock, &boxes, &req, way, timeout, out).await;
     if let Err(e) = lock.release().await {
         out.note(&format!(
             "the lock could not be released ({e}); it expires by itself"
@@ -202,9 +202,11 @@ fn print_steps(
 }
 
 /// The part of [`move_boxes`] that runs under the lock.
+#[allow(clippy::too_many_arguments)]
 async fn move_locked(
     env: &Environment,
     consul: &Client,
+    lock: &Lock,
     boxes: &[&BoxSettings],
     req: &DrainRequest,
     way: Way,
@@ -241,8 +243,8 @@ async fn move_locked(
     let names: Vec<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
     let by = Holder::me(way.as_str()).by();
     let reason = match req.reason.as_deref().map(str::trim) {
-        Some(reason) if !reason.is_empty() => format!("drain by {by}: {reason}"),
-        _ => format!("drain by {by}"),
+        Some(reason) if !reason.is_empty() => format!("{} by {by}: {reason}", way.as_str()),
+        _ => format!("{} by {by}", way.as_str()),
     };
     out.emit(
         json!({"event": "started", "action": way.as_str(), "env": env.name, "boxes": names}),
@@ -290,7 +292,11 @@ async fn move_locked(
             .await;
         let (outcome, detail) = match result {
             Ok(done) => done,
-            Err(TargetError::Failed(m) | TargetError::VerifyTimeout(m)) => {
+            Err(error) => {
+                let (code, m) = match error {
+                    TargetError::Failed(m) => (exit::FAILED, m),
+                    TargetError::VerifyTimeout(m) => (exit::VERIFY_TIMEOUT, m),
+                };
                 out.target_ended(
                     step,
                     &target.settings.name,
@@ -299,13 +305,16 @@ async fn move_locked(
                     &m,
                 );
                 out.step_ended(step, false, started.elapsed());
-                return Err(Failure::failed(format!(
-                    "{}: {m}; boxes switched before it stay as they are: run `maintctl {} --env {} {}` again",
-                    target.settings.name,
-                    way.as_str(),
-                    env.name,
-                    names.join(" ")
-                )));
+                return Err(Failure::new(
+                    code,
+                    format!(
+                        "{}: {m}; boxes switched before it stay as they are: run `maintctl {} --env {} {}` again",
+                        target.settings.name,
+                        way.as_str(),
+                        env.name,
+                        names.join(" ")
+                    ),
+                ));
             }
         };
         out.target_ended(
@@ -328,6 +337,10 @@ async fn move_locked(
     let last_said = std::sync::Mutex::new(Vec::new());
     let sending = std::sync::atomic::AtomicUsize::new(0);
     let waited = wait_until(timeout, || async {
+        if lock.is_lost() {
+            // Stops the wait; said below.
+            return Ok(());
+        }
         let seen = edge_problems(&http, env, &proxies, &targets, way).await;
         let problems = seen.problems;
         if problems.is_empty() {
@@ -344,6 +357,16 @@ async fn move_locked(
         Err(problems.join("\n"))
     })
     .await;
+    if lock.is_lost() {
+        out.step_ended(step, false, started.elapsed());
+        return Err(Failure::new(
+            exit::INTERRUPTED,
+            format!(
+                "the environment's lock was lost (its Consul session could not be renewed): stopped before the {} was confirmed; run it again",
+                way.as_str()
+            ),
+        ));
+    }
     if let Err(still) = waited {
         out.step_ended(step, false, started.elapsed());
         let problems: Vec<String> = still.lines().map(str::to_string).collect();
@@ -373,7 +396,7 @@ async fn move_locked(
                     "done: {names} drained; {seen} send them nothing and have nothing in flight to them"
                 ),
                 Way::Undrain if sending == 0 => format!(
-                    "done: {names} out of node maintenance; no pool of the {seen} follows a service of theirs, so none sends to them"
+                    "done: {names} out of node maintenance; no pool of the {seen} follows a Consul service of theirs"
                 ),
                 Way::Undrain => format!(
                     "done: {names} back in the traffic; {seen} send to them ({} of a pool and an instance)",
@@ -480,6 +503,15 @@ async fn edge_problems(
     };
     for proxy in proxies {
         let pools = match proxies::status(http, env, proxy).await {
+            // A proxy that predates the split (released together with `in_pool`) drops a
+            // server from /status while requests to it are in flight: it cannot confirm a drain.
+            Ok(report) if report.split.is_none() && way == Way::Drain => {
+                seen.problems.push(format!(
+                    "{}: too old to report the requests in flight to a server that left its pool; upgrade it",
+                    proxy.name
+                ));
+                continue;
+            }
             Ok(report) => report.pools,
             Err(e) => {
                 seen.problems.push(e);

@@ -1,13 +1,15 @@
 //! The subcommands, each returning its exit code or a [`Failure`]: `down`, `up` and `resume`
-//! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `status` and `history`
+//! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `canary`, `status` and `history`
 //! (`report`), `plan`, `bypass`, `probe` and `check-config` (here). [`report`] turns a failure into its message and exit code, in one
 //! place.
 
+mod canary;
 mod drain;
 mod preflight;
 mod report;
 mod run;
 
+pub use canary::{canary, CanaryRequest};
 pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
 pub use run::{down, resume, up, RunRequest};

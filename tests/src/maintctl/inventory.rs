@@ -139,6 +139,16 @@ pub struct Inventory {
     pub smoke: Vec<SmokeTest>,
     pub boxes: Vec<InventoryBox>,
     pub steps: Vec<ExtraStep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// `[environments.NAME.canary]`: when `maintctl canary` rolls back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Canary {
+    pub max_error_rate: f64,
+    pub max_p99_ratio: f64,
+    pub min_requests: u64,
 }
 
 impl Inventory {
@@ -159,6 +169,7 @@ impl Inventory {
             smoke: Vec::new(),
             boxes,
             steps: Vec::new(),
+            canary: None,
         }
     }
 

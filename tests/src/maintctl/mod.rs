@@ -24,7 +24,9 @@ mod journal;
 mod run;
 mod scene;
 
-pub use inventory::{Bypass, BypassKey, ExtraStep, Inventory, InventoryBox, SmokeTest, ENV};
+pub use inventory::{
+    Bypass, BypassKey, Canary, ExtraStep, Inventory, InventoryBox, SmokeTest, ENV,
+};
 pub use journal::{JournalView, RunView, PREFIX};
 pub use run::{
     maintctl_bin, run_to_end, BackgroundRun, Maintctl, MaintctlOutput, BACKGROUND_LIFETIME,

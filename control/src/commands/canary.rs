@@ -1,0 +1,508 @@
+//! `maintctl canary`: moves a route's clients to a new pool step by step through the split
+//! document the proxies follow, judges the new pool against the old one at each step from the
+//! proxies' metrics, and rolls back by itself when it is worse; `--abort` rolls back at once.
+//!
+//! Each step writes the document (compare-and-set: a change by someone else stops the run),
+//! waits until every proxy has applied it, then holds while both sides are counted over every
+//! proxy: the new pool's share of errors (5xx, or no answer) and its p99 against the old pool's
+//! (at 100 %, the old pool's p99 of the last step that had enough of its requests). Rolling back
+//! takes the route out of the document and waits until every proxy has applied that. A run
+//! stopped halfway leaves the split where it was: run again, it goes on from the step above the
+//! current share.
+
+use super::run::confirmed;
+use super::{consul_client, exit, http_client, CommandResult, Failure};
+use crate::config::{Config, Environment};
+use crate::lock::{Holder, Lock, LockError};
+use crate::output::{Outcome, Output};
+use crate::proxies::{self, Proxy};
+use crate::split_metrics::{sides, SideCounts};
+use crate::steps::wait_until;
+use drawbridge_core::consul::{Client, PutMode, QueryOptions};
+use drawbridge_core::split::{RouteSplit, SplitDoc};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// How often the new pool is looked at during a hold.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// What `canary` is asked.
+pub struct CanaryRequest {
+    pub route: String,
+    /// The new pool; not needed with `abort`.
+    pub to: Option<String>,
+    /// The shares to go through, in percent, rising.
+    pub steps: Vec<u8>,
+    /// How long each step is held and judged.
+    pub hold: Duration,
+    /// Roll back at once.
+    pub abort: bool,
+    pub yes: bool,
+    pub dry_run: bool,
+}
+
+/// The split document as read, with the index a write must find.
+struct Written {
+    doc: SplitDoc,
+    index: u64,
+}
+
+/// Everything a canary run holds.
+struct Run<'a> {
+    env: &'a Environment,
+    lock: &'a Lock,
+    consul: Client,
+    http: reqwest::Client,
+    proxies: Vec<Proxy>,
+    route: &'a str,
+    by: String,
+    out: Output,
+}
+
+/// `maintctl canary`.
+pub async fn canary(
+    config: &Config,
+    env_name: &str,
+    req: CanaryRequest,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    if !req.abort {
+        check_steps(&req.steps).map_err(Failure::usage)?;
+    }
+    let to = match (&req.to, req.abort) {
+        (Some(to), _) if !to.trim().is_empty() => Some(to.clone()),
+        (_, true) => None,
+        _ => return Err(Failure::usage("name the new pool with --to POOL")),
+    };
+    if req.dry_run {
+        print_plan(env, &req, to.as_deref(), out);
+        return Ok(exit::OK);
+    }
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    confirmed(env, "canary", req.yes)?;
+    let lock = match Lock::acquire(&consul, &env.prefix, &Holder::me("canary")).await {
+        Ok(lock) => lock,
+        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
+        Err(e) => return Err(Failure::failed(e)),
+    };
+    let ended = run_locked(env, consul.clone(), &lock, &req, to, out).await;
+    if let Err(e) = lock.release().await {
+        out.note(&format!(
+            "the lock could not be released ({e}); it expires by itself"
+        ));
+    }
+    ended
+}
+
+/// Shares from 1 to 100, rising.
+fn check_steps(steps: &[u8]) -> Result<(), String> {
+    if steps.is_empty() {
+        return Err("--steps needs at least one share, e.g. 5,25,50,100".to_string());
+    }
+    if let Some(bad) = steps.iter().find(|s| !(1..=100).contains(*s)) {
+        return Err(format!("--steps: {bad} is not a share from 1 to 100"));
+    }
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("--steps must rise: {steps:?}"));
+    }
+    Ok(())
+}
+
+fn print_plan(env: &Environment, req: &CanaryRequest, to: Option<&str>, out: Output) {
+    let t = &env.canary;
+    let steps: Vec<String> = match to {
+        None => vec![format!(
+            "take route {} out of the split document at {} and wait until every proxy has applied that",
+            req.route, env.split_key
+        )],
+        Some(to) => req
+            .steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "send {s} % of route {}'s clients to {to}, wait until every proxy has applied it, hold {:?}: roll back if {to} errs on more than {} % of at least {} requests or its p99 is over {} times the old pool's",
+                    req.route,
+                    req.hold,
+                    t.max_error_rate * 100.0,
+                    t.min_requests,
+                    t.max_p99_ratio
+                )
+            })
+            .collect(),
+    };
+    out.emit(
+        json!({"event": "plan", "action": "canary", "env": env.name, "route": req.route, "to": to, "steps": steps}),
+        || {
+            let mut text = format!("maintctl canary --env {} --route {}:", env.name, req.route);
+            for (i, step) in steps.iter().enumerate() {
+                text.push_str(&format!("\n  {}. {step}", i + 1));
+            }
+            text
+        },
+    );
+}
+
+async fn run_locked(
+    env: &Environment,
+    consul: Client,
+    lock: &Lock,
+    req: &CanaryRequest,
+    to: Option<String>,
+    out: Output,
+) -> CommandResult {
+    let http = http_client().map_err(Failure::failed)?;
+    let proxies = proxies::discover(env, &consul)
+        .await
+        .map_err(Failure::failed)?;
+    if proxies.is_empty() {
+        return Err(Failure::failed(format!(
+            "no proxy of {} found: nothing could confirm a split; nothing was done",
+            env.name
+        )));
+    }
+    let run = Run {
+        env,
+        lock,
+        consul,
+        http,
+        proxies,
+        route: &req.route,
+        by: Holder::me("canary").by(),
+        out,
+    };
+    let mut written = run.read().await?;
+    let Some(to) = to else {
+        let Some(split) = written.doc.routes.get(&req.route).cloned() else {
+            out.emit(
+                json!({"event": "done", "action": "abort", "route": req.route, "percent": 0}),
+                || format!("nothing to abort: route {} is not split", req.route),
+            );
+            return Ok(exit::OK);
+        };
+        run.roll_back(&mut written, &split.to).await?;
+        out.emit(json!({"event": "done", "action": "abort", "route": req.route, "to": split.to, "percent": 0}), || {
+            format!(
+                "aborted: route {} sends nothing to {} any more; every proxy has applied it",
+                req.route, split.to
+            )
+        });
+        return Ok(exit::OK);
+    };
+    let current = match written.doc.routes.get(&req.route) {
+        Some(split) if split.to != to && split.percent > 0 => {
+            return Err(Failure::failed(format!(
+                "route {} already sends {} % of its clients to {}: `maintctl canary --env {} --route {0} --abort` first",
+                req.route, split.percent, split.to, env.name
+            )));
+        }
+        Some(split) if split.to == to => split.percent,
+        _ => 0,
+    };
+    let steps: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
+    if steps.is_empty() {
+        out.emit(json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": current}), || {
+            format!("nothing to do: route {} already sends {current} % to {to}", req.route)
+        });
+        return Ok(exit::OK);
+    }
+    if current > 0 {
+        out.note(&format!(
+            "route {} already sends {current} % to {to}: going on from there",
+            req.route
+        ));
+    }
+    let mut old_p99 = None;
+    for (i, percent) in steps.iter().copied().enumerate() {
+        let id = format!("split_{percent}");
+        out.step_started(
+            i,
+            steps.len(),
+            &id,
+            &format!("send {percent} % of route {}'s clients to {to}", req.route),
+        );
+        let started = Instant::now();
+        run.set(&mut written, Some((&to, percent))).await?;
+        match run.judge(&to, req.hold, &mut old_p99).await {
+            Ok(detail) => {
+                out.target_ended(&id, &to, Outcome::Done, started.elapsed(), &detail);
+                out.step_ended(&id, true, started.elapsed());
+            }
+            Err(why) => {
+                out.target_ended(&id, &to, Outcome::Failed, started.elapsed(), &why);
+                out.step_ended(&id, false, started.elapsed());
+                run.roll_back(&mut written, &to).await?;
+                return Err(Failure::failed(format!(
+                    "canary of route {} to {to} rolled back at {percent} %: {why}; every proxy sends it nothing again",
+                    req.route
+                )));
+            }
+        }
+    }
+    let last = *steps.last().expect("steps are not empty");
+    out.emit(
+        json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": last}),
+        || {
+            if last == 100 {
+                format!(
+                    "promoted: every client of route {} goes to {to}; make {to} the route's pool in the proxies' config, then remove the route from {}",
+                    req.route, env.split_key
+                )
+            } else {
+                format!("holding: route {} sends {last} % of its clients to {to}", req.route)
+            }
+        },
+    );
+    Ok(exit::OK)
+}
+
+impl Run<'_> {
+    /// The split document now, checked as the proxies check it; none is an empty one.
+    async fn read(&self) -> Result<Written, Failure> {
+        let key = &self.env.split_key;
+        let read = self
+            .consul
+            .kv_get(key, &QueryOptions::default())
+            .await
+            .map_err(|e| Failure::failed(format!("reading the split key {key}: {e}")))?;
+        let Some(entry) = read.entry else {
+            return Ok(Written {
+                doc: SplitDoc::default(),
+                index: 0,
+            });
+        };
+        let doc = SplitDoc::parse(entry.value.as_deref().unwrap_or_default()).map_err(|e| {
+            Failure::failed(format!(
+                "the split key {key} holds a value the proxies refuse ({e}): fix or delete it first"
+            ))
+        })?;
+        Ok(Written {
+            doc,
+            index: entry.modify_index,
+        })
+    }
+
+    /// Writes the document with the route sent `percent` % to `to` (`None`: not split), if
+    /// nobody changed it since it was read, and waits until every proxy has applied it. A
+    /// share is raised only while the lock is held; taking the route out is always allowed.
+    async fn set(&self, written: &mut Written, split: Option<(&str, u8)>) -> Result<(), Failure> {
+        if split.is_some() && self.lock.is_lost() {
+            return Err(lock_lost());
+        }
+        let mut doc = written.doc.clone();
+        match split {
+            Some((to, percent)) => {
+                doc.routes.insert(
+                    self.route.to_string(),
+                    RouteSplit {
+                        to: to.to_string(),
+                        percent,
+                    },
+                );
+            }
+            None => {
+                doc.routes.remove(self.route);
+            }
+        }
+        doc.by = Some(self.by.clone());
+        let key = &self.env.split_key;
+        let value = serde_json::to_vec(&doc).expect("a split document always serialises");
+        let applied = self
+            .consul
+            .kv_put(key, &value, PutMode::Cas(written.index))
+            .await
+            .map_err(|e| Failure::failed(format!("writing the split key {key}: {e}")))?;
+        if !applied {
+            return Err(Failure::failed(format!(
+                "the split key {key} changed since it was read (another operator?): nothing more was written; look at it and run again"
+            )));
+        }
+        let index = self
+            .consul
+            .kv_get(key, &QueryOptions::default())
+            .await
+            .map_err(|e| Failure::failed(format!("reading back the split key {key}: {e}")))?
+            .entry
+            .map(|e| e.modify_index)
+            .ok_or_else(|| {
+                Failure::failed(format!("the split key {key} is gone after the write"))
+            })?;
+        *written = Written { doc, index };
+        let want = split.map(|(to, percent)| RouteSplit {
+            to: to.to_string(),
+            percent,
+        });
+        self.wait_applied(index, want.as_ref()).await
+    }
+
+    /// Waits until every proxy has applied the document at `index` (or a later one) and splits
+    /// the route as `want` says.
+    async fn wait_applied(&self, index: u64, want: Option<&RouteSplit>) -> Result<(), Failure> {
+        wait_until(self.env.verify_timeout, || async {
+            let mut behind = Vec::new();
+            for proxy in &self.proxies {
+                match proxies::status(&self.http, self.env, proxy).await {
+                    Ok(report) => {
+                        let Some(split) = report.split else {
+                            behind.push(format!("{}: reports no split (an older drawbridge?)", proxy.name));
+                            continue;
+                        };
+                        let seen = split.routes.get(self.route);
+                        if split.applied_index < index || seen != want {
+                            behind.push(format!(
+                                "{}: applies index {} ({})",
+                                proxy.name,
+                                split.applied_index,
+                                seen.map_or("not split".to_string(), |s| format!("{} % to {}", s.percent, s.to))
+                            ));
+                        }
+                    }
+                    Err(e) => behind.push(e),
+                }
+            }
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind.join("; "))
+            }
+        })
+        .await
+        .map_err(|behind| {
+            Failure::new(
+                exit::VERIFY_TIMEOUT,
+                format!(
+                    "not every proxy applied the split document at index {index} within {:?}: {behind}",
+                    self.env.verify_timeout
+                ),
+            )
+        })
+    }
+
+    /// Takes the route out of the split document, and waits until every proxy has applied it.
+    async fn roll_back(&self, written: &mut Written, to: &str) -> Result<(), Failure> {
+        self.out.note(&format!(
+            "rolling back: route {} sends nothing more to {to}",
+            self.route
+        ));
+        if let Err(mut failure) = self.set(written, None).await {
+            failure.message = format!(
+                "ROLLBACK NOT CONFIRMED: {}; take route {} out of {} by hand",
+                failure.message, self.route, self.env.split_key
+            );
+            return Err(failure);
+        }
+        Ok(())
+    }
+
+    /// Both sides of the route as every proxy counts them now, summed.
+    async fn counts(&self, to: &str) -> Result<(SideCounts, SideCounts), String> {
+        let mut own = SideCounts::default();
+        let mut new = SideCounts::default();
+        for proxy in &self.proxies {
+            let text = proxies::metrics(&self.http, self.env, proxy).await?;
+            let (o, n) = sides(&text, self.route, to);
+            own.add(&o);
+            new.add(&n);
+        }
+        Ok((own, new))
+    }
+
+    /// Holds the step for `hold`, looking at the new pool every second: `Err` with why as soon
+    /// as its errors are over the limit, or at the end when it answered too few requests or its
+    /// p99 is too slow against the old pool's (`old_p99`, kept from the last step that measured
+    /// it). `Ok` says what was measured.
+    async fn judge(
+        &self,
+        to: &str,
+        hold: Duration,
+        old_p99: &mut Option<f64>,
+    ) -> Result<String, String> {
+        let t = &self.env.canary;
+        let (own_start, new_start) = self.counts(to).await?;
+        let ends = Instant::now() + hold;
+        loop {
+            let left = ends.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(LOOK_EVERY)).await;
+            if self.lock.is_lost() {
+                return Err(
+                    "the environment's lock was lost (its Consul session could not be renewed)"
+                        .to_string(),
+                );
+            }
+            let (own_now, new_now) = self.counts(to).await?;
+            let new = new_now.since(&new_start);
+            let errors = new.error_rate().unwrap_or(0.0);
+            if new.answers >= t.min_requests as f64 && errors > t.max_error_rate {
+                return Err(format!(
+                    "{to} erred on {:.1} % of {} requests (at most {:.1} %)",
+                    errors * 100.0,
+                    new.answers,
+                    t.max_error_rate * 100.0
+                ));
+            }
+            if Instant::now() < ends {
+                continue;
+            }
+            if new.answers < t.min_requests as f64 {
+                return Err(format!(
+                    "{to} answered {} requests in {hold:?}, fewer than the {} needed to judge it (canary.min_requests)",
+                    new.answers, t.min_requests
+                ));
+            }
+            let own = own_now.since(&own_start);
+            if own.answers >= t.min_requests as f64 {
+                *old_p99 = own.p99().or(*old_p99);
+            }
+            let new_p99 = new.p99();
+            if let (Some(new_p99), Some(old)) = (new_p99, *old_p99) {
+                if new_p99 > old * t.max_p99_ratio {
+                    return Err(format!(
+                        "{to}'s p99 is {} against the old pool's {} (at most {} times)",
+                        millis(new_p99),
+                        millis(old),
+                        t.max_p99_ratio
+                    ));
+                }
+            }
+            return Ok(format!(
+                "{to}: {} requests, {:.1} % errors, p99 {}; old pool: {} requests, p99 {}",
+                new.answers,
+                errors * 100.0,
+                new_p99.map_or("-".to_string(), millis),
+                own.answers,
+                old_p99.map_or("-".to_string(), millis)
+            ));
+        }
+    }
+}
+
+fn lock_lost() -> Failure {
+    Failure::new(
+        exit::INTERRUPTED,
+        "the environment's lock was lost (its Consul session could not be renewed): the split stays as it is; run again",
+    )
+}
+
+fn millis(seconds: f64) -> String {
+    format!("{:.1} ms", seconds * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_rise_from_1_to_100() {
+        assert!(check_steps(&[5, 25, 50, 100]).is_ok());
+        assert!(check_steps(&[100]).is_ok());
+        assert!(check_steps(&[]).unwrap_err().contains("at least one"));
+        assert!(check_steps(&[0, 50])
+            .unwrap_err()
+            .contains("0 is not a share"));
+        assert!(check_steps(&[5, 101])
+            .unwrap_err()
+            .contains("101 is not a share"));
+        assert!(check_steps(&[25, 5]).unwrap_err().contains("must rise"));
+        assert!(check_steps(&[5, 5]).unwrap_err().contains("must rise"));
+    }
+}

@@ -1,0 +1,261 @@
+//! `maintctl canary` on a real fleet: two proxies (registered in Consul) whose route `api`
+//! may be split between its own pool `api` (upstream `api-blue`) and `api-green`, or
+//! `api-broken` (an upstream that answers 500 to every request), under a load of many clients
+//! (by `X-Forwarded-For` through a trusted address) on both proxies.
+//!
+//! Every effect is checked from outside: the proxies' `/status`, the answers of the load, and
+//! where requests go after the run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drawbridge_core::status::StatusReport;
+use drawbridge_tests::consul::ConsulServer;
+use drawbridge_tests::maintctl::{
+    wait_registered, Canary, Inventory, Maintctl, MaintctlOutput, ENV,
+};
+use drawbridge_tests::process::TestDir;
+use drawbridge_tests::proxy::{header, test_key, Drawbridge, Route};
+use drawbridge_tests::upstream::{Kind, Upstream};
+
+/// The fleet; fields drop in order, the test directory last.
+struct Fleet {
+    edges: [Drawbridge; 2],
+    _blue: Upstream,
+    _green: Upstream,
+    _broken: Upstream,
+    _consul: ConsulServer,
+    maintctl: Maintctl,
+    _dir: TestDir,
+}
+
+/// What a load saw.
+struct LoadReport {
+    answered: usize,
+    unexpected: Vec<String>,
+}
+
+impl Fleet {
+    async fn start(test: &str) -> Fleet {
+        let dir = TestDir::new(test);
+        let consul = ConsulServer::start(&dir).await;
+        let blue = Upstream::builder("api-blue").start();
+        let green = Upstream::builder("api-green").start();
+        let broken = Upstream::builder("api-broken").kind(Kind::Failing).start();
+        let key = test_key(test);
+        let edge = |name: &str| {
+            let mut edge = Drawbridge::builder(&consul.http_addr(), &key)
+                .name(name)
+                .register_as("drawbridge")
+                .trusted_proxies(&["127.0.0.1/32"])
+                .static_pool("api", &[&blue], None)
+                .static_pool("api-green", &[&green], None)
+                .static_pool("api-broken", &[&broken], None)
+                .route(Route::api("api", "/", "api"));
+            edge.service_id = Some(name.to_string());
+            edge
+        };
+        let (edge1, edge2) = tokio::join!(edge("edge1").start(&dir), edge("edge2").start(&dir));
+        wait_registered(&consul, 2).await;
+        let mut inventory = Inventory::new(consul.http_addr(), &key, Vec::new());
+        inventory.public_api_urls = vec![edge1.url("/ping")];
+        // Latencies on loopback are too close and too noisy to compare: only errors decide.
+        inventory.canary = Some(Canary {
+            max_error_rate: 0.05,
+            max_p99_ratio: 1000.0,
+            min_requests: 10,
+        });
+        let maintctl = Maintctl::new(&dir, &inventory);
+        Fleet {
+            edges: [edge1, edge2],
+            _blue: blue,
+            _green: green,
+            _broken: broken,
+            _consul: consul,
+            maintctl,
+            _dir: dir,
+        }
+    }
+
+    /// Requests from many clients to both proxies until `stop`; `ok` says which answers are
+    /// expected.
+    fn load(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+        ok: fn(u16) -> bool,
+    ) -> Vec<tokio::task::JoinHandle<LoadReport>> {
+        (0..4u32)
+            .map(|worker| {
+                let (fleet, stop) = (self.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut report = LoadReport {
+                        answered: 0,
+                        unexpected: Vec::new(),
+                    };
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let edge = &fleet.edges[(n % 2) as usize];
+                        let client = std::net::Ipv4Addr::from(0x0a00_0000 | (worker << 16) | n);
+                        let answer = edge
+                            .request(reqwest::Method::GET, &format!("/load/{worker}/{n}"))
+                            .header("x-forwarded-for", client.to_string())
+                            .send()
+                            .await;
+                        match answer {
+                            Ok(answer) if ok(answer.status().as_u16()) => report.answered += 1,
+                            Ok(answer) => report.unexpected.push(format!("{}", answer.status())),
+                            Err(e) => report.unexpected.push(format!("error {e}")),
+                        }
+                    }
+                    report
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `maintctl [--output json] canary --env mock --route api <args>`.
+    async fn canary(&self, json: bool, args: &[&str]) -> MaintctlOutput {
+        let mut all = if json {
+            vec!["--output", "json"]
+        } else {
+            Vec::new()
+        };
+        all.extend(["canary", "--env", ENV, "--route", "api"]);
+        all.extend(args);
+        self.maintctl.run(&all).await
+    }
+
+    /// The split of route `api` at each proxy: `(to, percent)`, or `None` when not split.
+    async fn api_split(&self) -> Vec<Option<(String, u8)>> {
+        let mut splits = Vec::new();
+        for edge in &self.edges {
+            let status: StatusReport = edge.status().await;
+            let split = status.split.expect("a split in /status");
+            splits.push(split.routes.get("api").map(|s| (s.to.clone(), s.percent)));
+        }
+        splits
+    }
+}
+
+async fn stop_load(
+    stop: &AtomicBool,
+    load: Vec<tokio::task::JoinHandle<LoadReport>>,
+) -> LoadReport {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = LoadReport {
+        answered: 0,
+        unexpected: Vec::new(),
+    };
+    for worker in load {
+        let report = worker.await.expect("a load task");
+        all.answered += report.answered;
+        all.unexpected.extend(report.unexpected);
+    }
+    all
+}
+
+/// A healthy new pool goes through 20, 50 and 100 % on both proxies, each step confirmed and
+/// judged, under a load that sees only 200s; run again, there is nothing to do; `--abort`
+/// takes the route out of the split, and every request goes to the old pool again.
+#[tokio::test]
+async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
+    let fleet = Arc::new(Fleet::start("maintctl_canary_promoted").await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = fleet.load(stop.clone(), |status| status == 200);
+    let to_green = ["--to", "api-green", "--steps", "20,50,100", "--hold", "1s"];
+    let out = fleet.canary(true, &to_green).await;
+    let report = stop_load(&stop, load).await;
+    out.assert_success();
+    let steps: Vec<String> = out
+        .json_lines()
+        .iter()
+        .filter(|l| l["event"] == "step_ended" && l["ok"] == true)
+        .map(|l| l["step"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(steps, ["split_20", "split_50", "split_100"], "{out}");
+    let judged = out
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "target" && l["result"] == "done")
+        .count();
+    assert_eq!(judged, 3, "{out}");
+    assert_eq!(
+        fleet.api_split().await,
+        vec![Some(("api-green".to_string(), 100)); 2]
+    );
+    println!(
+        "canary 20/50/100 % under load: {} requests, unexpected {:?}",
+        report.answered, report.unexpected
+    );
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert!(report.answered > 100, "the load ran: {}", report.answered);
+
+    fleet
+        .canary(false, &to_green)
+        .await
+        .assert_success()
+        .assert_mentions("nothing to do");
+
+    fleet
+        .canary(false, &["--abort"])
+        .await
+        .assert_success()
+        .assert_mentions("aborted");
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+    for edge in &fleet.edges {
+        let answer = edge.get("/after-abort").await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(header(&answer, "x-upstream").as_deref(), Some("api-blue"));
+        assert_eq!(header(&answer, "x-drawbridge-pool"), None);
+    }
+}
+
+/// A new pool that fails (every request to it a 500) is rolled back by the canary itself at
+/// its first step, during the hold: exit 1 naming the error rate, the route out of the split on
+/// both proxies, and every request served by the old pool again. Steps that do not rise are
+/// refused before anything is done.
+#[tokio::test]
+async fn a_canary_of_a_failing_pool_rolls_back_by_itself() {
+    let fleet = Arc::new(Fleet::start("maintctl_canary_rolled_back").await);
+    fleet
+        .canary(false, &["--to", "api-broken", "--steps", "50,20"])
+        .await
+        .assert_code(2)
+        .assert_mentions("must rise");
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = fleet.load(stop.clone(), |status| status == 200 || status == 500);
+    let started = Instant::now();
+    let out = fleet
+        .canary(
+            false,
+            &["--to", "api-broken", "--steps", "20,100", "--hold", "30s"],
+        )
+        .await;
+    let took = started.elapsed();
+    let report = stop_load(&stop, load).await;
+    out.assert_code(1)
+        .assert_mentions("rolled back at 20 %")
+        .assert_mentions("api-broken erred on");
+    assert!(
+        took < Duration::from_secs(15),
+        "the rollback waited for the end of the hold: {took:?}"
+    );
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+    for edge in &fleet.edges {
+        for i in 0..10 {
+            let answer = edge
+                .request(reqwest::Method::GET, "/after-rollback")
+                .header("x-forwarded-for", format!("10.9.0.{i}"))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status(), 200);
+            assert_eq!(header(&answer, "x-upstream").as_deref(), Some("api-blue"));
+        }
+    }
+}
