@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use drawbridge_core::status::StatusReport;
 use drawbridge_tests::consul::ConsulServer;
 use drawbridge_tests::maintctl::{
-    wait_registered, BackgroundRun, Canary, Inventory, Maintctl, MaintctlOutput, ENV,
+    wait_registered, Canary, Inventory, Maintctl, MaintctlOutput, ENV,
 };
 use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{header, test_key, Drawbridge, Route};
@@ -127,22 +127,6 @@ impl Fleet {
         self.maintctl.run(&all).await
     }
 
-    /// `maintctl probe` of both proxies beside a run, expecting only 200.
-    fn probe(&self) -> BackgroundRun {
-        let urls: Vec<String> = self.edges.iter().map(|e| e.url("/probe")).collect();
-        let mut args = vec![
-            "--output",
-            "json",
-            "probe",
-            "--interval",
-            "20ms",
-            "--expect",
-            "200",
-        ];
-        args.extend(urls.iter().map(String::as_str));
-        self.maintctl.spawn(&args)
-    }
-
     /// The split of route `api` at each proxy: `(to, percent)`, or `None` when not split.
     async fn api_split(&self) -> Vec<Option<(String, u8)>> {
         let mut splits = Vec::new();
@@ -153,19 +137,6 @@ impl Fleet {
         }
         splits
     }
-}
-
-/// Stops a probe and asserts it saw answers and nothing unexpected.
-async fn assert_probe_clean(probe: &mut BackgroundRun) {
-    probe.interrupt();
-    let out = probe.wait(Duration::from_secs(15)).await;
-    out.assert_success();
-    let report = &out.json_lines()[0];
-    assert_eq!(report["clean"], true, "{out}");
-    assert!(
-        report["by_status"]["200"].as_u64().unwrap_or(0) > 10,
-        "{out}"
-    );
 }
 
 async fn stop_load(
@@ -193,12 +164,13 @@ async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
     let fleet = Arc::new(Fleet::start("maintctl_canary_promoted").await);
     let stop = Arc::new(AtomicBool::new(false));
     let load = fleet.load(stop.clone(), |status| status == 200);
-    let mut probe = fleet.probe();
+    let urls: Vec<String> = fleet.edges.iter().map(|e| e.url("/probe")).collect();
+    let mut probe = fleet.maintctl.spawn_probe(&urls);
     let to_green = ["--to", "api-green", "--steps", "20,50,100", "--hold", "1s"];
     let out = fleet.canary(true, &to_green).await;
     let report = stop_load(&stop, load).await;
     out.assert_success();
-    assert_probe_clean(&mut probe).await;
+    probe.assert_clean_probe().await;
     let steps: Vec<String> = out
         .json_lines()
         .iter()

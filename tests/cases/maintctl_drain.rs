@@ -188,17 +188,7 @@ async fn spread(edge: &Drawbridge, n: usize) -> Vec<String> {
 async fn drain_waits_for_the_request_in_flight_and_undrain_brings_the_box_back() {
     let fleet = Fleet::start("maintctl_drain_waits_for_the_request_in_flight").await;
     let probe_urls = [fleet.edge1.url("/probe"), fleet.edge2.url("/probe")];
-    let mut probe = fleet.maintctl.spawn(&[
-        "--output",
-        "json",
-        "probe",
-        "--interval",
-        "20ms",
-        "--expect",
-        "200",
-        &probe_urls[0],
-        &probe_urls[1],
-    ]);
+    let mut probe = fleet.maintctl.spawn_probe(&probe_urls);
     let slow = fleet.edge1.slow_request_at(&fleet.up1).await;
     let slow_ended = tokio::spawn(async move {
         let answer = slow.await.expect("the slow request's task");
@@ -327,15 +317,7 @@ async fn drain_waits_for_the_request_in_flight_and_undrain_brings_the_box_back()
         );
     }
     // A probe through both proxies the whole time saw only 200s.
-    probe.interrupt();
-    let probed = probe.wait(Duration::from_secs(15)).await;
-    probed.assert_success();
-    let report = &probed.json_lines()[0];
-    assert_eq!(report["clean"], true, "{probed}");
-    assert!(
-        report["by_status"]["200"].as_u64().unwrap_or(0) > 10,
-        "{probed}"
-    );
+    probe.assert_clean_probe().await;
 }
 
 /// `undrain` of a box whose service check fails is refused (exit 5) naming the check, and

@@ -237,6 +237,22 @@ impl Maintctl {
         }
     }
 
+    /// Starts `maintctl probe` of `urls` in the background, every 20 ms, expecting only 200
+    /// (see [`BackgroundRun::assert_clean_probe`]).
+    pub fn spawn_probe(&self, urls: &[String]) -> BackgroundRun {
+        let mut args = vec![
+            "--output",
+            "json",
+            "probe",
+            "--interval",
+            "20ms",
+            "--expect",
+            "200",
+        ];
+        args.extend(urls.iter().map(String::as_str));
+        self.spawn(&args)
+    }
+
     fn next_run(&self) -> u32 {
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -299,6 +315,23 @@ impl BackgroundRun {
             stderr: read(self.child.stderr_path()),
             took: self.started.elapsed(),
         }
+    }
+
+    /// Stops a probe of [`Maintctl::spawn_probe`] (Ctrl-C) and asserts it saw answers and
+    /// nothing unexpected.
+    ///
+    /// # Panics
+    /// When it reports an unexpected answer, or fewer than 10 answers.
+    pub async fn assert_clean_probe(&mut self) {
+        self.interrupt();
+        let out = self.wait(Duration::from_secs(15)).await;
+        out.assert_success();
+        let report = &out.json_lines()[0];
+        assert_eq!(report["clean"], true, "{out}");
+        assert!(
+            report["by_status"]["200"].as_u64().unwrap_or(0) > 10,
+            "{out}"
+        );
     }
 
     /// The tail of its output so far.
