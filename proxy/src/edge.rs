@@ -388,6 +388,15 @@ impl ProxyHttp for Edge {
                 (Refusal::ConnectMethod, detail.to_owned())
             })
             .or_else(|| guard::ambiguous(session.as_downstream()))
+            .or_else(|| {
+                guard::broken_chunked_body().map(|reason| {
+                    let detail = format!(
+                        "a chunked request body two parsers could read two ways ({reason}), \
+                         answered 400 before the request was read"
+                    );
+                    (Refusal::Ambiguous, detail)
+                })
+            })
             .or_else(|| refusal_for(session.req_header(), &self.limits));
         if let Some((refusal, detail)) = refusal {
             let route = self.router.find(facts.host, facts.path);
@@ -564,7 +573,8 @@ impl ProxyHttp for Edge {
             });
         }
         if BROKEN_CHUNKS.contains(e.etype()) && e.esource() == &ErrorSource::Downstream {
-            // The head went upstream already; the cut body ends that request there.
+            // A chunked body let through as it came (`guard::framing`): its head went upstream
+            // already, and the cut body ends that request there.
             ctx.refused = Some(Refusal::Ambiguous);
             self.refusals.refused(Refusal::Ambiguous, client, || {
                 format!(

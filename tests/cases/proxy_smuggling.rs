@@ -3,8 +3,10 @@
 //! duplicate or malformed lengths, disguised codings, bare LF, folded or broken field lines,
 //! missing or doubled `Host`, a target naming another host, broken chunk lines), each on its own
 //! connection with a smuggled request in its body and a benign request behind it. Each is
-//! answered 400 and its connection closed, so the benign request gets no answer, and neither
-//! the smuggled nor the benign request reaches an upstream. Legitimate look-alikes pass.
+//! answered 400 and its connection closed, so the benign request gets no answer, and nothing of
+//! it (not even the head of a request whose chunk lines are broken), the smuggled nor the benign
+//! request reaches an upstream. Legitimate look-alikes (chunked and pipelined ones among them)
+//! pass.
 
 use std::time::Duration;
 
@@ -29,10 +31,9 @@ enum By {
     Edge,
     /// The HTTP/1 parser, which answers 400 itself (counted as `bad_request`).
     Parser,
-    /// The chunked-body decoder, once the body is read: with the gate open, after the request
-    /// head has gone upstream; with it closed, while the body is drained before the maintenance
-    /// answer, which is sent instead.
-    Decoder,
+    /// The edge's check of chunk lines, which holds a chunked request back until its body
+    /// has ended (counted as `ambiguous_request`): refused before its head is read.
+    Chunks,
 }
 
 /// One ambiguous request.
@@ -46,7 +47,7 @@ struct Case {
 
 /// The corpus; `{P}` in a template is the case's path, `{B}` the smuggled body.
 fn corpus() -> Vec<Case> {
-    use By::{Decoder, Edge, Parser};
+    use By::{Chunks, Edge, Parser};
     let post = "POST {P} HTTP/1.1\r\nHost: smuggling.test\r\n";
     let chunked = "POST {P} HTTP/1.1\r\nHost: smuggling.test\r\nTransfer-Encoding: chunked\r\n\r\n";
     let te = |value: &str| {
@@ -236,35 +237,35 @@ fn corpus() -> Vec<Case> {
             Parser,
             "GET http:smuggling.test{P} HTTP/1.1\r\nHost: smuggling.test\r\n\r\n".to_string(),
         ),
-        // Chunk lines: read by the body decoder, after the header.
+        // Chunk lines: checked by the edge before the request is read.
         (
             "chunk-size-overflow",
-            Decoder,
+            Chunks,
             format!("{chunked}fffffffffffffffff\r\n{{B}}"),
         ),
         (
             "chunk-size-past-memory",
-            Decoder,
+            Chunks,
             format!("{chunked}ffffffffffffffff\r\nabc\r\n{{B}}"),
         ),
         (
             "chunk-size-bare-lf",
-            Decoder,
+            Chunks,
             format!("{chunked}5\nhello\r\n0\r\n\r\n{{B}}"),
         ),
         (
             "chunk-data-bare-lf",
-            Decoder,
+            Chunks,
             format!("{chunked}5\r\nhello\n0\r\n\r\n{{B}}"),
         ),
         (
             "last-chunk-bare-lf",
-            Decoder,
+            Chunks,
             format!("{chunked}0\n\r\n{{B}}"),
         ),
         (
             "trailers-end-bare-lf",
-            Decoder,
+            Chunks,
             format!("{chunked}0\r\n\n{{B}}"),
         ),
     ];
@@ -309,6 +310,7 @@ fn look_alikes() -> Vec<LookAlike> {
         kept("/legit/absolute", "GET http://smuggling.test/legit/absolute HTTP/1.1\r\nHost: smuggling.test\r\n\r\n"),
         kept("/legit/absolute-port", "GET http://smuggling.test:8080/legit/absolute-port HTTP/1.1\r\nHost: smuggling.test:8080\r\n\r\n"),
         kept("/api/legit/chunked", "POST /api/legit/chunked HTTP/1.1\r\nHost: smuggling.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        kept("/api/legit/chunk-ext", "POST /api/legit/chunk-ext HTTP/1.1\r\nHost: smuggling.test\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"),
         kept("/api/legit/chunked-case", "POST /api/legit/chunked-case HTTP/1.1\r\nHost: smuggling.test\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"),
         kept("/api/legit/length", "POST /api/legit/length HTTP/1.1\r\nHost: smuggling.test\r\nContent-Length: 5\r\n\r\nhello"),
         kept("/legit/length-zero", "GET /legit/length-zero HTTP/1.1\r\nHost: smuggling.test\r\nContent-Length:0\r\n\r\n"),
@@ -369,9 +371,8 @@ fn answers(mut bytes: &[u8]) -> Vec<(u16, String)> {
 }
 
 /// Sends each case with [`FOLLOWER`] behind it on a connection of its own; returns what went
-/// wrong, one line a case. `closed` says whether the gate is closed (the decoder's cases then
-/// get the maintenance answer).
-async fn send_corpus(site: &Site, cases: &[Case], closed: bool) -> Vec<String> {
+/// wrong, one line a case.
+async fn send_corpus(site: &Site, cases: &[Case]) -> Vec<String> {
     let mut wrong = Vec::new();
     for case in cases {
         let mut stream = TcpStream::connect(site.edge.listen_addr())
@@ -386,11 +387,7 @@ async fn send_corpus(site: &Site, cases: &[Case], closed: bool) -> Vec<String> {
             continue;
         };
         let answers = answers(&got);
-        let want = if case.by == By::Decoder && closed {
-            503
-        } else {
-            400
-        };
+        let want = 400;
         let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
         if statuses != [want] {
             wrong.push(format!(
@@ -401,15 +398,12 @@ async fn send_corpus(site: &Site, cases: &[Case], closed: bool) -> Vec<String> {
         }
         let form = match case.by {
             // The refusal is in the route's form.
-            By::Edge if !case.path.starts_with("/api/") => Some("text/html"),
+            By::Edge | By::Chunks if !case.path.starts_with("/api/") => "text/html",
             // Without a request read there is no route: problem+json.
-            By::Edge | By::Parser => Some("application/problem+json"),
-            By::Decoder => None,
+            _ => "application/problem+json",
         };
-        if let Some(form) = form {
-            if !answers[0].1.to_ascii_lowercase().contains(form) {
-                wrong.push(format!("{}: not {form}:\n{}", case.name, answers[0].1));
-            }
+        if !answers[0].1.to_ascii_lowercase().contains(form) {
+            wrong.push(format!("{}: not {form}:\n{}", case.name, answers[0].1));
         }
     }
     wrong
@@ -461,16 +455,17 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
     let site = Site::start("ambiguous_requests_are_refused_and_reach_no_upstream").await;
     let cases = corpus();
     let count = |by| cases.iter().filter(|c| c.by == by).count() as f64;
-    let (edge, parser, decoder) = (count(By::Edge), count(By::Parser), count(By::Decoder));
+    let (rules, parser, chunks) = (count(By::Edge), count(By::Parser), count(By::Chunks));
+    let edge = rules + chunks;
     println!(
-        "{} ambiguous requests: {edge} refused by the edge's rules, {parser} by the parser, \
-         {decoder} by the chunk decoder",
+        "{} ambiguous requests: {rules} refused by the edge's rules, {chunks} by its chunk-line \
+         check, {parser} by the parser",
         cases.len()
     );
     assert!(cases.len() >= 40);
 
     // Gate open.
-    let wrong = send_corpus(&site, &cases, false).await;
+    let wrong = send_corpus(&site, &cases).await;
     assert!(wrong.is_empty(), "gate open:\n{}", wrong.join("\n"));
     let wrong = send_look_alikes(&site, 200).await;
     assert!(
@@ -482,7 +477,7 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
         .wait_metric(
             "drawbridge_refused_requests_total",
             &[("reason", "ambiguous_request")],
-            edge + decoder,
+            edge,
         )
         .await;
     site.edge
@@ -504,7 +499,7 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
     }
     // Gate closed: the same, and the look-alikes get the maintenance answer.
     site.put_gate(r#"{"mode":"maintenance"}"#).await;
-    let wrong = send_corpus(&site, &cases, true).await;
+    let wrong = send_corpus(&site, &cases).await;
     assert!(wrong.is_empty(), "gate closed:\n{}", wrong.join("\n"));
     let wrong = send_look_alikes(&site, 503).await;
     assert!(
@@ -516,7 +511,7 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
         .wait_metric(
             "drawbridge_refused_requests_total",
             &[("reason", "ambiguous_request")],
-            2.0 * edge + decoder,
+            2.0 * edge,
         )
         .await;
     site.edge
@@ -527,17 +522,7 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
         )
         .await;
 
-    // Upstream: exactly the legitimate requests of the open gate, and the decoder's heads.
-    // With the gate open, the decoder finds a broken chunk line after the request head has
-    // gone upstream: the upstream gets that head and a cut body, never what follows the line.
-    let heads: u64 = cases
-        .iter()
-        .filter(|c| c.by == By::Decoder)
-        .map(|c| reached(&site.ui, &site.api, &c.path))
-        .sum();
-    assert!(heads <= decoder as u64);
-    println!("heads of broken chunked bodies that reached the upstream: {heads} of {decoder}");
-
+    // Upstream: exactly the legitimate requests of the open gate.
     for path in ["/smuggled", "/follower"] {
         assert_eq!(
             reached(&site.ui, &site.api, path),
@@ -545,7 +530,7 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
             "{path} reached an upstream"
         );
     }
-    for case in cases.iter().filter(|c| c.by != By::Decoder) {
+    for case in &cases {
         assert_eq!(
             reached(&site.ui, &site.api, &case.path),
             0,
@@ -556,13 +541,11 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
     let proxied = site.ui.proxied_requests() + site.api.proxied_requests();
     assert_eq!(
         proxied,
-        legit.len() as u64 + kept_alive + heads,
-        "requests upstream: the look-alikes, the requests after them, the decoder's heads"
+        legit.len() as u64 + kept_alive,
+        "requests upstream: the look-alikes and the requests after them"
     );
     let metrics = site.edge.metrics().await;
-    // A broken chunk is refused (and counted) where the body is read: by the proxy with the gate
-    // open; with the gate closed the maintenance answer's drain stops at it and closes.
-    assert_eq!(refused(&metrics, "ambiguous_request"), 2.0 * edge + decoder);
+    assert_eq!(refused(&metrics, "ambiguous_request"), 2.0 * edge);
     assert_eq!(refused(&metrics, "bad_request"), 2.0 * parser);
     let log = site.edge.log();
     assert!(
@@ -570,4 +553,60 @@ async fn ambiguous_requests_are_refused_and_reach_no_upstream_with_the_gate_open
         "the refusal is logged:\n{}",
         site.edge.log_tail()
     );
+}
+
+/// Chunked bodies the edge holds back to check cannot be stalled or cut by it: a body whose
+/// last chunk comes 1.5 s after the first (past the hold time) and one of 200 KiB (past the
+/// hold limit) reach the upstream whole, one after the other on a connection kept open; and
+/// the request after them is held and checked again.
+#[tokio::test]
+async fn legitimate_chunked_bodies_reach_the_upstream_whole_however_they_come() {
+    let site = Site::start("legitimate_chunked_bodies_reach_the_upstream_whole").await;
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: smuggling.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+    };
+    let mut conn = RawConnection::connect(site.edge.listen_addr()).await;
+    conn.send(&format!("{}5\r\nhello\r\n", head("/api/slow-chunks")))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.send("6\r\n world\r\n0\r\n\r\n").await;
+    assert_eq!(conn.read_answer("the slow chunked body").await.status, 200);
+    let last = site.api.last_request().expect("a request upstream");
+    assert_eq!(
+        (last.path_and_query.as_str(), last.body_len),
+        ("/api/slow-chunks", 11)
+    );
+
+    let chunk = format!("400\r\n{}\r\n", "b".repeat(0x400));
+    conn.send(&format!(
+        "{}{}0\r\n\r\n",
+        head("/api/big-chunks"),
+        chunk.repeat(200)
+    ))
+    .await;
+    assert_eq!(
+        conn.read_answer("the 200 KiB chunked body").await.status,
+        200
+    );
+    let last = site.api.last_request().expect("a request upstream");
+    assert_eq!(
+        (last.path_and_query.as_str(), last.body_len),
+        ("/api/big-chunks", 200 * 1024)
+    );
+
+    // The next request on the connection is held again: a broken chunk line in it is refused
+    // before its head goes anywhere.
+    conn.send(&format!(
+        "{}5\nhello\r\n0\r\n\r\n",
+        head("/api/broken-after")
+    ))
+    .await;
+    assert_eq!(
+        conn.read_answer("the broken chunked body").await.status,
+        400
+    );
+    assert!(conn.closed_by_peer().await);
+    assert_eq!(site.api.requests_to("/api/broken-after"), 0);
 }

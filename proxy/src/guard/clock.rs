@@ -6,25 +6,30 @@
 //! header is still being read can only be the HTTP/1 parser's own 400 for a request it could
 //! not read: the stream counts and logs it as a refusal, and writes the proxy's own 400 in its
 //! place ([`respond::unreadable_request`]): the parser's has no body, names Pingora and carries a
-//! fixed date of 1994. On an HTTP/2 connection the clock times the client's preface, and the
-//! stream watches its control frames (`h2_frames`).
+//! fixed date of 1994. On an HTTP/1 connection the stream also hands the HTTP code only what
+//! `framing` lets through: a chunked request waits until its body has ended in valid chunk
+//! lines, or only its head is read and the proxy refuses it ([`broken_chunked_body`]). On an
+//! HTTP/2 connection the clock times the client's preface, and the stream watches its control
+//! frames (`h2_frames`).
 
+use super::framing::{Framing, Verdict};
 use super::h2_frames::{FrameWatch, CONTROL_BURST, CONTROL_PER_SECOND};
 use super::{Refusal, RefusalLog};
 use crate::respond;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -53,6 +58,8 @@ pub struct HeaderClock {
     /// the header's first byte: one word, so that a byte and the end of a header cannot cross.
     state: AtomicU64,
     changed: Notify,
+    /// Why the chunked body of the request being read is broken ([`Framing`]), once it is.
+    broken_body: OnceLock<&'static str>,
 }
 
 impl HeaderClock {
@@ -64,6 +71,7 @@ impl HeaderClock {
             timeout,
             state: AtomicU64::new(FIRST_BYTE),
             changed: Notify::new(),
+            broken_body: OnceLock::new(),
         })
     }
 
@@ -131,6 +139,15 @@ pub fn header_read() {
     let _ = CLOCK.try_with(|clock| clock.stopped());
 }
 
+/// Why the chunked body of the request just read is broken, when it is: only its head was
+/// handed on ([`Framing`]); the request must be refused before anything is done with it.
+pub fn broken_chunked_body() -> Option<&'static str> {
+    CLOCK
+        .try_with(|clock| clock.broken_body.get().copied())
+        .ok()
+        .flatten()
+}
+
 /// Whether `stream` speaks HTTP/2 (by ALPN): its own framing, no HTTP/1 header to time.
 pub(super) fn is_h2(stream: &Stream) -> bool {
     matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
@@ -149,6 +166,17 @@ pub(super) struct Guarded {
     replacing: Option<Bytes>,
     /// HTTP/2: what the client has sent so far.
     h2: Option<H2Client>,
+    /// HTTP/1: where the client's requests stand; the bytes the HTTP code may not read yet are
+    /// in `held`.
+    framing: Framing,
+    held: BytesMut,
+    /// When the held chunked request (by where it starts) is let through as it comes
+    /// ([`HOLD_TIME`]).
+    hold_ends: Option<(u64, Pin<Box<tokio::time::Sleep>>)>,
+    /// How many bytes the HTTP code has read.
+    handed: u64,
+    /// The client closed its side.
+    client_done: bool,
 }
 
 /// What an HTTP/2 client has sent so far: its preface, then frames.
@@ -192,6 +220,11 @@ impl Guarded {
             refusals,
             replacing: None,
             h2: None,
+            framing: Framing::default(),
+            held: BytesMut::new(),
+            hold_ends: None,
+            handed: 0,
+            client_done: false,
         }
     }
 
@@ -270,20 +303,116 @@ impl Guarded {
     }
 }
 
+/// The most bytes read from the client at once while its bytes are held.
+const HOLD_READ: usize = 8 * 1024;
+
+/// The longest a chunked request is held for its body to end (or half the header deadline,
+/// if less): a client that sends it at once, as an attacker does, is well within it; a slow or
+/// streaming upload then goes on as it comes.
+const HOLD_TIME: Duration = Duration::from_secs(1);
+
+impl Guarded {
+    /// HTTP/1 bytes for the HTTP code: what [`Framing`] lets through, read from the client
+    /// as needed; straight into `buf` when nothing is held and the bytes need no look.
+    fn poll_read_http1(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let (may, broken) = match self.framing.verdict() {
+                Verdict::Release(upto) => (upto, false),
+                Verdict::Broken { head_end, reason } => {
+                    let _ = self.clock.broken_body.set(reason);
+                    (head_end, true)
+                }
+            };
+            let ready = may.saturating_sub(self.handed).min(self.held.len() as u64) as usize;
+            if ready > 0 {
+                let n = ready.min(buf.remaining());
+                buf.put_slice(&self.held[..n]);
+                self.held.advance(n);
+                self.handed += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            if broken {
+                // Only the head: the proxy refuses the request once it is read.
+                return Poll::Ready(Ok(()));
+            }
+            if self.client_done {
+                // A cut request: the parser and the decoder see it as it came.
+                let n = self.held.len().min(buf.remaining());
+                buf.put_slice(&self.held[..n]);
+                self.held.advance(n);
+                self.handed += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            let straight = self.held.is_empty()
+                && (self.framing.passes_through()
+                    || self
+                        .framing
+                        .body_left()
+                        .is_some_and(|left| left >= buf.remaining() as u64));
+            if straight {
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut *self.inner).poll_read(cx, buf))?;
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    self.clock.bytes_arrived();
+                    self.framing.feed(got);
+                    self.handed += got.len() as u64;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match self.framing.held_request() {
+                Some(start) => {
+                    if self
+                        .hold_ends
+                        .as_ref()
+                        .is_none_or(|(held, _)| *held != start)
+                    {
+                        let hold = HOLD_TIME.min(self.clock.timeout / 2);
+                        self.hold_ends = Some((start, Box::pin(tokio::time::sleep(hold))));
+                    }
+                    let ends = &mut self.hold_ends.as_mut().expect("set above").1;
+                    if ends.as_mut().poll(cx).is_ready() {
+                        self.hold_ends = None;
+                        self.framing.stop_holding();
+                        continue;
+                    }
+                }
+                None => self.hold_ends = None,
+            }
+            let mut scratch = [0u8; HOLD_READ];
+            let mut read = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut *self.inner).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if got.is_empty() {
+                self.client_done = true;
+                continue;
+            }
+            self.clock.bytes_arrived();
+            self.held.extend_from_slice(got);
+            self.framing.feed(got);
+        }
+    }
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.h2.is_none() {
+            return self.poll_read_http1(cx, buf);
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() == before {
             return polled;
         }
-        if self.h2.is_none() {
-            self.clock.bytes_arrived();
-        } else if !self.h2_read(&buf.filled()[before..]) {
+        if !self.h2_read(&buf.filled()[before..]) {
             return Poll::Ready(Err(io::Error::other("HTTP/2 control frame flood")));
         }
         polled
@@ -391,7 +520,12 @@ impl GetSocketDigest for Guarded {
 #[async_trait::async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.held.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        let n = buf.len().min(self.held.len());
+        buf[..n].copy_from_slice(&self.held[..n]);
+        Ok(true)
     }
 }
 

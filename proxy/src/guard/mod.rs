@@ -7,6 +7,8 @@
 //!   (cloudflare/pingora#447); the gatehouse ends a connection whose request header is not read
 //!   within `header_timeout` of its first byte, however slowly the bytes come. An HTTP/2
 //!   connection owes its preface within the same time.
+//! * `framing`: an HTTP/1 connection's requests as their bytes come; a chunked one is held back
+//!   until its body has ended in valid chunk lines.
 //! * `h2_frames`: the HTTP/2 control frames (SETTINGS, PING) a client may send, per connection.
 //! * `request`: the size and pace limits of one request, checked by the edge.
 //! * `strict`: strict HTTP/1: a request two parsers could read two ways (request smuggling) is
@@ -14,12 +16,13 @@
 
 mod caps;
 mod clock;
+mod framing;
 mod h2_frames;
 mod request;
 mod strict;
 
 pub use caps::{Caps, EarlyRefusal, Gatehouse};
-pub use clock::{header_read, next_request};
+pub use clock::{broken_chunked_body, header_read, next_request};
 pub use request::{refusal_for, BodyPace};
 pub use strict::{ambiguity, ambiguous};
 

@@ -4,11 +4,8 @@
 //! shows (it drops `Content-Length` beside `Transfer-Encoding`), is read from the header block
 //! as received.
 //!
-//! Chunk lines are not checked here: they are in the body, which the proxy reads only after the
-//! request head has gone upstream, and the HTTP code shows no body bytes before. The body
-//! decoder refuses a chunk size that overflows and a chunk line ending in a bare LF (400); the
-//! upstream then gets a cut body and a closed connection, never what follows the broken line:
-//! the proxy frames the body it sends anew, chunk by chunk as it decodes it.
+//! Chunk lines are not checked here but by the connection's stream, before the request is read
+//! (`framing`): the HTTP code shows no body bytes before the head has gone upstream.
 
 use super::Refusal;
 use pingora::http::RequestHeader;
