@@ -54,19 +54,27 @@ impl SideCounts {
         }
     }
 
-    /// What was counted after `before` (a counter that went down was reset by a restart: what
-    /// it counts since counts whole).
+    /// What one proxy counted after `before`, its reading at the start of a window. When any
+    /// of its counters went down, the proxy restarted: everything it counts now is since then.
     pub fn since(&self, before: &SideCounts) -> SideCounts {
-        let delta = |now: f64, then: f64| if now >= then { now - then } else { now };
+        let restarted = self.answers < before.answers
+            || self.errors < before.errors
+            || before
+                .buckets
+                .iter()
+                .any(|(bound, then)| self.buckets.get(bound).is_none_or(|now| now < then));
+        if restarted {
+            return self.clone();
+        }
         SideCounts {
-            answers: delta(self.answers, before.answers),
-            errors: delta(self.errors, before.errors),
+            answers: self.answers - before.answers,
+            errors: self.errors - before.errors,
             buckets: self
                 .buckets
                 .iter()
                 .map(|(bound, count)| {
                     let then = before.buckets.get(bound).copied().unwrap_or(0.0);
-                    (*bound, delta(*count, then))
+                    (*bound, count - then)
                 })
                 .collect(),
         }
@@ -250,18 +258,19 @@ drawbridge_requests_total{kind="api",mode="normal",route="a\"pi",status="200"} 3
     }
 
     #[test]
-    fn a_window_counts_what_came_after_its_start_and_sums_proxies() {
+    fn a_window_counts_what_came_after_its_start() {
         let (_, start) = sides(TEXT, "api", "api-green");
         let mut end = start.clone();
         end.add(&start);
         let window = end.since(&start);
         assert_eq!(window, start);
-        // A proxy restarted: its counters start over.
+        // A proxy restarted: its counters start over, all of them.
         let restarted = SideCounts {
             answers: 5.0,
+            errors: 20.0,
             ..SideCounts::default()
         };
-        assert_eq!(restarted.since(&start).answers, 5.0);
+        assert_eq!(restarted.since(&start), restarted);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! {"routes": {"api": {"to": "api-green", "percent": 10}}, "by": "ops@bastion"}
 //! ```
 //!
-//! A client keeps its side: the proxy gives each one a bucket from 0 to 99 (a cookie), and
-//! buckets below `percent` go to `to`. Raising the percentage moves more buckets over and never
-//! sends one back. A missing key splits nothing.
+//! A client keeps its side: the proxy gives each one a bucket from 0 to 99 (by its address, and
+//! in a cookie), and buckets below `percent` go to `to`. Raising the percentage moves more
+//! buckets over and never sends one back. A missing key splits nothing.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

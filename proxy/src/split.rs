@@ -7,9 +7,9 @@
 //! so a proxy restarted while Consul is away keeps its split; without one (or with one that
 //! cannot be used), nothing is split until Consul answers. A missing key splits nothing.
 //!
-//! A client keeps its side: its bucket (0–99) comes from the [`SPLIT_COOKIE`] cookie, or is
-//! drawn for a client without a valid one and set in that cookie with the answer; buckets below
-//! a route's percentage go to the second pool. Answers of a split route name the pool that
+//! A client keeps its side: its bucket (0–99) comes from the [`SPLIT_COOKIE`] cookie, or for a
+//! client without a valid one from its address (the same on every proxy), and is set in that
+//! cookie with the answer; buckets below a route's percentage go to the second pool. Answers of a split route name the pool that
 //! served them ([`POOL_HEADER`]), and each side's requests, answers by class and durations are
 //! counted apart, so a canary is compared with the pool it replaces.
 
@@ -88,12 +88,13 @@ impl Bucket {
     }
 }
 
-/// The bucket of address `ip`: FNV-1a of its bytes, modulo 100, so that every proxy, of any
+/// The bucket of address `ip`: FNV-1a of its bytes (of an IPv6 address, its /64, which a
+/// client keeps while its privacy addresses change), modulo 100, so that every proxy, of any
 /// version, puts an address in the same bucket.
 fn address_bucket(ip: IpAddr) -> u8 {
     let octets = match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets()[..8].to_vec(),
     };
     let hash = octets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
@@ -292,6 +293,10 @@ impl SplitWatcher {
                         file = %file,
                         "restored the last applied split"
                     );
+                    self.builder
+                        .metrics
+                        .split_applied_index
+                        .set(i64::try_from(state.applied_index).unwrap_or(i64::MAX));
                     self.state.store(Arc::new(state));
                     return;
                 }

@@ -156,9 +156,11 @@ async fn stop_load(
     all
 }
 
-/// A healthy new pool goes through 20, 50 and 100 % on both proxies, each step confirmed and
-/// judged, under a load that sees only 200s; run again, there is nothing to do; `--abort`
-/// takes the route out of the split, and every request goes to the old pool again.
+/// A healthy new pool goes to 20 %, then (run again) has that share judged once more before it
+/// goes through 50 and 100 % on both proxies, each step confirmed and judged, under a load that
+/// sees only 200s; run again, there is nothing to do; `--abort` takes the route out of the
+/// split, and every request goes to the old pool again. A pool a proxy does not have is refused
+/// before anything is written.
 #[tokio::test]
 async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
     let fleet = Arc::new(Fleet::start("maintctl_canary_promoted").await);
@@ -166,6 +168,17 @@ async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
     let load = fleet.load(stop.clone(), |status| status == 200);
     let urls: Vec<String> = fleet.edges.iter().map(|e| e.url("/probe")).collect();
     let mut probe = fleet.maintctl.spawn_probe(&urls);
+    fleet
+        .canary(
+            false,
+            &["--to", "api-green", "--steps", "20", "--hold", "1s"],
+        )
+        .await
+        .assert_success();
+    assert_eq!(
+        fleet.api_split().await,
+        vec![Some(("api-green".to_string(), 20)); 2]
+    );
     let to_green = ["--to", "api-green", "--steps", "20,50,100", "--hold", "1s"];
     let out = fleet.canary(true, &to_green).await;
     let report = stop_load(&stop, load).await;
@@ -177,7 +190,7 @@ async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
         .filter(|l| l["event"] == "step_ended" && l["ok"] == true)
         .map(|l| l["step"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(steps, ["split_20", "split_50", "split_100"], "{out}");
+    assert_eq!(steps, ["judge_20", "split_50", "split_100"], "{out}");
     let judged = out
         .json_lines()
         .into_iter()
@@ -222,6 +235,15 @@ async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
 #[tokio::test]
 async fn a_canary_of_a_failing_pool_rolls_back_by_itself() {
     let fleet = Arc::new(Fleet::start("maintctl_canary_rolled_back").await);
+    fleet
+        .canary(
+            false,
+            &["--to", "api-purple", "--steps", "20", "--hold", "1s"],
+        )
+        .await
+        .assert_code(5)
+        .assert_mentions("edge1: has no pool api-purple")
+        .assert_mentions("edge2: has no pool api-purple");
     fleet
         .canary(false, &["--to", "api-broken", "--steps", "50,20"])
         .await

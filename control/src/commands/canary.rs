@@ -2,13 +2,16 @@
 //! document the proxies follow, judges the new pool against the old one at each step from the
 //! proxies' metrics, and rolls back by itself when it is worse; `--abort` rolls back at once.
 //!
-//! Each step writes the document (compare-and-set: a change by someone else stops the run),
-//! waits until every proxy has applied it, then holds while both sides are counted over every
-//! proxy: the new pool's share of errors (5xx, or no answer) and its p99 against the old pool's
-//! (at 100 %, the old pool's p99 of the last step that had enough of its requests). Rolling back
-//! takes the route out of the document and waits until every proxy has applied that. A run
-//! stopped halfway leaves the split where it was: run again, it goes on from the step above the
-//! current share.
+//! Before the first write every proxy must report the split key the inventory names and the new
+//! pool. Each step writes the document (compare-and-set, and read back: a change by someone else
+//! stops the run), waits until every proxy has applied it, then holds while both sides are
+//! counted on every proxy: the new pool's share of errors (5xx, or no answer) and its p99
+//! against the old pool's (at 100 %, the old pool's p99 of the last step of this run that had
+//! enough of its requests; without one, p99 is not compared, and the step says so). A step whose
+//! document was written but not confirmed or judged is rolled back: the route is taken out of
+//! the document (re-read and retried if someone changed another route meanwhile), and every
+//! proxy must apply that. A run stopped halfway leaves the split where it was: run again, it
+//! judges the current share first, then goes on. `--abort` needs no lock.
 
 use super::run::confirmed;
 use super::{consul_client, exit, http_client, CommandResult, Failure};
@@ -18,7 +21,7 @@ use crate::output::{Outcome, Output};
 use crate::proxies::{self, Proxy};
 use crate::split_metrics::{sides, SideCounts};
 use crate::steps::wait_until;
-use drawbridge_core::consul::{Client, PutMode, QueryOptions};
+use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
 use drawbridge_core::split::{RouteSplit, SplitDoc};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -50,7 +53,8 @@ struct Written {
 /// Everything a canary run holds.
 struct Run<'a> {
     env: &'a Environment,
-    lock: &'a Lock,
+    /// The environment's lock; `None` for `--abort`, which only takes the route out.
+    lock: Option<&'a Lock>,
     consul: Client,
     http: reqwest::Client,
     proxies: Vec<Proxy>,
@@ -81,12 +85,15 @@ pub async fn canary(
     }
     let consul = consul_client(env).map_err(Failure::usage)?;
     confirmed(env, "canary", req.yes)?;
+    if req.abort {
+        return run_locked(env, consul, None, &req, None, out).await;
+    }
     let lock = match Lock::acquire(&consul, &env.prefix, &Holder::me("canary")).await {
         Ok(lock) => lock,
         Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
         Err(e) => return Err(Failure::failed(e)),
     };
-    let ended = run_locked(env, consul.clone(), &lock, &req, to, out).await;
+    let ended = run_locked(env, consul.clone(), Some(&lock), &req, to, out).await;
     if let Err(e) = lock.release().await {
         out.note(&format!(
             "the lock could not be released ({e}); it expires by itself"
@@ -121,7 +128,7 @@ fn print_plan(env: &Environment, req: &CanaryRequest, to: Option<&str>, out: Out
             .iter()
             .map(|s| {
                 format!(
-                    "send {s} % of route {}'s clients to {to}, wait until every proxy has applied it, hold {:?}: roll back if {to} errs on more than {} % of at least {} requests or its p99 is over {} times the old pool's",
+                    "send {s} % of route {}'s clients to {to}, wait until every proxy has applied it, hold {:?}: roll back if {to} errs on more than {:.1} % of at least {} requests or its p99 is over {} times the old pool's",
                     req.route,
                     req.hold,
                     t.max_error_rate * 100.0,
@@ -146,7 +153,7 @@ fn print_plan(env: &Environment, req: &CanaryRequest, to: Option<&str>, out: Out
 async fn run_locked(
     env: &Environment,
     consul: Client,
-    lock: &Lock,
+    lock: Option<&Lock>,
     req: &CanaryRequest,
     to: Option<String>,
     out: Output,
@@ -180,7 +187,7 @@ async fn run_locked(
             );
             return Ok(exit::OK);
         };
-        run.roll_back(&mut written, &split.to).await?;
+        run.roll_back(&mut written, &split.to, "--abort").await?;
         out.emit(json!({"event": "done", "action": "abort", "route": req.route, "to": split.to, "percent": 0}), || {
             format!(
                 "aborted: route {} sends nothing to {} any more; every proxy has applied it",
@@ -199,31 +206,50 @@ async fn run_locked(
         Some(split) if split.to == to => split.percent,
         _ => 0,
     };
-    let steps: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
-    if steps.is_empty() {
+    let raises: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
+    if raises.is_empty() {
         out.emit(json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": current}), || {
             format!("nothing to do: route {} already sends {current} % to {to}", req.route)
         });
         return Ok(exit::OK);
     }
-    if current > 0 {
-        out.note(&format!(
-            "route {} already sends {current} % to {to}: going on from there",
-            req.route
-        ));
-    }
+    run.check_proxies(&to).await?;
+    // A share found in place was perhaps never judged (a run stopped halfway): judged first.
+    let steps: Vec<(u8, bool)> = (current > 0)
+        .then_some((current, false))
+        .into_iter()
+        .chain(raises.iter().map(|&percent| (percent, true)))
+        .collect();
     let mut old_p99 = None;
-    for (i, percent) in steps.iter().copied().enumerate() {
-        let id = format!("split_{percent}");
-        out.step_started(
-            i,
-            steps.len(),
-            &id,
-            &format!("send {percent} % of route {}'s clients to {to}", req.route),
-        );
+    for (i, &(percent, raise)) in steps.iter().enumerate() {
+        let (id, title) = if raise {
+            (
+                format!("split_{percent}"),
+                format!("send {percent} % of route {}'s clients to {to}", req.route),
+            )
+        } else {
+            (
+                format!("judge_{percent}"),
+                format!(
+                    "judge the {percent} % route {} already sends to {to}",
+                    req.route
+                ),
+            )
+        };
+        out.step_started(i, steps.len(), &id, &title);
         let started = Instant::now();
-        run.set(&mut written, Some((&to, percent))).await?;
-        match run.judge(&to, req.hold, &mut old_p99).await {
+        let judged = match raise {
+            true => match run.raise(&mut written, &to, percent).await {
+                Ok(()) => run.judge(&to, req.hold, &mut old_p99).await,
+                Err(Raise::NotWritten(failure)) => {
+                    out.step_ended(&id, false, started.elapsed());
+                    return Err(failure);
+                }
+                Err(Raise::Unconfirmed(failure)) => Err(failure.message),
+            },
+            false => run.judge(&to, req.hold, &mut old_p99).await,
+        };
+        match judged {
             Ok(detail) => {
                 out.target_ended(&id, &to, Outcome::Done, started.elapsed(), &detail);
                 out.step_ended(&id, true, started.elapsed());
@@ -231,7 +257,7 @@ async fn run_locked(
             Err(why) => {
                 out.target_ended(&id, &to, Outcome::Failed, started.elapsed(), &why);
                 out.step_ended(&id, false, started.elapsed());
-                run.roll_back(&mut written, &to).await?;
+                run.roll_back(&mut written, &to, &why).await?;
                 return Err(Failure::failed(format!(
                     "canary of route {} to {to} rolled back at {percent} %: {why}; every proxy sends it nothing again",
                     req.route
@@ -239,7 +265,7 @@ async fn run_locked(
             }
         }
     }
-    let last = *steps.last().expect("steps are not empty");
+    let last = *raises.last().expect("raises are not empty");
     out.emit(
         json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": last}),
         || {
@@ -255,6 +281,17 @@ async fn run_locked(
     );
     Ok(exit::OK)
 }
+
+/// Why a raise did not go through.
+enum Raise {
+    /// Nothing was written: the split is as it was.
+    NotWritten(Failure),
+    /// The document was written but not seen applied everywhere: it must be rolled back.
+    Unconfirmed(Failure),
+}
+
+/// How many times a rollback re-reads and writes again when someone changed the document.
+const ROLLBACK_TRIES: usize = 3;
 
 impl Run<'_> {
     /// The split document now, checked as the proxies check it; none is an empty one.
@@ -282,57 +319,96 @@ impl Run<'_> {
         })
     }
 
-    /// Writes the document with the route sent `percent` % to `to` (`None`: not split), if
-    /// nobody changed it since it was read, and waits until every proxy has applied it. A
-    /// share is raised only while the lock is held; taking the route out is always allowed.
-    async fn set(&self, written: &mut Written, split: Option<(&str, u8)>) -> Result<(), Failure> {
-        if split.is_some() && self.lock.is_lost() {
-            return Err(lock_lost());
-        }
-        let mut doc = written.doc.clone();
-        match split {
-            Some((to, percent)) => {
-                doc.routes.insert(
-                    self.route.to_string(),
-                    RouteSplit {
-                        to: to.to_string(),
-                        percent,
-                    },
-                );
+    /// Refuses to start unless every proxy follows the inventory's split key and has pool
+    /// `to`: a proxy that would refuse the document could not confirm a step.
+    async fn check_proxies(&self, to: &str) -> Result<(), Failure> {
+        let mut problems = Vec::new();
+        for proxy in &self.proxies {
+            match proxies::status(&self.http, self.env, proxy).await {
+                Ok(report) => match report.split {
+                    None => problems.push(format!(
+                        "{}: reports no split (a drawbridge that predates it)",
+                        proxy.name
+                    )),
+                    Some(split) if split.key != self.env.split_key => problems.push(format!(
+                        "{}: follows the split key {}, not {} (split_key in the inventory)",
+                        proxy.name, split.key, self.env.split_key
+                    )),
+                    Some(_) if !report.pools.iter().any(|p| p.name == to) => {
+                        problems.push(format!("{}: has no pool {to}", proxy.name))
+                    }
+                    Some(_) => {}
+                },
+                Err(e) => problems.push(e),
             }
-            None => {
-                doc.routes.remove(self.route);
-            }
         }
-        doc.by = Some(self.by.clone());
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::new(
+            exit::PREFLIGHT,
+            "not every proxy can take this split; nothing was done",
+        )
+        .with_problems(problems))
+    }
+
+    /// Writes `doc` if the key still holds what was read, and reads it back to learn its index;
+    /// `Ok(None)` when someone changed the key since (nothing written).
+    async fn write(&self, written: &Written, doc: &SplitDoc) -> Result<Option<u64>, String> {
         let key = &self.env.split_key;
-        let value = serde_json::to_vec(&doc).expect("a split document always serialises");
+        let value = serde_json::to_vec(doc).expect("a split document always serialises");
         let applied = self
             .consul
             .kv_put(key, &value, PutMode::Cas(written.index))
             .await
-            .map_err(|e| Failure::failed(format!("writing the split key {key}: {e}")))?;
+            .map_err(|e| format!("writing the split key {key}: {e}"))?;
         if !applied {
-            return Err(Failure::failed(format!(
-                "the split key {key} changed since it was read (another operator?): nothing more was written; look at it and run again"
-            )));
+            return Ok(None);
         }
-        let index = self
+        let leader = QueryOptions::default().with_consistency(Consistency::Consistent);
+        let entry = self
             .consul
-            .kv_get(key, &QueryOptions::default())
+            .kv_get(key, &leader)
             .await
-            .map_err(|e| Failure::failed(format!("reading back the split key {key}: {e}")))?
+            .map_err(|e| format!("reading back the split key {key}: {e}"))?
             .entry
-            .map(|e| e.modify_index)
-            .ok_or_else(|| {
-                Failure::failed(format!("the split key {key} is gone after the write"))
-            })?;
-        *written = Written { doc, index };
-        let want = split.map(|(to, percent)| RouteSplit {
+            .ok_or_else(|| format!("the split key {key} is gone right after the write"))?;
+        if entry.value.as_deref() != Some(value.as_slice()) {
+            return Err(format!(
+                "the split key {key} was changed by someone else right after the write"
+            ));
+        }
+        Ok(Some(entry.modify_index))
+    }
+
+    /// Sends `percent` % of the route's clients to `to`, and waits until every proxy applies
+    /// it. Only while the lock is held.
+    async fn raise(&self, written: &mut Written, to: &str, percent: u8) -> Result<(), Raise> {
+        if self.lock.is_some_and(Lock::is_lost) {
+            return Err(Raise::NotWritten(lock_lost()));
+        }
+        let mut doc = written.doc.clone();
+        let want = RouteSplit {
             to: to.to_string(),
             percent,
-        });
-        self.wait_applied(index, want.as_ref()).await
+        };
+        doc.routes.insert(self.route.to_string(), want.clone());
+        doc.by = Some(self.by.clone());
+        let index = match self.write(written, &doc).await {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(Raise::NotWritten(Failure::failed(format!(
+                    "the split key {} changed since it was read (another operator?): nothing more was written; look at it and run again",
+                    self.env.split_key
+                ))))
+            }
+            // Written, perhaps: treated as written.
+            Err(e) => return Err(Raise::Unconfirmed(Failure::failed(e))),
+        };
+        *written = Written { doc, index };
+        self.wait_applied(index, Some(&want))
+            .await
+            .map_err(Raise::Unconfirmed)
     }
 
     /// Waits until every proxy has applied the document at `index` (or a later one) and splits
@@ -378,39 +454,70 @@ impl Run<'_> {
         })
     }
 
-    /// Takes the route out of the split document, and waits until every proxy has applied it.
-    async fn roll_back(&self, written: &mut Written, to: &str) -> Result<(), Failure> {
+    /// Takes the route out of the split document (`why` it is rolled back), and waits until
+    /// every proxy has applied that. A change by someone else to another route is re-read and
+    /// kept; a change of this route itself is left to whoever made it.
+    async fn roll_back(&self, written: &mut Written, to: &str, why: &str) -> Result<(), Failure> {
         self.out.note(&format!(
             "rolling back: route {} sends nothing more to {to}",
             self.route
         ));
-        if let Err(mut failure) = self.set(written, None).await {
-            failure.message = format!(
-                "ROLLBACK NOT CONFIRMED: {}; take route {} out of {} by hand",
-                failure.message, self.route, self.env.split_key
-            );
-            return Err(failure);
+        let not_confirmed = |message: String| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "ROLLBACK NOT CONFIRMED ({message}); it was rolled back because: {why}; take route {} out of {} by hand",
+                    self.route, self.env.split_key
+                ),
+            )
+        };
+        for _ in 0..ROLLBACK_TRIES {
+            let mut doc = written.doc.clone();
+            match doc.routes.get(self.route) {
+                Some(split) if split.to == to => {}
+                Some(split) => {
+                    return Err(not_confirmed(format!(
+                        "someone else now sends the route to {}",
+                        split.to
+                    )))
+                }
+                None => return Ok(()),
+            }
+            doc.routes.remove(self.route);
+            doc.by = Some(self.by.clone());
+            match self.write(written, &doc).await {
+                Ok(Some(index)) => {
+                    *written = Written { doc, index };
+                    return self
+                        .wait_applied(index, None)
+                        .await
+                        .map_err(|failure| not_confirmed(failure.message));
+                }
+                Ok(None) => *written = self.read().await.map_err(|f| not_confirmed(f.message))?,
+                Err(e) => return Err(not_confirmed(e)),
+            }
         }
-        Ok(())
+        Err(not_confirmed(format!(
+            "the split key kept changing under {ROLLBACK_TRIES} writes"
+        )))
     }
 
-    /// Both sides of the route as every proxy counts them now, summed.
-    async fn counts(&self, to: &str) -> Result<(SideCounts, SideCounts), String> {
-        let mut own = SideCounts::default();
-        let mut new = SideCounts::default();
+    /// Both sides of the route as each proxy counts them now; `None` for a proxy that could
+    /// not be read.
+    async fn counts(&self, to: &str) -> Vec<Option<(SideCounts, SideCounts)>> {
+        let mut counts = Vec::new();
         for proxy in &self.proxies {
-            let text = proxies::metrics(&self.http, self.env, proxy).await?;
-            let (o, n) = sides(&text, self.route, to);
-            own.add(&o);
-            new.add(&n);
+            let read = proxies::metrics(&self.http, self.env, proxy).await;
+            counts.push(read.ok().map(|text| sides(&text, self.route, to)));
         }
-        Ok((own, new))
+        counts
     }
 
     /// Holds the step for `hold`, looking at the new pool every second: `Err` with why as soon
     /// as its errors are over the limit, or at the end when it answered too few requests or its
-    /// p99 is too slow against the old pool's (`old_p99`, kept from the last step that measured
-    /// it). `Ok` says what was measured.
+    /// p99 is too slow against the old pool's (`old_p99`, kept from the last step of this run
+    /// that measured it). A proxy not read at one look is read at the next; every proxy must be
+    /// read at the start and the end. `Ok` says what was measured.
     async fn judge(
         &self,
         to: &str,
@@ -418,19 +525,42 @@ impl Run<'_> {
         old_p99: &mut Option<f64>,
     ) -> Result<String, String> {
         let t = &self.env.canary;
-        let (own_start, new_start) = self.counts(to).await?;
+        let start = self.counts(to).await;
+        if let Some(i) = start.iter().position(Option::is_none) {
+            return Err(format!(
+                "{}: its /metrics could not be read",
+                self.proxies[i].name
+            ));
+        }
         let ends = Instant::now() + hold;
         loop {
             let left = ends.saturating_duration_since(Instant::now());
             tokio::time::sleep(left.min(LOOK_EVERY)).await;
-            if self.lock.is_lost() {
+            if self.lock.is_some_and(Lock::is_lost) {
                 return Err(
                     "the environment's lock was lost (its Consul session could not be renewed)"
                         .to_string(),
                 );
             }
-            let (own_now, new_now) = self.counts(to).await?;
-            let new = new_now.since(&new_start);
+            let now = self.counts(to).await;
+            let last_look = Instant::now() >= ends;
+            let mut own = SideCounts::default();
+            let mut new = SideCounts::default();
+            for (i, (then, now)) in start.iter().zip(&now).enumerate() {
+                match (then, now) {
+                    (Some((own_then, new_then)), Some((own_now, new_now))) => {
+                        own.add(&own_now.since(own_then));
+                        new.add(&new_now.since(new_then));
+                    }
+                    _ if last_look => {
+                        return Err(format!(
+                            "{}: its /metrics could not be read",
+                            self.proxies[i].name
+                        ));
+                    }
+                    _ => {}
+                }
+            }
             let errors = new.error_rate().unwrap_or(0.0);
             if new.answers >= t.min_requests as f64 && errors > t.max_error_rate {
                 return Err(format!(
@@ -440,7 +570,7 @@ impl Run<'_> {
                     t.max_error_rate * 100.0
                 ));
             }
-            if Instant::now() < ends {
+            if !last_look {
                 continue;
             }
             if new.answers < t.min_requests as f64 {
@@ -449,13 +579,12 @@ impl Run<'_> {
                     new.answers, t.min_requests
                 ));
             }
-            let own = own_now.since(&own_start);
             if own.answers >= t.min_requests as f64 {
                 *old_p99 = own.p99().or(*old_p99);
             }
             let new_p99 = new.p99();
-            if let (Some(new_p99), Some(old)) = (new_p99, *old_p99) {
-                if new_p99 > old * t.max_p99_ratio {
+            let p99 = match (new_p99, *old_p99) {
+                (Some(new_p99), Some(old)) if new_p99 > old * t.max_p99_ratio => {
                     return Err(format!(
                         "{to}'s p99 is {} against the old pool's {} (at most {} times)",
                         millis(new_p99),
@@ -463,14 +592,20 @@ impl Run<'_> {
                         t.max_p99_ratio
                     ));
                 }
-            }
+                (Some(new_p99), Some(old)) => {
+                    format!("p99 {} against {}", millis(new_p99), millis(old))
+                }
+                (new_p99, None) => format!(
+                    "p99 {}, not compared: the old pool answered too few requests in this run",
+                    new_p99.map_or("-".to_string(), millis)
+                ),
+                (None, Some(_)) => "no p99".to_string(),
+            };
             return Ok(format!(
-                "{to}: {} requests, {:.1} % errors, p99 {}; old pool: {} requests, p99 {}",
+                "{to}: {} requests, {:.1} % errors, {p99}; old pool: {} requests",
                 new.answers,
                 errors * 100.0,
-                new_p99.map_or("-".to_string(), millis),
                 own.answers,
-                old_p99.map_or("-".to_string(), millis)
             ));
         }
     }

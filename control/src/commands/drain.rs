@@ -286,6 +286,10 @@ async fn move_locked(
     out.step_started(0, 2, step, title);
     let started = Instant::now();
     for target in &targets {
+        if lock.is_lost() {
+            out.step_ended(step, false, started.elapsed());
+            return Err(lock_lost(way));
+        }
         let target_started = Instant::now();
         let result = ctx
             .node_maintenance(target.settings, way.want(), false)
@@ -359,13 +363,7 @@ async fn move_locked(
     .await;
     if lock.is_lost() {
         out.step_ended(step, false, started.elapsed());
-        return Err(Failure::new(
-            exit::INTERRUPTED,
-            format!(
-                "the environment's lock was lost (its Consul session could not be renewed): stopped before the {} was confirmed; run it again",
-                way.as_str()
-            ),
-        ));
+        return Err(lock_lost(way));
     }
     if let Err(still) = waited {
         out.step_ended(step, false, started.elapsed());
@@ -406,6 +404,17 @@ async fn move_locked(
         },
     );
     Ok(exit::OK)
+}
+
+/// The failure of a run that lost the environment's lock.
+fn lock_lost(way: Way) -> Failure {
+    Failure::new(
+        exit::INTERRUPTED,
+        format!(
+            "the environment's lock was lost (its Consul session could not be renewed): stopped before the {} was confirmed; run it again",
+            way.as_str()
+        ),
+    )
 }
 
 /// Box `b` with its node's address and the service instances registered on it, as the
