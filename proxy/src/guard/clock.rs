@@ -32,6 +32,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -303,7 +304,7 @@ impl Guarded {
     }
 }
 
-/// The most bytes read from the client at once while its bytes are held.
+/// The room made for one read from the client while its bytes are held.
 const HOLD_READ: usize = 8 * 1024;
 
 /// The longest a chunked request is held for its body to end (or half the header deadline,
@@ -383,17 +384,16 @@ impl Guarded {
                 }
                 None => self.hold_ends = None,
             }
-            let mut scratch = [0u8; HOLD_READ];
-            let mut read = ReadBuf::new(&mut scratch);
-            ready!(Pin::new(&mut *self.inner).poll_read(cx, &mut read))?;
-            let got = read.filled();
-            if got.is_empty() {
+            let before = self.held.len();
+            self.held.reserve(HOLD_READ);
+            let this = &mut *self;
+            if ready!(poll_read_buf(Pin::new(&mut *this.inner), cx, &mut this.held))? == 0 {
                 self.client_done = true;
                 continue;
             }
             self.clock.bytes_arrived();
-            self.held.extend_from_slice(got);
-            self.framing.feed(got);
+            let this = &mut *self;
+            this.framing.feed(&this.held[before..]);
         }
     }
 }
