@@ -32,9 +32,9 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::io::poll_read_buf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 tokio::task_local! {
     /// The clock of the connection the current task serves.
@@ -387,7 +387,12 @@ impl Guarded {
             let before = self.held.len();
             self.held.reserve(HOLD_READ);
             let this = &mut *self;
-            if ready!(poll_read_buf(Pin::new(&mut *this.inner), cx, &mut this.held))? == 0 {
+            if ready!(poll_read_buf(
+                Pin::new(&mut *this.inner),
+                cx,
+                &mut this.held
+            ))? == 0
+            {
                 self.client_done = true;
                 continue;
             }
