@@ -27,7 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one blocking read of a Consul-service pool waits.
 const POOL_WATCH_WAIT: Duration = Duration::from_secs(60);
@@ -57,8 +57,13 @@ struct InFlight {
     pool: String,
     gauges: IntGaugeVec,
     by_server: ArcSwap<HashMap<BackendAddr, IntGauge>>,
-    adding: Mutex<()>,
+    /// Taken to add a gauge; holds when each server that left the pool was first seen idle.
+    adding: Mutex<HashMap<BackendAddr, Instant>>,
 }
+
+/// How long the gauge of a server that left its pool and is idle is kept: a request that
+/// picked the server just before it left may still be counting on it.
+const DEPARTED_KEPT: Duration = Duration::from_secs(60);
 
 impl InFlight {
     fn new(pool: &str, gauges: IntGaugeVec) -> InFlight {
@@ -66,27 +71,44 @@ impl InFlight {
             pool: pool.to_owned(),
             gauges,
             by_server: ArcSwap::default(),
-            adding: Mutex::new(()),
+            adding: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The gauge of `server`, added the first time it is asked for; then the gauges of servers
-    /// that have left the pool (`is_current` says which are in it) with nothing in flight go,
-    /// series and all, so a pool whose servers come and go does not grow.
+    /// The gauge of `server`, added the first time it is asked for ([`InFlight::gauge_at`]).
     fn gauge(&self, server: &BackendAddr, is_current: impl Fn(&BackendAddr) -> bool) -> IntGauge {
+        self.gauge_at(server, is_current, Instant::now())
+    }
+
+    /// The gauge of `server`, added the first time it is asked for (`now`); then the gauges of
+    /// servers that have left the pool (`is_current` says which are in it) and have been idle
+    /// for [`DEPARTED_KEPT`] go, series and all, so a pool whose servers come and go does not
+    /// grow.
+    fn gauge_at(
+        &self,
+        server: &BackendAddr,
+        is_current: impl Fn(&BackendAddr) -> bool,
+        now: Instant,
+    ) -> IntGauge {
         if let Some(gauge) = self.by_server.load().get(server) {
             return gauge.clone();
         }
-        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle_since = self.adding.lock().unwrap_or_else(|e| e.into_inner());
         let mut by_server = HashMap::clone(&self.by_server.load());
         by_server.retain(|addr, gauge| {
-            let keep = is_current(addr) || gauge.get() != 0;
-            if !keep {
-                let _ = self
-                    .gauges
-                    .remove_label_values(&[self.pool.as_str(), &addr.to_string()]);
+            if is_current(addr) || gauge.get() != 0 {
+                idle_since.remove(addr);
+                return true;
             }
-            keep
+            let since = *idle_since.entry(addr.clone()).or_insert(now);
+            if now.saturating_duration_since(since) < DEPARTED_KEPT {
+                return true;
+            }
+            idle_since.remove(addr);
+            let _ = self
+                .gauges
+                .remove_label_values(&[self.pool.as_str(), &addr.to_string()]);
+            false
         });
         let gauge = by_server
             .entry(server.clone())
@@ -422,5 +444,38 @@ impl BackgroundService for ConsulPoolWatcher {
         ready: ServiceReadyNotifier,
     ) {
         follow(self, shutdown, ready).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(port: u16) -> BackendAddr {
+        l4_addr(SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn the_gauge_of_a_departed_idle_server_is_kept_a_while_then_goes() {
+        let gauges = IntGaugeVec::new(
+            prometheus::Opts::new("in_flight_test", "test"),
+            &["pool", "server"],
+        )
+        .unwrap();
+        let in_flight = InFlight::new("api", gauges);
+        let t0 = Instant::now();
+        let (a, b, c, d) = (server(1), server(2), server(3), server(4));
+        // `a` is counting a request that picked it just before it left.
+        let a_gauge = in_flight.gauge_at(&a, |_| true, t0);
+        in_flight.gauge_at(&b, |s| *s != a, t0);
+        a_gauge.inc();
+        assert_eq!(in_flight.departed(|s| *s != a), vec![(a.clone(), 1)]);
+        a_gauge.dec();
+        // Idle and gone from the pool: kept for a while, then dropped.
+        in_flight.gauge_at(&c, |s| *s != a, t0 + Duration::from_secs(1));
+        assert!(in_flight.by_server.load().contains_key(&a));
+        in_flight.gauge_at(&d, |s| *s != a, t0 + DEPARTED_KEPT + Duration::from_secs(2));
+        assert!(!in_flight.by_server.load().contains_key(&a));
+        assert!(in_flight.by_server.load().contains_key(&b));
     }
 }
