@@ -14,9 +14,12 @@
 //! judges the current share first, then goes on. `--abort` needs no lock.
 
 use super::run::confirmed;
-use super::{consul_client, exit, http_client, CommandResult, Failure};
+use super::{
+    consul_client, exit, fleet_proxies, http_client, release_lock, take_lock, CommandResult,
+    Failure,
+};
 use crate::config::{Config, Environment};
-use crate::lock::{Holder, Lock, LockError};
+use crate::lock::{Holder, Lock};
 use crate::output::{Outcome, Output};
 use crate::proxies::{self, Proxy};
 use crate::split_metrics::{sides, SideCounts};
@@ -88,17 +91,9 @@ pub async fn canary(
     if req.abort {
         return run_locked(env, consul, None, &req, None, out).await;
     }
-    let lock = match Lock::acquire(&consul, &env.prefix, &Holder::me("canary")).await {
-        Ok(lock) => lock,
-        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
-        Err(e) => return Err(Failure::failed(e)),
-    };
+    let lock = take_lock(&consul, env, "canary").await?;
     let ended = run_locked(env, consul.clone(), Some(&lock), &req, to, out).await;
-    if let Err(e) = lock.release().await {
-        out.note(&format!(
-            "the lock could not be released ({e}); it expires by itself"
-        ));
-    }
+    release_lock(lock, out).await;
     ended
 }
 
@@ -159,15 +154,7 @@ async fn run_locked(
     out: Output,
 ) -> CommandResult {
     let http = http_client().map_err(Failure::failed)?;
-    let proxies = proxies::discover(env, &consul)
-        .await
-        .map_err(Failure::failed)?;
-    if proxies.is_empty() {
-        return Err(Failure::failed(format!(
-            "no proxy of {} found: nothing could confirm a split; nothing was done",
-            env.name
-        )));
-    }
+    let proxies = fleet_proxies(env, &consul, "a split").await?;
     let run = Run {
         env,
         lock,

@@ -10,9 +10,12 @@
 //! still running, where.
 
 use super::run::confirmed;
-use super::{consul_client, exit, http_client, CommandResult, Failure};
+use super::{
+    consul_client, exit, fleet_proxies, http_client, release_lock, take_lock, CommandResult,
+    Failure,
+};
 use crate::config::{BoxSettings, Config, Environment, Role};
-use crate::lock::{Holder, Lock, LockError};
+use crate::lock::{Holder, Lock};
 use crate::output::{Outcome, Output};
 use crate::proxies::{self, Proxy};
 use crate::remote::BoxState;
@@ -111,17 +114,9 @@ async fn move_boxes(
     }
     let consul = consul_client(env).map_err(Failure::usage)?;
     confirmed(env, way.as_str(), req.yes)?;
-    let lock = match Lock::acquire(&consul, &env.prefix, &Holder::me(way.as_str())).await {
-        Ok(lock) => lock,
-        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
-        Err(e) => return Err(Failure::failed(e)),
-    };
+    let lock = take_lock(&consul, env, way.as_str()).await?;
     let ended = move_locked(env, &consul, &lock, &boxes, &req, way, timeout, out).await;
-    if let Err(e) = lock.release().await {
-        out.note(&format!(
-            "the lock could not be released ({e}); it expires by itself"
-        ));
-    }
+    release_lock(lock, out).await;
     ended
 }
 
@@ -214,15 +209,7 @@ async fn move_locked(
     out: Output,
 ) -> CommandResult {
     let http = http_client().map_err(Failure::failed)?;
-    let proxies = proxies::discover(env, consul)
-        .await
-        .map_err(Failure::failed)?;
-    if proxies.is_empty() {
-        return Err(Failure::failed(format!(
-            "no proxy of {} found: nothing could confirm that the traffic moved; nothing was done",
-            env.name
-        )));
-    }
+    let proxies = fleet_proxies(env, consul, "that the traffic moved").await?;
     let mut targets = Vec::new();
     for b in boxes {
         targets.push(target(consul, b, out).await.map_err(Failure::failed)?);

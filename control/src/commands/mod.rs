@@ -15,10 +15,11 @@ pub use report::{history, status};
 pub use run::{down, resume, up, RunRequest};
 
 use crate::config::{Config, Environment};
-use crate::lock::Holder;
+use crate::lock::{Holder, Lock, LockError};
 use crate::output::{Format, Output};
 use crate::plan::{Direction, Plan};
 use crate::probe::{ProbeOptions, ProbeReport};
+use crate::proxies::{self, Proxy};
 use drawbridge_core::consul::Client;
 use drawbridge_core::timestamp;
 use serde_json::json;
@@ -47,6 +48,42 @@ pub mod exit {
 
 pub(crate) fn consul_client(env: &Environment) -> Result<Client, String> {
     Client::new(&env.consul, env.consul_token.clone()).map_err(|e| e.to_string())
+}
+
+/// Takes the environment's lock for `action`: exit 4 when another live run holds it.
+async fn take_lock(consul: &Client, env: &Environment, action: &str) -> Result<Lock, Failure> {
+    match Lock::acquire(consul, &env.prefix, &Holder::me(action)).await {
+        Ok(lock) => Ok(lock),
+        Err(e @ LockError::Held(_)) => Err(Failure::new(exit::LOCKED, e)),
+        Err(e) => Err(Failure::failed(e)),
+    }
+}
+
+/// Releases the lock; when that fails, says so (its session expires by itself).
+async fn release_lock(lock: Lock, out: Output) {
+    if let Err(e) = lock.release().await {
+        out.note(&format!(
+            "the lock could not be released ({e}); it expires by itself"
+        ));
+    }
+}
+
+/// The environment's proxies; none is a failure, since nothing could confirm `what`.
+async fn fleet_proxies(
+    env: &Environment,
+    consul: &Client,
+    what: &str,
+) -> Result<Vec<Proxy>, Failure> {
+    let proxies = proxies::discover(env, consul)
+        .await
+        .map_err(Failure::failed)?;
+    if proxies.is_empty() {
+        return Err(Failure::failed(format!(
+            "no proxy of {} found: nothing could confirm {what}; nothing was done",
+            env.name
+        )));
+    }
+    Ok(proxies)
 }
 
 pub(crate) fn http_client() -> Result<reqwest::Client, String> {

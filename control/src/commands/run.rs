@@ -3,7 +3,9 @@
 //! journalled; and its last step observes the whole environment from outside.
 
 use super::preflight::preflight;
-use super::{consul_client, exit, http_client, print_plan, CommandResult, Failure};
+use super::{
+    consul_client, exit, http_client, print_plan, release_lock, take_lock, CommandResult, Failure,
+};
 use crate::config::{Config, Environment};
 use crate::journal::{self, Journal, Maintenance, Run, RunStatus};
 use crate::lock::{self, Holder, Lock, LockError};
@@ -133,23 +135,14 @@ async fn run_plan(
 ) -> CommandResult {
     let http = http_client().map_err(Failure::failed)?;
     confirmed(env, plan.direction.as_str(), req.yes)?;
-    let holder = Holder::me(plan.direction.as_str());
-    let lock = match Lock::acquire(&consul, &env.prefix, &holder).await {
-        Ok(lock) => lock,
-        Err(e @ LockError::Held(_)) => return Err(Failure::new(exit::LOCKED, e)),
-        Err(e) => return Err(Failure::failed(e)),
-    };
+    let lock = take_lock(&consul, env, plan.direction.as_str()).await?;
     let session = Session {
         consul: &consul,
         http,
         lock: &lock,
     };
     let ended = run_locked(env, session, plan, prepared, maintenance, req, out).await;
-    if let Err(e) = lock.release().await {
-        out.note(&format!(
-            "the lock could not be released ({e}); it expires by itself"
-        ));
-    }
+    release_lock(lock, out).await;
     ended
 }
 
