@@ -8,6 +8,7 @@
 use drawbridge_core::bypass::{self, Keyring};
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
+use drawbridge_core::split;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -356,12 +357,10 @@ fn check_environment(
     }
     let split_key = e
         .split_key
-        .unwrap_or_else(|| drawbridge_core::split::default_split_key(&key));
-    if !key.is_empty() && (split_key == key || split_key.is_empty() || split_key.starts_with('/')) {
-        p.add(
-            k("split_key"),
-            format!("{split_key:?} must be a key path of its own, not the gate key"),
-        );
+        .unwrap_or_else(|| split::default_split_key(&key));
+    // Without a gate key, its default split key would only repeat that problem.
+    if let Some(problem) = split::split_key_problem(&key, &split_key).filter(|_| !key.is_empty()) {
+        p.add(k("split_key"), problem);
     }
     let canary = check_canary(&k("canary"), e.canary, p);
     let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
@@ -719,6 +718,31 @@ mod tests {
         assert_eq!(mock.boxes[0].node, "api1");
         assert_eq!(mock.boxes[2].role, Role::Worker);
         assert!(c.environment("prod").unwrap_err().contains("known: mock"));
+        assert_eq!(mock.split_key, "drawbridge/mock/gate/split");
+        assert_eq!(mock.canary.min_requests, 20);
+    }
+
+    #[test]
+    fn a_split_key_is_checked_as_the_proxies_check_it() {
+        let with = |split_key: &str| {
+            MOCK.replace(
+                "key = \"drawbridge/mock/gate\"",
+                &format!("key = \"drawbridge/mock/gate\"\nsplit_key = {split_key:?}"),
+            )
+        };
+        let err = parse(&with("drawbridge/mock/gate"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("environments.mock.split_key: is the gate key"),
+            "{err}"
+        );
+        let err = parse(&with("split//key")).unwrap_err().to_string();
+        assert!(
+            err.contains("environments.mock.split_key: \"split//key\" must not"),
+            "{err}"
+        );
+        assert!(parse(&with("drawbridge/mock/split")).is_ok());
     }
 
     #[test]

@@ -23,6 +23,21 @@ pub fn default_split_key(gate_key: &str) -> String {
     format!("{gate_key}/split")
 }
 
+/// Why `key` cannot be a key path: Consul would read it otherwise than written.
+pub fn key_path_problem(key: &str) -> Option<String> {
+    (key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//"))
+        .then(|| format!("{key:?} must not be empty, start or end with '/' or contain '//'"))
+}
+
+/// Why `split_key` cannot be the split key of an environment whose gate key is `gate_key`, as
+/// the proxies and `maintctl` both check it.
+pub fn split_key_problem(gate_key: &str, split_key: &str) -> Option<String> {
+    if split_key == gate_key {
+        return Some("is the gate key: the split document needs a key of its own".to_string());
+    }
+    key_path_problem(split_key)
+}
+
 /// The split document as stored at the split key; the default splits nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +179,18 @@ mod tests {
             .collect();
         let many = format!(r#"{{"routes": {{{}}}}}"#, many.join(","));
         assert!(refused(many.as_bytes()).contains("routes are split"));
+    }
+
+    #[test]
+    fn a_split_key_is_a_clean_key_path_other_than_the_gate_key() {
+        let gate = "drawbridge/prod/gate";
+        assert_eq!(split_key_problem(gate, "drawbridge/prod/split"), None);
+        assert!(split_key_problem(gate, gate)
+            .unwrap()
+            .starts_with("is the gate key"));
+        for bad in ["", "/split", "split/", "a//b"] {
+            assert!(split_key_problem(gate, bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

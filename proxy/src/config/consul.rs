@@ -7,6 +7,7 @@
 use super::file::{FileConsul, OneOrMany};
 use drawbridge_core::consul::{Consistency, DEFAULT_ADDRESS};
 use drawbridge_core::settings::Problems;
+use drawbridge_core::split;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -60,20 +61,15 @@ pub(super) fn check_consul(
             "consul.key",
             "the gate key is required, e.g. \"drawbridge/prod/gate\"",
         );
-    } else {
-        check_key_path(p, "consul.key", &key);
+    } else if let Some(problem) = split::key_path_problem(&key) {
+        p.add("consul.key", problem);
     }
     let split_key = c
         .split_key
-        .unwrap_or_else(|| drawbridge_core::split::default_split_key(&key));
+        .unwrap_or_else(|| split::default_split_key(&key));
     // Without a gate key, its default split key would only repeat that problem.
-    if split_key == key && !key.is_empty() {
-        p.add(
-            "consul.split_key",
-            "is the gate key: the split document needs a key of its own",
-        );
-    } else if !key.is_empty() {
-        check_key_path(p, "consul.split_key", &split_key);
+    if let Some(problem) = split::split_key_problem(&key, &split_key).filter(|_| !key.is_empty()) {
+        p.add("consul.split_key", problem);
     }
     let wait = p.duration("consul.wait", c.wait.as_deref(), Duration::from_secs(60));
     if wait < Duration::from_secs(1) || wait > MAX_CONSUL_WAIT {
@@ -124,16 +120,6 @@ pub(super) fn check_consul(
         register: c.register.unwrap_or(true),
         service_name,
         service_id: c.service_id.unwrap_or_default(),
-    }
-}
-
-/// Refuses a key path that Consul would read otherwise than written.
-fn check_key_path(p: &mut Problems, field: &str, key: &str) {
-    if key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//") {
-        p.add(
-            field,
-            format!("{key:?} must not be empty, start or end with '/' or contain '//'"),
-        );
     }
 }
 
