@@ -315,6 +315,14 @@ const HOLD_TIME: Duration = Duration::from_secs(1);
 impl Guarded {
     /// HTTP/1 bytes for the HTTP code: what [`Framing`] lets through, read from the client
     /// as needed; straight into `buf` when nothing is held and the bytes need no look.
+    /// Hands the first `n` held bytes, or as many as `buf` takes, to the HTTP code.
+    fn hand_held(&mut self, n: usize, buf: &mut ReadBuf<'_>) {
+        let n = n.min(buf.remaining());
+        buf.put_slice(&self.held[..n]);
+        self.held.advance(n);
+        self.handed += n as u64;
+    }
+
     fn poll_read_http1(
         &mut self,
         cx: &mut Context<'_>,
@@ -330,10 +338,7 @@ impl Guarded {
             };
             let ready = may.saturating_sub(self.handed).min(self.held.len() as u64) as usize;
             if ready > 0 {
-                let n = ready.min(buf.remaining());
-                buf.put_slice(&self.held[..n]);
-                self.held.advance(n);
-                self.handed += n as u64;
+                self.hand_held(ready, buf);
                 return Poll::Ready(Ok(()));
             }
             if broken {
@@ -342,10 +347,7 @@ impl Guarded {
             }
             if self.client_done {
                 // A cut request: the parser and the decoder see it as it came.
-                let n = self.held.len().min(buf.remaining());
-                buf.put_slice(&self.held[..n]);
-                self.held.advance(n);
-                self.handed += n as u64;
+                self.hand_held(self.held.len(), buf);
                 return Poll::Ready(Ok(()));
             }
             let straight = self.held.is_empty()

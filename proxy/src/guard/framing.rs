@@ -42,8 +42,8 @@ enum State {
     Chunked { at: Chunk, streaming: bool },
     /// Nothing is held any more on this connection.
     PassThrough,
-    /// A broken chunked body was found.
-    Broken { head_end: u64, reason: &'static str },
+    /// A broken chunked body was found (its head ends at [`Framing::head_end`]).
+    Broken { reason: &'static str },
 }
 
 /// Where a chunked body stands.
@@ -119,7 +119,10 @@ impl Framing {
     /// What may be read now.
     pub fn verdict(&self) -> Verdict {
         match self.state {
-            State::Broken { head_end, reason } => Verdict::Broken { head_end, reason },
+            State::Broken { reason } => Verdict::Broken {
+                head_end: self.head_end,
+                reason,
+            },
             _ => Verdict::Release(self.releasable),
         }
     }
@@ -217,12 +220,7 @@ impl Framing {
                         self.pass_through();
                         self.releasable = end;
                     }
-                    Err(reason) => {
-                        self.state = State::Broken {
-                            head_end: self.head_end,
-                            reason,
-                        };
-                    }
+                    Err(reason) => self.state = State::Broken { reason },
                     Ok(None) => {
                         self.releasable = end;
                         self.request_start = end;
