@@ -55,6 +55,19 @@ struct FileEnvironment {
     #[serde(default)]
     steps: Vec<FileExtraStep>,
     canary: Option<FileCanary>,
+    roll: Option<FileRoll>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoll {
+    command: Option<String>,
+    url: Option<String>,
+    timeout: Option<String>,
+    healthy_timeout: Option<String>,
+    healthy_for: Option<String>,
+    smoke_url: Option<String>,
+    smoke_expect_body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +161,35 @@ pub struct Environment {
     pub boxes: Vec<BoxSettings>,
     pub extra_steps: Vec<ExtraStep>,
     pub canary: CanaryThresholds,
+    /// How `maintctl roll` replaces or upgrades a box; `roll` is refused without it.
+    pub roll: Option<RollSettings>,
+}
+
+/// What `maintctl roll` does to each api_ui box while it is drained, and how it waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollSettings {
+    pub action: RollAction,
+    /// Longest the command or the call may take.
+    pub timeout: Duration,
+    /// Longest wait for the box's Consul checks to pass after it.
+    pub healthy_timeout: Duration,
+    /// How long the checks must pass without a break before the box counts as healthy (a check
+    /// that ran before the restart may still say passing).
+    pub healthy_for: Duration,
+    /// Requested (GET) on each box once healthy, before it takes traffic again; `{box}`, `{node}`
+    /// and `{address}` (the node's address in Consul) are replaced. 2xx passes.
+    pub smoke_url: Option<String>,
+    /// Text the smoke answer must contain.
+    pub smoke_expect_body: Option<String>,
+}
+
+/// How a box is replaced or upgraded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollAction {
+    /// Run on the box over ssh (its `ssh` destination).
+    Command(String),
+    /// POST to this URL (`{box}` and `{node}` replaced); 2xx is done.
+    Url(String),
 }
 
 /// When `maintctl canary` rolls a new pool back, compared with the pool it replaces.
@@ -240,6 +282,9 @@ pub struct BoxSettings {
     /// The Consul node name (default: the box name).
     pub node: String,
     pub access: BoxAccess,
+    /// Its `ssh` destination, when it has one (for an api_ui box with a `consul_agent`, only
+    /// `maintctl roll` uses it).
+    pub ssh: Option<String>,
 }
 
 /// When an extra step runs.
@@ -363,6 +408,14 @@ fn check_environment(
         p.add(k("split_key"), problem);
     }
     let canary = check_canary(&k("canary"), e.canary, p);
+    let step_timeout = p.duration(
+        &k("step_timeout"),
+        e.step_timeout.as_deref(),
+        Duration::from_secs(120),
+    );
+    let roll = e
+        .roll
+        .and_then(|r| check_roll(&k("roll"), r, step_timeout, p));
     let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
     if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
         p.add(
@@ -442,7 +495,7 @@ fn check_environment(
         })
         .collect();
     let mut names = HashSet::new();
-    let boxes = e
+    let boxes: Vec<BoxSettings> = e
         .boxes
         .into_iter()
         .enumerate()
@@ -457,6 +510,14 @@ fn check_environment(
             check_box(&bk, b, p)
         })
         .collect();
+    if let Some(RollAction::Command(_)) = roll.as_ref().map(|r| &r.action) {
+        for b in boxes_without_ssh(&boxes) {
+            p.add(
+                k("roll.command"),
+                format!("runs on each api_ui box over ssh, but box {b} has no `ssh` destination"),
+            );
+        }
+    }
     let extra_steps = e
         .steps
         .into_iter()
@@ -472,11 +533,7 @@ fn check_environment(
         prefix,
         confirm: e.confirm,
         parallel,
-        step_timeout: p.duration(
-            &k("step_timeout"),
-            e.step_timeout.as_deref(),
-            Duration::from_secs(120),
-        ),
+        step_timeout,
         verify_timeout: p.duration(
             &k("verify_timeout"),
             e.verify_timeout.as_deref(),
@@ -496,7 +553,59 @@ fn check_environment(
         boxes,
         extra_steps,
         canary,
+        roll,
     }
+}
+
+/// The api_ui boxes that cannot be reached over ssh.
+fn boxes_without_ssh(boxes: &[BoxSettings]) -> impl Iterator<Item = &str> {
+    boxes
+        .iter()
+        .filter(|b| b.role == Role::ApiUi && b.ssh.is_none())
+        .map(|b| b.name.as_str())
+}
+
+/// `[environments.NAME.roll]`: exactly one of `command` and `url`; the waits with their
+/// defaults (the command as long as `step_timeout`, healthy within 5 minutes, for 10 seconds).
+fn check_roll(
+    key: &str,
+    r: FileRoll,
+    step_timeout: Duration,
+    p: &mut Problems,
+) -> Option<RollSettings> {
+    let action = match (r.command, r.url) {
+        (Some(command), None) if !command.trim().is_empty() => RollAction::Command(command),
+        (None, Some(url)) => {
+            check_url(p, &format!("{key}.url"), &url);
+            RollAction::Url(url)
+        }
+        _ => {
+            p.add(
+                key,
+                "set exactly one of `command` (run on each box over its ssh) or `url` (POSTed for each box)",
+            );
+            return None;
+        }
+    };
+    if let Some(url) = &r.smoke_url {
+        check_url(p, &format!("{key}.smoke_url"), url);
+    }
+    let duration = |p: &mut Problems, field: &str, value: Option<String>, default| {
+        p.duration(&format!("{key}.{field}"), value.as_deref(), default)
+    };
+    Some(RollSettings {
+        action,
+        timeout: duration(p, "timeout", r.timeout, step_timeout),
+        healthy_timeout: duration(
+            p,
+            "healthy_timeout",
+            r.healthy_timeout,
+            Duration::from_secs(300),
+        ),
+        healthy_for: duration(p, "healthy_for", r.healthy_for, Duration::from_secs(10)),
+        smoke_url: r.smoke_url,
+        smoke_expect_body: r.smoke_expect_body,
+    })
 }
 
 /// `[environments.NAME.canary]`, with its defaults: 1 % errors, p99 at most 1.5 times the old
@@ -549,7 +658,7 @@ fn check_box(key: &str, b: FileBox, p: &mut Problems) -> Option<BoxSettings> {
     let commands = [&b.stop, &b.start, &b.check];
     let urls = [&b.stop_url, &b.start_url, &b.check_url];
     let access = match (role, &b.consul_agent, &b.ssh) {
-        (Role::ApiUi, Some(agent), None) => {
+        (Role::ApiUi, Some(agent), _) => {
             if let Err(e) = drawbridge_core::consul::Client::new(agent, None) {
                 p.add(format!("{key}.consul_agent"), e);
             }
@@ -569,7 +678,10 @@ fn check_box(key: &str, b: FileBox, p: &mut Problems) -> Option<BoxSettings> {
             }),
         },
         (Role::ApiUi, _, _) => {
-            p.add(key, "an api_ui box needs exactly one of `consul_agent` (its agent's HTTP address) or `ssh`");
+            p.add(
+                key,
+                "an api_ui box needs `consul_agent` (its agent's HTTP address) or `ssh`",
+            );
             return None;
         }
         (_, Some(_), _) => {
@@ -621,6 +733,7 @@ fn check_box(key: &str, b: FileBox, p: &mut Problems) -> Option<BoxSettings> {
         name: b.name,
         role,
         access,
+        ssh: b.ssh,
     })
 }
 
@@ -765,6 +878,59 @@ mod tests {
             err.contains("environments.mock.steps[1].when: \"later\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_roll_has_one_action_and_a_command_needs_ssh_on_every_api_ui_box() {
+        let with = |roll: &str| format!("{MOCK}\n[environments.mock.roll]\n{roll}\n");
+        let err = parse(&with("command = \"sudo apt-get upgrade -y app\""))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            err.contains("environments.mock.roll.command: runs on each api_ui box over ssh, but box api1 has no `ssh` destination"),
+            "{err}"
+        );
+        let err = parse(&with("url = \"http://h/{box}\"\ncommand = \"x\""))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            err.contains("environments.mock.roll: set exactly one of `command`"),
+            "{err}"
+        );
+        let err = parse(&with("url = \"h/{box}\"\nhealthy_for = \"soon\""))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            err.contains("environments.mock.roll.url: \"h/{box}\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("environments.mock.roll.healthy_for: \"soon\""),
+            "{err}"
+        );
+        // An api_ui box may have an agent for its node maintenance and ssh for the roll.
+        let text = with("command = \"upgrade\"").replace(
+            "consul_agent = \"http://127.0.0.2:8500\"",
+            "consul_agent = \"http://127.0.0.2:8500\"\nssh = \"api1\"",
+        );
+        let text = text.replace(
+            "consul_agent = \"http://127.0.0.3:8500\"",
+            "consul_agent = \"http://127.0.0.3:8500\"\nssh = \"api2\"",
+        );
+        let config = parse(&text).unwrap();
+        let mock = config.environment("mock").unwrap();
+        let roll = mock.roll.as_ref().unwrap();
+        assert_eq!(roll.action, RollAction::Command("upgrade".to_string()));
+        assert_eq!(roll.healthy_for, Duration::from_secs(10));
+        assert_eq!(roll.timeout, mock.step_timeout);
+        assert_eq!(
+            mock.boxes[0].access,
+            BoxAccess::ConsulAgent("http://127.0.0.2:8500".to_string())
+        );
+        assert_eq!(mock.boxes[0].ssh.as_deref(), Some("api1"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum RunStatus {
     Failed,
     /// Stopped at a step boundary by Ctrl-C or a lost lock.
     Interrupted,
+    /// A `roll` given up with `roll --abandon`: what it changed stays as its steps say.
+    Abandoned,
 }
 
 impl RunStatus {
@@ -29,6 +31,7 @@ impl RunStatus {
             RunStatus::Done => "done",
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Abandoned => "abandoned",
         }
     }
 }
@@ -106,6 +109,9 @@ pub struct StepRecord {
     #[serde(with = "time::serde::rfc3339::option")]
     pub ended_at: Option<OffsetDateTime>,
     pub targets: Vec<TargetRecord>,
+    /// The batch of a `roll` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
 }
 
 /// One run of `down` or `up`, as journalled.
@@ -129,6 +135,9 @@ pub struct Run {
     /// The `down` runs whose changes this `up` restores.
     #[serde(default)]
     pub restores: Vec<String>,
+    /// `roll`: how many batches may fail before it stops.
+    #[serde(default)]
+    pub max_fail: usize,
     pub steps: Vec<StepRecord>,
 }
 
@@ -155,6 +164,7 @@ impl Run {
             started_at: OffsetDateTime::now_utc(),
             ended_at: None,
             restores: Vec::new(),
+            max_fail: plan.max_fail,
             steps: plan
                 .steps
                 .iter()
@@ -165,6 +175,7 @@ impl Run {
                     status: StepStatus::Pending,
                     started_at: None,
                     ended_at: None,
+                    batch: s.batch,
                     targets: s
                         .targets
                         .iter()
@@ -193,14 +204,16 @@ impl Run {
                     title: s.title.clone(),
                     kind: s.kind.clone(),
                     targets: s.targets.iter().map(|t| t.target.clone()).collect(),
+                    batch: s.batch,
                 })
                 .collect(),
+            max_fail: self.max_fail,
         }
     }
 
-    /// Whether the run has ended well.
+    /// Whether the run has ended: done, or abandoned (nothing is left to resume).
     pub fn is_finished(&self) -> bool {
-        self.status == RunStatus::Done
+        matches!(self.status, RunStatus::Done | RunStatus::Abandoned)
     }
 
     /// The step record with this id.
@@ -228,8 +241,9 @@ pub struct Maintenance {
 pub type Touched = std::collections::BTreeSet<(String, String)>;
 
 impl Maintenance {
-    /// The current maintenance among `runs` (any order).
+    /// The current maintenance among `runs` (any order); `roll` runs are no part of one.
     pub fn from_runs(mut runs: Vec<Run>) -> Maintenance {
+        runs.retain(|r| r.direction != Direction::Roll);
         runs.sort_by_key(|r| r.started_at);
         let after_last_up = runs
             .iter()

@@ -2,11 +2,13 @@
 //! exits with its documented code.
 
 use clap::{Parser, Subcommand};
-use maintctl::commands::{self, CanaryRequest, CommandResult, DrainRequest, Failure, RunRequest};
+use maintctl::commands::{
+    self, CanaryRequest, CommandResult, DrainRequest, Failure, PlanRequest, RollRequest, RunRequest,
+};
 use maintctl::config::Config;
 use maintctl::output::Format;
 use maintctl::output::Output;
-use maintctl::plan::Direction;
+use maintctl::plan::{BatchSize, Direction};
 use maintctl::probe::ProbeOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +20,9 @@ use time::OffsetDateTime;
 /// sets the Drawbridge gate key and verifies every proxy and public URL, puts API/UI boxes into
 /// Consul node maintenance, stops workers, disables scheduled jobs, and restores in reverse after
 /// smoke tests through the closed gate. Locked, journalled in Consul, resumable. Drains single
-/// API/UI boxes out of the traffic, and back, without the maintenance page.
+/// API/UI boxes out of the traffic, and back, moves a route's clients to a new pool step by
+/// step, and rolls a change over the API/UI boxes a batch at a time, without the maintenance
+/// page.
 #[derive(Parser, Debug)]
 #[command(
     name = "maintctl",
@@ -192,6 +196,31 @@ enum Command {
     /// thresholds in the inventory's `canary` table); roll back by itself when it is worse. Run
     /// again, it goes on from the current share.
     Canary(CanaryFlags),
+    /// Replace or upgrade the API/UI boxes one batch at a time while the others serve: drain
+    /// the batch, run the inventory's `roll` command (ssh) or call (HTTP) for each box, wait
+    /// until its Consul checks pass for `healthy_for`, smoke-test it directly (`smoke_url`),
+    /// undrain it, and only then the next batch. Stops after more than --max-fail failed
+    /// batches, their boxes left drained and the others serving. Journalled; `resume` continues.
+    Roll {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        shape: RollShape,
+        /// Why (the node maintenance reason in Consul, kept in the journal).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Do not ask for confirmation (environments with `confirm = true`).
+        #[arg(long)]
+        yes: bool,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up the unfinished roll (journalled `abandoned`; `resume` no longer continues it)
+        /// and say which of its boxes are still drained; nothing on the boxes changes.
+        #[arg(long, conflicts_with = "dry_run")]
+        abandon: bool,
+    },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
         /// The environment of the inventory, e.g. final, mock or prod.
@@ -200,7 +229,7 @@ enum Command {
         #[command(flatten)]
         flags: RunFlags,
     },
-    /// Print the exact steps and targets of `down` or `up`; touches nothing.
+    /// Print the exact steps and targets of `down`, `up` or `roll`; touches nothing.
     Plan {
         #[arg(value_enum)]
         direction: PlanDirection,
@@ -210,6 +239,8 @@ enum Command {
         /// For `up`: every step, whatever the journal says.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        shape: RollShape,
     },
     /// The gate key, each proxy's applied index and staleness, each box, the lock and last run.
     Status {
@@ -269,6 +300,21 @@ fn parse_header(raw: &str) -> Result<(String, String), String> {
 enum PlanDirection {
     Down,
     Up,
+    Roll,
+}
+
+/// The batches of a roll.
+#[derive(clap::Args, Debug)]
+struct RollShape {
+    /// The role whose boxes are rolled (only api_ui).
+    #[arg(long, default_value = "api_ui")]
+    role: String,
+    /// Boxes per batch: a number, or a share of the role's boxes rounded up (25%).
+    #[arg(long, value_parser = BatchSize::parse, default_value = "1")]
+    batch: BatchSize,
+    /// Failed batches allowed before the roll stops (each failed batch's boxes stay drained).
+    #[arg(long, default_value_t = 0)]
+    max_fail: usize,
 }
 
 fn parse_until(raw: &str) -> Result<OffsetDateTime, String> {
@@ -368,16 +414,44 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             let request = run(None, None, false, flags);
             commands::resume(&inventory()?, &env, request, out).await
         }
+        Command::Roll {
+            env,
+            shape,
+            reason,
+            yes,
+            dry_run,
+            abandon,
+        } => {
+            let request = RollRequest {
+                role: shape.role,
+                batch: shape.batch,
+                max_fail: shape.max_fail,
+                reason,
+                yes,
+                dry_run,
+                abandon,
+            };
+            commands::roll(&inventory()?, &env, request, out).await
+        }
         Command::Plan {
             direction,
             env,
             all,
+            shape,
         } => {
             let direction = match direction {
                 PlanDirection::Down => Direction::Down,
                 PlanDirection::Up => Direction::Up,
+                PlanDirection::Roll => Direction::Roll,
             };
-            commands::plan(&inventory()?, &env, direction, all, out).await
+            let request = PlanRequest {
+                direction,
+                all,
+                role: shape.role,
+                batch: shape.batch,
+                max_fail: shape.max_fail,
+            };
+            commands::plan(&inventory()?, &env, request, out).await
         }
         Command::Status { env } => commands::status(&inventory()?, &env, out).await,
         Command::History { env } => commands::history(&inventory()?, &env, out).await,

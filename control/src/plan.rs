@@ -3,7 +3,7 @@
 //! Both end with a check of the whole environment from outside. `maintctl plan` prints it;
 //! nothing here touches anything.
 
-use crate::config::{Environment, ExtraAction, Role, When};
+use crate::config::{Environment, ExtraAction, Role, RollSettings, When};
 use crate::remote::BoxState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -18,14 +18,74 @@ pub enum Direction {
     Down,
     /// Bring it back.
     Up,
+    /// Replace or upgrade the api_ui boxes a batch at a time, the service up throughout.
+    Roll,
 }
 
 impl Direction {
-    /// `down` or `up`.
+    /// `down`, `up` or `roll`.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Down => "down",
             Direction::Up => "up",
+            Direction::Roll => "roll",
+        }
+    }
+}
+
+/// How many boxes a `roll` batch takes: a number, or a share of the role's boxes (rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Boxes(usize),
+    Percent(u8),
+}
+
+impl BatchSize {
+    /// Reads `1` or `25%`.
+    ///
+    /// # Errors
+    /// Anything else, or 0.
+    pub fn parse(raw: &str) -> Result<BatchSize, String> {
+        let bad = || format!("{raw:?} is not a batch like 1 (boxes) or 25% (of the role's boxes)");
+        let size = match raw.trim().strip_suffix('%') {
+            Some(share) => match share.trim().parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => BatchSize::Percent(p),
+                _ => return Err(bad()),
+            },
+            None => match raw.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => BatchSize::Boxes(n),
+                _ => return Err(bad()),
+            },
+        };
+        Ok(size)
+    }
+
+    /// The boxes of one batch out of `of`, at least 1.
+    pub fn boxes(self, of: usize) -> usize {
+        match self {
+            BatchSize::Boxes(n) => n,
+            BatchSize::Percent(p) => (of * usize::from(p)).div_ceil(100),
+        }
+        .max(1)
+    }
+}
+
+/// What the whole environment is checked to be at the end of `down` or `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndState {
+    /// Key, proxies and public URLs in maintenance, every box taken down.
+    Down,
+    /// No maintenance, every proxy and public URL open, every box serving.
+    Up,
+}
+
+impl EndState {
+    /// `down` or `up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndState::Down => "down",
+            EndState::Up => "up",
         }
     }
 }
@@ -51,7 +111,18 @@ pub enum StepKind {
     ClearKey,
     /// Observe the whole environment from outside (key, proxies, public URLs, every box) until it
     /// is all down, or all up.
-    Verify { want: Direction },
+    Verify { want: EndState },
+    /// `roll`: node maintenance on, then wait until no proxy sends to the box or has a request
+    /// in flight to it.
+    Drain,
+    /// `roll`: the inventory's command or call that replaces or upgrades the box.
+    Replace,
+    /// `roll`: wait until every Consul check of the box passes, for `healthy_for` at a stretch.
+    Healthy,
+    /// `roll`: the inventory's smoke URL requested on the box itself.
+    BoxSmoke,
+    /// `roll`: node maintenance off, then wait until every proxy sends to the box, healthy.
+    Undrain,
 }
 
 /// A step kind as journals have it: today's `want`, or the direction flags journals written
@@ -79,8 +150,13 @@ enum JournalledKind {
     Smoke,
     ClearKey,
     Verify {
-        want: Direction,
+        want: EndState,
     },
+    Drain,
+    Replace,
+    Healthy,
+    BoxSmoke,
+    Undrain,
 }
 
 impl From<JournalledKind> for StepKind {
@@ -107,6 +183,11 @@ impl From<JournalledKind> for StepKind {
             JournalledKind::Smoke => StepKind::Smoke,
             JournalledKind::ClearKey => StepKind::ClearKey,
             JournalledKind::Verify { want } => StepKind::Verify { want },
+            JournalledKind::Drain => StepKind::Drain,
+            JournalledKind::Replace => StepKind::Replace,
+            JournalledKind::Healthy => StepKind::Healthy,
+            JournalledKind::BoxSmoke => StepKind::BoxSmoke,
+            JournalledKind::Undrain => StepKind::Undrain,
         }
     }
 }
@@ -120,6 +201,9 @@ pub struct Step {
     pub kind: StepKind,
     /// Box names, smoke test names, the key, or the extra step's name.
     pub targets: Vec<String>,
+    /// The batch of a `roll` step (from 1): a failed step ends its batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
 }
 
 /// The ordered steps of one run.
@@ -127,6 +211,8 @@ pub struct Step {
 pub struct Plan {
     pub direction: Direction,
     pub steps: Vec<Step>,
+    /// `roll`: how many batches may fail before the run stops (their boxes stay drained).
+    pub max_fail: usize,
 }
 
 fn boxes(env: &Environment, role: Role) -> Vec<String> {
@@ -148,6 +234,7 @@ fn extras(env: &Environment, when: When) -> Vec<Step> {
         .iter()
         .filter(|s| s.when == when)
         .map(|s| Step {
+            batch: None,
             id: format!("{prefix}:{}", s.name),
             title: match &s.action {
                 ExtraAction::Webhook(url) => format!("{}: POST {url}", s.name),
@@ -163,13 +250,13 @@ fn extras(env: &Environment, when: When) -> Vec<Step> {
 }
 
 /// The last step of every plan: the whole environment observed as `want`.
-fn verify(env: &Environment, want: Direction) -> Step {
+fn verify(env: &Environment, want: EndState) -> Step {
     let (id, title) = match want {
-        Direction::Down => (
+        EndState::Down => (
             "verify_down",
             "check from outside: the key, every proxy and public URL in maintenance, every box down",
         ),
-        Direction::Up => (
+        EndState::Up => (
             "verify_up",
             "check from outside: no maintenance at the key, every proxy and public URL open, every box serving",
         ),
@@ -220,6 +307,7 @@ fn step(id: &str, title: &str, kind: StepKind, targets: Vec<String>) -> Step {
         title: title.to_string(),
         kind,
         targets,
+        batch: None,
     }
 }
 
@@ -248,7 +336,7 @@ impl Plan {
             steps.push(box_step(env, role, BoxState::Stopped));
         }
         steps.extend(extras(env, When::AfterDown));
-        steps.push(verify(env, Direction::Down));
+        steps.push(verify(env, EndState::Down));
         Plan::of(Direction::Down, steps)
     }
 
@@ -271,7 +359,7 @@ impl Plan {
             vec![env.key.clone()],
         ));
         steps.extend(extras(env, When::AfterUp));
-        steps.push(verify(env, Direction::Up));
+        steps.push(verify(env, EndState::Up));
         Plan::of(Direction::Up, steps)
     }
 
@@ -283,6 +371,7 @@ impl Plan {
                 .into_iter()
                 .filter(|s| !s.targets.is_empty())
                 .collect(),
+            max_fail: 0,
         }
     }
 
@@ -313,6 +402,7 @@ impl Plan {
         Plan {
             direction: Direction::Up,
             steps,
+            max_fail: 0,
         }
     }
 
@@ -321,7 +411,63 @@ impl Plan {
     pub fn check_up(env: &Environment) -> Plan {
         Plan {
             direction: Direction::Up,
-            steps: vec![verify(env, Direction::Up)],
+            steps: vec![verify(env, EndState::Up)],
+            max_fail: 0,
+        }
+    }
+
+    /// `roll`: the api_ui boxes in batches of `batch_size`, in inventory order; each batch is
+    /// drained, replaced, waited healthy, smoke-tested on the box (when the inventory has a
+    /// smoke URL) and undrained before the next. `max_fail` batches may fail before the run
+    /// stops.
+    pub fn roll(
+        env: &Environment,
+        roll: &RollSettings,
+        batch_size: usize,
+        max_fail: usize,
+    ) -> Plan {
+        let names = boxes(env, Role::ApiUi);
+        let batches: Vec<&[String]> = names.chunks(batch_size.max(1)).collect();
+        let total = batches.len();
+        let mut steps = Vec::new();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let n = i + 1;
+            let kinds = [
+                (
+                    "drain",
+                    "drain: no new request goes to it; those in flight finish",
+                    StepKind::Drain,
+                ),
+                ("replace", "replace or upgrade it", StepKind::Replace),
+                (
+                    "healthy",
+                    "wait until every Consul check of it passes",
+                    StepKind::Healthy,
+                ),
+                ("smoke", "smoke-test it directly", StepKind::BoxSmoke),
+                (
+                    "undrain",
+                    "undrain: every proxy sends to it again, healthy",
+                    StepKind::Undrain,
+                ),
+            ];
+            for (id, what, kind) in kinds {
+                if kind == StepKind::BoxSmoke && roll.smoke_url.is_none() {
+                    continue;
+                }
+                steps.push(Step {
+                    id: format!("batch{n}:{id}"),
+                    title: format!("batch {n} of {total}: {what}"),
+                    kind,
+                    targets: batch.to_vec(),
+                    batch: Some(n),
+                });
+            }
+        }
+        Plan {
+            direction: Direction::Roll,
+            steps,
+            max_fail,
         }
     }
 
@@ -366,6 +512,8 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::config::sample::mock as env;
+    use crate::config::{BoxAccess, BoxSettings, RollAction};
+    use std::time::Duration;
 
     #[test]
     fn down_runs_the_procedure_in_order_and_skips_empty_roles() {
@@ -439,6 +587,64 @@ mod tests {
         );
         let today = StepKind::Jobs { want: stopped };
         assert_eq!(read(&serde_json::to_string(&today).unwrap()), today);
+    }
+
+    #[test]
+    fn a_roll_goes_batch_by_batch_and_smoke_tests_only_with_a_url() {
+        let mut env = env();
+        env.boxes.push(BoxSettings {
+            name: "api3".to_string(),
+            role: Role::ApiUi,
+            node: "api3".to_string(),
+            access: BoxAccess::ConsulAgent("http://127.0.0.4:8500".to_string()),
+            ssh: None,
+        });
+        let mut roll = RollSettings {
+            action: RollAction::Url("http://deploy/{box}".to_string()),
+            timeout: Duration::from_secs(60),
+            healthy_timeout: Duration::from_secs(300),
+            healthy_for: Duration::from_secs(10),
+            smoke_url: None,
+            smoke_expect_body: None,
+        };
+        let plan = Plan::roll(&env, &roll, 2, 1);
+        let ids: Vec<_> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "batch1:drain",
+                "batch1:replace",
+                "batch1:healthy",
+                "batch1:undrain",
+                "batch2:drain",
+                "batch2:replace",
+                "batch2:healthy",
+                "batch2:undrain"
+            ]
+        );
+        assert_eq!(plan.steps[0].targets, ["api1", "api2"]);
+        assert_eq!(plan.steps[4].targets, ["api3"]);
+        assert_eq!(plan.steps[4].batch, Some(2));
+        assert_eq!(plan.max_fail, 1);
+        roll.smoke_url = Some("http://{address}:8080/".to_string());
+        let with_smoke = Plan::roll(&env, &roll, 1, 0);
+        assert_eq!(with_smoke.steps.len(), 15);
+        assert_eq!(with_smoke.steps[3].id, "batch1:smoke");
+        assert_eq!(
+            with_smoke.steps[3].title,
+            "batch 1 of 3: smoke-test it directly"
+        );
+    }
+
+    #[test]
+    fn batch_sizes_are_boxes_or_a_share_rounded_up() {
+        assert_eq!(BatchSize::parse("2"), Ok(BatchSize::Boxes(2)));
+        assert_eq!(BatchSize::parse("25%").unwrap().boxes(4), 1);
+        assert_eq!(BatchSize::parse("25%").unwrap().boxes(5), 2);
+        assert_eq!(BatchSize::parse("1%").unwrap().boxes(3), 1);
+        for bad in ["0", "0%", "101%", "-1", "half", ""] {
+            assert!(BatchSize::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

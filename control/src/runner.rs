@@ -41,12 +41,20 @@ pub async fn execute(
     lock: &Lock,
 ) -> Result<RunEnd, JournalError> {
     let journal = Arc::new(Mutex::new(journal));
+    // Batches of a `roll` that failed in this run, with why: the rest of each is skipped.
+    let mut failed_batches: Vec<(usize, String)> = Vec::new();
     for (index, step) in plan.steps.iter().enumerate() {
         if let Some(why) = stop_reason(&ctx, lock) {
             let end = RunEnd::Interrupted(format!("{why}: next step {}", step.id));
             return end_run(&journal, end).await;
         }
         if step_status(&journal, &step.id).await == Some(StepStatus::Done) {
+            continue;
+        }
+        if step
+            .batch
+            .is_some_and(|b| failed_batches.iter().any(|(failed, _)| *failed == b))
+        {
             continue;
         }
         ctx.out
@@ -85,6 +93,17 @@ pub async fn execute(
                     .collect::<Vec<_>>()
                     .join(" | ")
             );
+            if let Some(batch) = step.batch {
+                failed_batches.push((batch, message.clone()));
+                if failed_batches.len() <= plan.max_fail {
+                    ctx.out.note(&format!(
+                        "batch {batch} failed ({} of at most {} allowed); its boxes stay as they are, the next batch goes on",
+                        failed_batches.len(),
+                        plan.max_fail
+                    ));
+                    continue;
+                }
+            }
             let end = if verify_timeout {
                 RunEnd::VerifyTimeout(message)
             } else {
@@ -92,6 +111,19 @@ pub async fn execute(
             };
             return end_run(&journal, end).await;
         }
+    }
+    if !failed_batches.is_empty() {
+        let end = RunEnd::Failed(format!(
+            "{} failed within --max-fail {}: {}",
+            crate::steps::count(failed_batches.len(), "batch", "batches"),
+            plan.max_fail,
+            failed_batches
+                .iter()
+                .map(|(batch, why)| format!("batch {batch}: {why}"))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        ));
+        return end_run(&journal, end).await;
     }
     end_run(&journal, RunEnd::Done).await
 }
@@ -196,15 +228,15 @@ async fn run_step(
                 .expect("the semaphore is never closed");
             set_target(&journal, &step.id, &target_name, TargetStatus::Intent, None).await?;
             let started = Instant::now();
+            let deadline = ctx.target_deadline(&step.kind);
             let result = tokio::time::timeout(
-                ctx.env.step_timeout + ctx.env.verify_timeout,
+                deadline,
                 ctx.run_target(&step.id, &step.kind, &target_name, direction, resumed),
             )
             .await
             .unwrap_or_else(|_| {
                 Err(TargetError::Failed(format!(
-                    "no result within the step timeout ({:?} + verify {:?})",
-                    ctx.env.step_timeout, ctx.env.verify_timeout
+                    "no result within {deadline:?} (the step's timeout and verify_timeout)"
                 )))
             });
             let (outcome, detail, verify_timeout) = match result {

@@ -6,7 +6,7 @@
 use crate::config::{BoxAccess, BoxSettings, Environment, ExtraAction};
 use crate::gate_write::{is_ambiguous, reread_until, settle, GateWrite, Written};
 use crate::output::{Outcome, Output};
-use crate::plan::{Direction, StepKind};
+use crate::plan::{EndState, StepKind};
 use crate::proxies::{self, Expect, Proxy};
 use crate::remote::{self, BoxState};
 use crate::survey;
@@ -395,7 +395,7 @@ impl Context {
     }
 
     /// Observes the whole environment until it is all `want`, within `verify_timeout`.
-    async fn verify_end(&self, want: Direction) -> TargetResult {
+    async fn verify_end(&self, want: EndState) -> TargetResult {
         let observed = wait_until(self.env.verify_timeout, || async {
             let survey = survey::survey(&self.env, &self.consul, &self.http).await?;
             let mut differences = survey.differences(want);
@@ -408,8 +408,8 @@ impl Context {
         })
         .await;
         let word = match want {
-            Direction::Down => "down",
-            Direction::Up => "up",
+            EndState::Down => "down",
+            EndState::Up => "up",
         };
         match observed {
             Ok(()) => Ok((
@@ -562,6 +562,11 @@ impl Context {
             }
             StepKind::Smoke => self.smoke(target).await,
             StepKind::Extra { name } => self.extra(step_id, name, direction).await,
+            StepKind::Drain => self.drain_box(self.find_box(target)?, resumed).await,
+            StepKind::Replace => self.replace_box(self.find_box(target)?, resumed).await,
+            StepKind::Healthy => self.healthy_box(self.find_box(target)?).await,
+            StepKind::BoxSmoke => self.smoke_box(self.find_box(target)?).await,
+            StepKind::Undrain => self.undrain_box(self.find_box(target)?, resumed).await,
         }
     }
 }

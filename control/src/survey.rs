@@ -3,7 +3,7 @@
 //! "verified" means the end state was observed, not that the planned steps ran.
 
 use crate::config::{BoxAccess, BoxSettings, Environment, Role};
-use crate::plan::Direction;
+use crate::plan::EndState;
 use crate::proxies::{self, Expect, Proxy};
 use crate::remote::{self, BoxState};
 use drawbridge_core::consul::{Client, QueryOptions};
@@ -192,11 +192,11 @@ async fn read_proxy(env: &Environment, http: &reqwest::Client, p: &Proxy) -> Pro
 pub async fn public_differences(
     env: &Environment,
     http: &reqwest::Client,
-    want: Direction,
+    want: EndState,
 ) -> Vec<String> {
     let (page, api) = match want {
-        Direction::Down => (Expect::Page, Expect::Problem),
-        Direction::Up => (Expect::Open, Expect::Open),
+        EndState::Down => (Expect::Page, Expect::Problem),
+        EndState::Up => (Expect::Open, Expect::Open),
     };
     let urls = (env.public_page_urls.iter().map(move |u| (u, page)))
         .chain(env.public_api_urls.iter().map(move |u| (u, api)));
@@ -214,23 +214,23 @@ impl Survey {
     /// Everything that is not as the environment should be when `want` (down: the key in
     /// maintenance for every route, every proxy serving it, every box taken down; up: no
     /// maintenance, every proxy open, every box serving), one line each; empty when all is so.
-    pub fn differences(&self, want: Direction) -> Vec<String> {
+    pub fn differences(&self, want: EndState) -> Vec<String> {
         let mut found = Vec::new();
         let mode = match want {
-            Direction::Down => Mode::Maintenance,
-            Direction::Up => Mode::Normal,
+            EndState::Down => Mode::Maintenance,
+            EndState::Up => Mode::Normal,
         };
         let index = match (&self.key, want) {
-            (KeyState::Set { doc, index }, Direction::Down)
+            (KeyState::Set { doc, index }, EndState::Down)
                 if doc.mode == Mode::Maintenance && doc.scope.is_none() =>
             {
                 Some(*index)
             }
-            (KeyState::Set { doc, index }, Direction::Up) if doc.mode == Mode::Normal => {
+            (KeyState::Set { doc, index }, EndState::Up) if doc.mode == Mode::Normal => {
                 Some(*index)
             }
-            (KeyState::Missing, Direction::Up) => Some(0),
-            (KeyState::Set { doc, .. }, Direction::Down) if doc.scope.is_some() => {
+            (KeyState::Missing, EndState::Up) => Some(0),
+            (KeyState::Set { doc, .. }, EndState::Down) if doc.scope.is_some() => {
                 let routes = doc.scope.as_deref().unwrap_or_default().join(", ");
                 found.push(format!(
                     "the gate key closes only some routes ({routes}), not all"
@@ -266,7 +266,7 @@ impl Survey {
         }
         for b in &self.boxes {
             match (b.is_down(), want) {
-                (Some(true), Direction::Down) | (Some(false), Direction::Up) => {}
+                (Some(true), EndState::Down) | (Some(false), EndState::Up) => {}
                 (None, _) => found.push(format!(
                     "box {} ({}): cannot be read: {}",
                     b.name,
@@ -317,7 +317,7 @@ mod tests {
                 (Role::Worker, BoxSeen::Check(BoxState::Running)),
             ],
         );
-        assert_eq!(open.differences(Direction::Up), ["no proxy is registered"]);
+        assert_eq!(open.differences(EndState::Up), ["no proxy is registered"]);
         let half = survey(
             KeyState::Set {
                 doc: GateDoc::parse(br#"{"mode":"maintenance"}"#).unwrap(),
@@ -329,7 +329,7 @@ mod tests {
                 (Role::Scheduler, BoxSeen::Unknown("ssh: timed out".into())),
             ],
         );
-        let up = half.differences(Direction::Up);
+        let up = half.differences(EndState::Up);
         assert!(
             up.contains(&"the gate key says maintenance, not normal".to_string()),
             "{up:?}"
@@ -343,7 +343,7 @@ mod tests {
                 .any(|d| d.contains("box2 (scheduler): cannot be read: ssh: timed out")),
             "{up:?}"
         );
-        let down = half.differences(Direction::Down);
+        let down = half.differences(EndState::Down);
         assert!(
             down.contains(&"box box1 (worker): running".to_string()),
             "{down:?}"
@@ -361,7 +361,7 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(
-            scoped.differences(Direction::Down)[0],
+            scoped.differences(EndState::Down)[0],
             "the gate key closes only some routes (api), not all"
         );
     }

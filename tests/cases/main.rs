@@ -70,3 +70,5 @@ mod maintctl_drain;
 mod proxy_split;
 // maintctl canary: a route moved to a new pool step by step, judged, promoted or rolled back.
 mod maintctl_canary;
+// maintctl roll: the api_ui boxes replaced a batch at a time, a failed batch, a kill, resume.
+mod maintctl_roll;

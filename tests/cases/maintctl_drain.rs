@@ -8,15 +8,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use drawbridge_core::consul::{CheckStatus, CheckTarget, ServiceCheck};
+use drawbridge_core::consul::CheckStatus;
 use drawbridge_tests::consul::{ConsulClientAgent, ConsulServer};
 use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::maintctl::{
-    wait_registered, Inventory, InventoryBox, Maintctl, MaintctlOutput, API1_IP, API2_IP, ENV,
-    GATE_KEY,
+    api_edges, register_api, Inventory, InventoryBox, Maintctl, MaintctlOutput, API1_IP, API2_IP,
+    ENV, GATE_KEY,
 };
 use drawbridge_tests::process::TestDir;
-use drawbridge_tests::proxy::{header, Drawbridge, Route};
+use drawbridge_tests::proxy::{header, Drawbridge};
 use drawbridge_tests::upstream::Upstream;
 
 /// How long api1's upstream takes to answer `/slow/…`.
@@ -51,30 +51,9 @@ impl Fleet {
             .listen((API2_IP, 0).into())
             .start();
         for (agent, up, id) in [(&api1, &up1, "api-1"), (&api2, &up2, "api-2")] {
-            let check = ServiceCheck {
-                target: CheckTarget::Http(format!("http://{}/healthz", up.addr())),
-                interval: Duration::from_millis(500),
-                timeout: Some(Duration::from_secs(1)),
-                deregister_critical_after: None,
-                initial_status: Some("passing".to_string()),
-            };
-            agent.register_upstream(id, "api", up, Some(check)).await;
+            register_api(agent, id, up).await;
         }
-        let edge = |name: &str, agent: &ConsulClientAgent| {
-            let mut edge = Drawbridge::builder(&agent.http_addr(), GATE_KEY)
-                .name(name)
-                .register_as("drawbridge")
-                .consul_pool("api", "api", None)
-                .route(Route::api("api", "/", "api"));
-            // maintctl names a proxy by its service id.
-            edge.service_id = Some(name.to_string());
-            edge
-        };
-        let (edge1, edge2) = tokio::join!(
-            edge("edge1", &api1).start(&dir),
-            edge("edge2", &api2).start(&dir)
-        );
-        wait_registered(&consul, 2).await;
+        let [edge1, edge2] = api_edges(&dir, &consul, &api1, &api2).await;
         let mut inventory = Inventory::new(
             consul.http_addr(),
             GATE_KEY,
@@ -118,7 +97,7 @@ impl Fleet {
             Duration::from_secs(15),
             Duration::from_millis(100),
             || async {
-                let seen = spread(edge, 6).await;
+                let seen = edge.upstreams_of(6).await;
                 if seen.contains(&"api-box1".to_string()) && seen.contains(&"api-box2".to_string())
                 {
                     Ok(())
@@ -162,22 +141,6 @@ impl Fleet {
         )
         .await;
     }
-}
-
-/// The upstream of each of `n` requests to `edge`, every one a 200.
-async fn spread(edge: &Drawbridge, n: usize) -> Vec<String> {
-    let mut seen = Vec::new();
-    for i in 0..n {
-        let answer = edge.get(&format!("/orders/{i}")).await;
-        assert_eq!(
-            answer.status(),
-            200,
-            "request {i} through {}",
-            edge.url("/")
-        );
-        seen.push(header(&answer, "x-upstream").unwrap_or_default());
-    }
-    seen
 }
 
 /// A request in flight at api1 when `drain api1` starts: maintctl waits for it, it ends with
@@ -230,7 +193,7 @@ async fn drain_waits_for_the_request_in_flight_and_undrain_brings_the_box_back()
     }
     let before = fleet.up1.requests_to("/orders/0");
     for edge in [&fleet.edge1, &fleet.edge2] {
-        let seen = spread(edge, 10).await;
+        let seen = edge.upstreams_of(10).await;
         assert!(
             seen.iter().all(|s| s == "api-box2"),
             "requests went to api1 while it drains: {seen:?}"
@@ -309,7 +272,7 @@ async fn drain_waits_for_the_request_in_flight_and_undrain_brings_the_box_back()
     assert!(!fleet.consul.node_in_maintenance("api1").await);
     // No waiting here: undrain returned once every proxy sends to api1 again.
     for edge in [&fleet.edge1, &fleet.edge2] {
-        let seen = spread(edge, 6).await;
+        let seen = edge.upstreams_of(6).await;
         assert!(
             seen.iter().any(|s| s == "api-box1"),
             "{} sends nothing to api1 after undrain: {seen:?}",
@@ -336,7 +299,7 @@ async fn undrain_is_refused_while_the_box_is_unhealthy() {
         .assert_mentions("undrain refused")
         .assert_mentions("service:api-1");
     assert!(fleet.consul.node_in_maintenance("api1").await);
-    let seen = spread(&fleet.edge1, 6).await;
+    let seen = fleet.edge1.upstreams_of(6).await;
     assert!(seen.iter().all(|s| s == "api-box2"), "{seen:?}");
 
     fleet.up1.set_healthy(true);

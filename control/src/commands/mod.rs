@@ -7,17 +7,19 @@ mod canary;
 mod drain;
 mod preflight;
 mod report;
+mod roll;
 mod run;
 
 pub use canary::{canary, CanaryRequest};
 pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
+pub use roll::{roll, RollRequest};
 pub use run::{down, resume, up, RunRequest};
 
 use crate::config::{Config, Environment};
 use crate::lock::{Holder, Lock, LockError};
 use crate::output::{Format, Output};
-use crate::plan::{Direction, Plan};
+use crate::plan::{BatchSize, Direction, Plan};
 use crate::probe::{ProbeOptions, ProbeReport};
 use crate::proxies::{self, Proxy};
 use drawbridge_core::consul::Client;
@@ -156,16 +158,23 @@ fn print_plan(env: &Environment, plan: &Plan, out: Output) {
     );
 }
 
-/// `maintctl plan down|up`: the exact steps and targets; touches nothing.
-pub async fn plan(
-    config: &Config,
-    env_name: &str,
-    direction: Direction,
-    all: bool,
-    out: Output,
-) -> CommandResult {
+/// What `maintctl plan` is asked.
+pub struct PlanRequest {
+    pub direction: Direction,
+    /// `up`: every step, whatever the journal says.
+    pub all: bool,
+    /// `roll`: the role, its batch size and how many batches may fail.
+    pub role: String,
+    pub batch: BatchSize,
+    pub max_fail: usize,
+}
+
+/// `maintctl plan down|up|roll`: the exact steps and targets; touches nothing.
+pub async fn plan(config: &Config, env_name: &str, req: PlanRequest, out: Output) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
-    let plan = match direction {
+    let all = req.all;
+    let plan = match req.direction {
+        Direction::Roll => roll::roll_plan(env, &req.role, req.batch, req.max_fail)?,
         Direction::Down => Plan::down(env),
         Direction::Up => match run::plan_up(env, all).await? {
             Some(plan) => plan,

@@ -10,7 +10,7 @@ use crate::config::{Config, Environment};
 use crate::journal::{self, Journal, Maintenance, Run, RunStatus};
 use crate::lock::{self, Holder, Lock, LockError};
 use crate::output::Output;
-use crate::plan::{Direction, Plan, StepKind};
+use crate::plan::{Direction, EndState, Plan, StepKind};
 use crate::runner::{self, RunEnd};
 use crate::steps::Context;
 use crate::survey;
@@ -37,7 +37,7 @@ pub struct RunRequest {
 
 /// Refuses at once when another live run holds the environment's lock (exit 4), whatever the
 /// journal says. A holder that died on this host does not count: the lock is taken over.
-async fn refuse_if_locked(env: &Environment, consul: &Client) -> Result<(), Failure> {
+pub(super) async fn refuse_if_locked(env: &Environment, consul: &Client) -> Result<(), Failure> {
     match lock::holder(consul, &env.prefix).await {
         Ok(Some(holder)) if !holder.died_here() => {
             Err(Failure::new(exit::LOCKED, LockError::Held(holder)))
@@ -95,7 +95,7 @@ fn stop_on_ctrl_c(out: Output) -> Arc<AtomicBool> {
 }
 
 /// A run about to start: new, or one of the journal continued.
-enum Prepared {
+pub(super) enum Prepared {
     New {
         reason: String,
         until: Option<OffsetDateTime>,
@@ -108,11 +108,17 @@ enum Prepared {
 }
 
 /// The exit code and message of a run that did not end done.
-fn run_failure(env: &Environment, end: RunEnd) -> Failure {
-    let hint = format!(
-        "`maintctl resume --env {0}` continues this run; `maintctl up --env {0}` restores what the downs changed",
-        env.name
-    );
+fn run_failure(env: &Environment, direction: Direction, end: RunEnd) -> Failure {
+    let hint = match direction {
+        Direction::Roll => format!(
+            "`maintctl resume --env {}` continues this roll (failed batches first); the boxes of a failed batch stay drained",
+            env.name
+        ),
+        _ => format!(
+            "`maintctl resume --env {0}` continues this run; `maintctl up --env {0}` restores what the downs changed",
+            env.name
+        ),
+    };
     match end {
         RunEnd::Done => unreachable!("a done run is no failure"),
         RunEnd::Failed(m) => Failure::new(exit::FAILED, format!("{m}\n{hint}")),
@@ -124,7 +130,7 @@ fn run_failure(env: &Environment, end: RunEnd) -> Failure {
 /// Runs `plan`: confirmation, the lock (so a second operator is told at once), pre-flight (a
 /// refusal changes nothing but taking and releasing the lock), the journal, the steps, the
 /// report.
-async fn run_plan(
+pub(super) async fn run_plan(
     env: &Environment,
     consul: Client,
     plan: Plan,
@@ -225,16 +231,25 @@ async fn run_locked(
     match runner::execute(ctx, &plan, journal, lock).await {
         Ok(RunEnd::Done) => {
             out.emit(json!({"event": "run_done", "run": run_id}), || {
+                let seen = match plan.direction {
+                    Direction::Roll => {
+                        "every box was seen healthy in Consul and back in every proxy's pool"
+                            .to_string()
+                    }
+                    direction => format!(
+                        "the environment was seen {} from outside",
+                        direction.as_str()
+                    ),
+                };
                 format!(
-                    "done: maintctl {} --env {} finished; the environment was seen {} from outside",
+                    "done: maintctl {} --env {} finished; {seen}",
                     plan.direction.as_str(),
                     env.name,
-                    plan.direction.as_str()
                 )
             });
             Ok(exit::OK)
         }
-        Ok(end) => Err(run_failure(env, end)),
+        Ok(end) => Err(run_failure(env, plan.direction, end)),
         Err(e) => Err(Failure::failed(format!(
             "the journal could not be written, the run stopped: {e}"
         ))),
@@ -333,8 +348,8 @@ async fn up_plan(
     let seen = survey::survey(env, consul, &http)
         .await
         .map_err(Failure::failed)?;
-    let mut not_open = seen.differences(Direction::Up);
-    not_open.extend(survey::public_differences(env, &http, Direction::Up).await);
+    let mut not_open = seen.differences(EndState::Up);
+    not_open.extend(survey::public_differences(env, &http, EndState::Up).await);
     if not_open.is_empty() {
         // Runs since the last `up` changed nothing that is still down (e.g. a `down` stopped
         // before it acted): a run that only checks closes that maintenance, so its steps are not
@@ -442,8 +457,9 @@ pub async fn resume(
         Ok(Some((run, index))) if !run.is_finished() => (run, index),
         Ok(Some((run, _))) => {
             return Err(Failure::failed(format!(
-                "nothing to resume: the last run {} finished",
-                run.id
+                "nothing to resume: the last run {} ended {}",
+                run.id,
+                run.status.as_str()
             )))
         }
         Ok(None) => {

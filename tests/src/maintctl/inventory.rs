@@ -141,6 +141,20 @@ pub struct Inventory {
     pub steps: Vec<ExtraStep>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll: Option<Roll>,
+}
+
+/// `[environments.NAME.roll]`: how `maintctl roll` replaces a box (here always by a call).
+#[derive(Debug, Clone, Serialize)]
+pub struct Roll {
+    pub url: String,
+    pub healthy_for: String,
+    pub healthy_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoke_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoke_expect_body: Option<String>,
 }
 
 /// `[environments.NAME.canary]`: when `maintctl canary` rolls back.
@@ -170,6 +184,7 @@ impl Inventory {
             boxes,
             steps: Vec::new(),
             canary: None,
+            roll: None,
         }
     }
 

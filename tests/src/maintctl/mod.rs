@@ -25,7 +25,7 @@ mod run;
 mod scene;
 
 pub use inventory::{
-    Bypass, BypassKey, Canary, ExtraStep, Inventory, InventoryBox, SmokeTest, ENV,
+    Bypass, BypassKey, Canary, ExtraStep, Inventory, InventoryBox, Roll, SmokeTest, ENV,
 };
 pub use journal::{JournalView, RunView, PREFIX};
 pub use run::{
@@ -33,6 +33,6 @@ pub use run::{
     OPERATOR, RUN_DEADLINE,
 };
 pub use scene::{
-    content_type, wait_registered, MaintScene, API1_IP, API2_IP, BYPASS_KEY_ID, BYPASS_SECRET,
-    GATE_KEY, SCHED1_IP, WORKER1_IP, WORKER2_IP, WORKER_PROCESSES,
+    api_edges, content_type, register_api, wait_registered, MaintScene, API1_IP, API2_IP,
+    BYPASS_KEY_ID, BYPASS_SECRET, GATE_KEY, SCHED1_IP, WORKER1_IP, WORKER2_IP, WORKER_PROCESSES,
 };

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use drawbridge_core::consul::{KvEntry, QueryOptions};
+use drawbridge_core::consul::{CheckTarget, KvEntry, QueryOptions, ServiceCheck};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::inventory::{Bypass, BypassKey, Inventory, InventoryBox, SmokeTest, ENV};
@@ -353,4 +353,40 @@ pub async fn wait_registered(consul: &ConsulServer, count: usize) {
     if let Err(last) = result {
         panic!("the proxies did not register in Consul: {last}");
     }
+}
+
+/// Registers `up` on `agent` as instance `id` of service `api`, with an HTTP check of its
+/// `/healthz` every 500 ms, passing from the start.
+pub async fn register_api(agent: &ConsulClientAgent, id: &str, up: &Upstream) {
+    let check = ServiceCheck {
+        target: CheckTarget::Http(format!("http://{}/healthz", up.addr())),
+        interval: Duration::from_millis(500),
+        timeout: Some(Duration::from_secs(1)),
+        deregister_critical_after: None,
+        initial_status: Some("passing".to_string()),
+    };
+    agent.register_upstream(id, "api", up, Some(check)).await;
+}
+
+/// Two proxies, `edge1` on agent `a` and `edge2` on agent `b` (their service ids, as maintctl
+/// names them), whose pool `api` follows Consul service `api` for every path; returned once
+/// both are in the catalog.
+pub async fn api_edges(
+    dir: &TestDir,
+    consul: &ConsulServer,
+    a: &ConsulClientAgent,
+    b: &ConsulClientAgent,
+) -> [Drawbridge; 2] {
+    let edge = |name: &str, agent: &ConsulClientAgent| {
+        let mut edge = Drawbridge::builder(&agent.http_addr(), GATE_KEY)
+            .name(name)
+            .register_as("drawbridge")
+            .consul_pool("api", "api", None)
+            .route(Route::api("api", "/", "api"));
+        edge.service_id = Some(name.to_string());
+        edge
+    };
+    let (edge1, edge2) = tokio::join!(edge("edge1", a).start(dir), edge("edge2", b).start(dir));
+    wait_registered(consul, 2).await;
+    [edge1, edge2]
 }

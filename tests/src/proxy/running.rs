@@ -302,6 +302,25 @@ impl Drawbridge {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// The upstream (`X-Upstream`) that answered each of `n` GETs of `/orders/<i>`.
+    ///
+    /// # Panics
+    /// When an answer is not a 200.
+    pub async fn upstreams_of(&self, n: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        for i in 0..n {
+            let answer = self.get(&format!("/orders/{i}")).await;
+            assert_eq!(
+                answer.status(),
+                200,
+                "request {i} through {}",
+                self.url("/")
+            );
+            seen.push(super::header(&answer, "x-upstream").unwrap_or_default());
+        }
+        seen
+    }
+
     fn admin_get(&self, path: &str) -> reqwest::RequestBuilder {
         let req = self.client.get(self.admin_url(path));
         match &self.builder.admin_token {
