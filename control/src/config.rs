@@ -593,16 +593,24 @@ fn check_roll(
     let duration = |p: &mut Problems, field: &str, value: Option<String>, default| {
         p.duration(&format!("{key}.{field}"), value.as_deref(), default)
     };
+    let healthy_timeout = duration(
+        p,
+        "healthy_timeout",
+        r.healthy_timeout,
+        Duration::from_secs(300),
+    );
+    let healthy_for = duration(p, "healthy_for", r.healthy_for, Duration::from_secs(10));
+    if healthy_for >= healthy_timeout {
+        p.add(
+            format!("{key}.healthy_for"),
+            format!("{healthy_for:?} must be shorter than healthy_timeout ({healthy_timeout:?}), or no box could ever pass"),
+        );
+    }
     Some(RollSettings {
         action,
         timeout: duration(p, "timeout", r.timeout, step_timeout),
-        healthy_timeout: duration(
-            p,
-            "healthy_timeout",
-            r.healthy_timeout,
-            Duration::from_secs(300),
-        ),
-        healthy_for: duration(p, "healthy_for", r.healthy_for, Duration::from_secs(10)),
+        healthy_timeout,
+        healthy_for,
         smoke_url: r.smoke_url,
         smoke_expect_body: r.smoke_expect_body,
     })

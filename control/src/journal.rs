@@ -21,6 +21,8 @@ pub enum RunStatus {
     Interrupted,
     /// A `roll` given up with `roll --abandon`: what it changed stays as its steps say.
     Abandoned,
+    /// A `canary` that rolled its new pool back: decided, nothing to resume.
+    RolledBack,
 }
 
 impl RunStatus {
@@ -32,6 +34,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::RolledBack => "rolled_back",
         }
     }
 }
@@ -114,7 +117,44 @@ pub struct StepRecord {
     pub batch: Option<usize>,
 }
 
-/// One run of `down` or `up`, as journalled.
+/// What a `canary` run was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryAsked {
+    pub route: String,
+    pub to: String,
+    /// The shares, in percent, rising.
+    pub steps: Vec<u8>,
+    /// Each step's hold, in milliseconds.
+    pub hold_ms: u64,
+}
+
+impl StepRecord {
+    /// `step`, with every target pending.
+    pub fn pending(step: &Step) -> StepRecord {
+        StepRecord {
+            id: step.id.clone(),
+            title: step.title.clone(),
+            kind: step.kind.clone(),
+            status: StepStatus::Pending,
+            started_at: None,
+            ended_at: None,
+            batch: step.batch,
+            targets: step
+                .targets
+                .iter()
+                .map(|t| TargetRecord {
+                    target: t.clone(),
+                    status: TargetStatus::Pending,
+                    started_at: None,
+                    ended_at: None,
+                    output: String::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One run of `down`, `up`, `roll` or `canary`, as journalled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
     pub id: String,
@@ -138,6 +178,9 @@ pub struct Run {
     /// `roll`: how many batches may fail before it stops.
     #[serde(default)]
     pub max_fail: usize,
+    /// `canary`: what it was asked, so `resume` can go on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryAsked>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -165,30 +208,8 @@ impl Run {
             ended_at: None,
             restores: Vec::new(),
             max_fail: plan.max_fail,
-            steps: plan
-                .steps
-                .iter()
-                .map(|s| StepRecord {
-                    id: s.id.clone(),
-                    title: s.title.clone(),
-                    kind: s.kind.clone(),
-                    status: StepStatus::Pending,
-                    started_at: None,
-                    ended_at: None,
-                    batch: s.batch,
-                    targets: s
-                        .targets
-                        .iter()
-                        .map(|t| TargetRecord {
-                            target: t.clone(),
-                            status: TargetStatus::Pending,
-                            started_at: None,
-                            ended_at: None,
-                            output: String::new(),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            canary: None,
+            steps: plan.steps.iter().map(StepRecord::pending).collect(),
         }
     }
 
@@ -211,9 +232,12 @@ impl Run {
         }
     }
 
-    /// Whether the run has ended: done, or abandoned (nothing is left to resume).
+    /// Whether the run has ended: done, abandoned or rolled back (nothing is left to resume).
     pub fn is_finished(&self) -> bool {
-        matches!(self.status, RunStatus::Done | RunStatus::Abandoned)
+        matches!(
+            self.status,
+            RunStatus::Done | RunStatus::Abandoned | RunStatus::RolledBack
+        )
     }
 
     /// The step record with this id.
@@ -241,9 +265,10 @@ pub struct Maintenance {
 pub type Touched = std::collections::BTreeSet<(String, String)>;
 
 impl Maintenance {
-    /// The current maintenance among `runs` (any order); `roll` runs are no part of one.
+    /// The current maintenance among `runs` (any order); `roll` and `canary` runs are no part
+    /// of one.
     pub fn from_runs(mut runs: Vec<Run>) -> Maintenance {
-        runs.retain(|r| r.direction != Direction::Roll);
+        runs.retain(|r| matches!(r.direction, Direction::Down | Direction::Up));
         runs.sort_by_key(|r| r.started_at);
         let after_last_up = runs
             .iter()

@@ -194,7 +194,7 @@ enum Command {
     /// the split document every proxy follows: at each step wait until every proxy applied it,
     /// hold, and compare the new pool with the old from the proxies' metrics (error rate, p99;
     /// thresholds in the inventory's `canary` table); roll back by itself when it is worse. Run
-    /// again, it goes on from the current share.
+    /// again, it goes on from the current share. Journalled; `resume` continues a killed one.
     Canary(CanaryFlags),
     /// Replace or upgrade the API/UI boxes one batch at a time while the others serve: drain
     /// the batch, run the inventory's `roll` command (ssh) or call (HTTP) for each box, wait

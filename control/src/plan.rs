@@ -20,6 +20,8 @@ pub enum Direction {
     Up,
     /// Replace or upgrade the api_ui boxes a batch at a time, the service up throughout.
     Roll,
+    /// Move a route's clients to a new pool step by step (`maintctl canary`).
+    Canary,
 }
 
 impl Direction {
@@ -29,6 +31,7 @@ impl Direction {
             Direction::Down => "down",
             Direction::Up => "up",
             Direction::Roll => "roll",
+            Direction::Canary => "canary",
         }
     }
 }
@@ -123,6 +126,9 @@ pub enum StepKind {
     BoxSmoke,
     /// `roll`: node maintenance off, then wait until every proxy sends to the box, healthy.
     Undrain,
+    /// `canary`: a share written and judged, a share in place judged, or the rollback; run by
+    /// `maintctl canary` itself.
+    Canary,
 }
 
 /// A step kind as journals have it: today's `want`, or the direction flags journals written
@@ -157,6 +163,7 @@ enum JournalledKind {
     Healthy,
     BoxSmoke,
     Undrain,
+    Canary,
 }
 
 impl From<JournalledKind> for StepKind {
@@ -188,6 +195,7 @@ impl From<JournalledKind> for StepKind {
             JournalledKind::Healthy => StepKind::Healthy,
             JournalledKind::BoxSmoke => StepKind::BoxSmoke,
             JournalledKind::Undrain => StepKind::Undrain,
+            JournalledKind::Canary => StepKind::Canary,
         }
     }
 }

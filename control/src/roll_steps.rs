@@ -4,12 +4,23 @@
 //! stretch, smoke-test it directly, and undrain it (node maintenance off, then every proxy sends
 //! to it again, healthy). Each waits within its own deadline and says what was still waited for.
 
-use crate::config::{BoxSettings, RollAction, RollSettings};
+use crate::config::{BoxSettings, Role, RollAction, RollSettings};
 use crate::output::Outcome;
 use crate::remote::{self, BoxState};
 use crate::steps::{count, wait_until, Context, TargetError, TargetResult, POLL_EVERY};
 use crate::traffic::{edge_problems, target, unhealthy, Way};
+use drawbridge_core::consul::{CheckStatus, HealthCheck};
 use std::time::{Duration, Instant};
+
+/// Whether a box with these Consul checks and this many service instances takes traffic: out
+/// of node maintenance, some check there and every one passing, and a service to send to.
+fn serving(checks: &[HealthCheck], instances: usize) -> bool {
+    instances > 0
+        && !checks.is_empty()
+        && checks
+            .iter()
+            .all(|c| !c.is_node_maintenance() && c.status == CheckStatus::Passing)
+}
 
 /// `template` with `{box}`, `{node}` and, when known, `{address}` of box `b` filled in.
 fn fill(template: &str, b: &BoxSettings, address: Option<&str>) -> String {
@@ -32,16 +43,55 @@ impl Context {
         })
     }
 
-    /// How long one target of a step of `kind` may take in all: its action and its waits.
+    /// How long one target of a step of `kind` may take in all: its action and its waits, so
+    /// that a step's own wait runs out first and says what it waited for.
     pub(crate) fn target_deadline(&self, kind: &crate::plan::StepKind) -> Duration {
         use crate::plan::StepKind;
+        let (step, verify) = (self.env.step_timeout, self.env.verify_timeout);
         let roll = self.env.roll.as_ref();
-        let wait = match (kind, roll) {
-            (StepKind::Replace, Some(r)) => r.timeout,
-            (StepKind::Healthy, Some(r)) => r.healthy_timeout,
-            _ => self.env.step_timeout,
-        };
-        wait + self.env.verify_timeout
+        match (kind, roll) {
+            (StepKind::Replace, Some(r)) => r.timeout + verify,
+            (StepKind::Healthy, Some(r)) => r.healthy_timeout + verify,
+            // Node maintenance (over ssh: a check, the action and checks until verify_timeout),
+            // then the proxies within step_timeout.
+            (StepKind::Drain | StepKind::Undrain, _) => 3 * step + 2 * verify,
+            _ => step + verify,
+        }
+    }
+
+    /// Whether box `b` takes traffic now, as Consul shows it.
+    async fn in_traffic(&self, b: &BoxSettings) -> Result<bool, String> {
+        let checks = self
+            .consul
+            .health_node(&b.node)
+            .await
+            .map_err(|e| format!("{}: reading the checks of node {}: {e}", b.name, b.node))?;
+        let instances = self
+            .consul
+            .catalog_node_services(&b.node)
+            .await
+            .map_err(|e| format!("{}: reading the services of node {}: {e}", b.name, b.node))?
+            .map_or(0, |(_, entries)| entries.len());
+        Ok(serving(&checks, instances))
+    }
+
+    /// Before a batch is drained: some other api_ui box must stay in the traffic (out of node
+    /// maintenance, healthy, with a service), else the roll would take the whole API down.
+    pub(crate) async fn keeps_one_serving(&self, draining: &[String]) -> Result<(), String> {
+        let others = self
+            .env
+            .boxes
+            .iter()
+            .filter(|b| b.role == Role::ApiUi && !draining.contains(&b.name));
+        for b in others {
+            if self.in_traffic(b).await? {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "draining {} would leave no api_ui box in the traffic (every other one is drained or failing a check): nothing was changed",
+            draining.join(", ")
+        ))
     }
 
     /// Waits within `within` until every proxy does with box `b` what `way` wants; the detail
@@ -154,9 +204,11 @@ impl Context {
                         format!("POST {url} -> {}{again}", answer.status()),
                     ))
                 } else {
+                    let status = answer.status();
+                    let body = answer.text().await.unwrap_or_default();
+                    let said: String = body.trim().chars().take(200).collect();
                     Err(TargetError::Failed(format!(
-                        "POST {url} answered {}{again}",
-                        answer.status()
+                        "POST {url} answered {status}{again}: {said}"
                     )))
                 }
             }
@@ -170,9 +222,20 @@ impl Context {
         let deadline = Instant::now() + roll.healthy_timeout;
         let mut passing_since: Option<Instant> = None;
         loop {
-            let problems = unhealthy(&self.consul, &[b])
+            let mut problems = unhealthy(&self.consul, &[b])
                 .await
                 .map_err(TargetError::Failed)?;
+            let instances = self
+                .consul
+                .catalog_node_services(&b.node)
+                .await
+                .map_err(|e| {
+                    TargetError::Failed(format!("reading the services of node {}: {e}", b.node))
+                })?
+                .map_or(0, |(_, entries)| entries.len());
+            if instances == 0 {
+                problems.push(format!("no service is registered on node {} (yet)", b.node));
+            }
             let now = Instant::now();
             if problems.is_empty() {
                 let since = *passing_since.get_or_insert(now);
@@ -218,9 +281,18 @@ impl Context {
         let address = self
             .consul
             .catalog_node_services(&b.node)
-            .await?
-            .map(|(node, _)| node.address);
-        let url = fill(template, b, address.as_deref());
+            .await
+            .map_err(|e| {
+                TargetError::Failed(format!("reading node {} for its address: {e}", b.node))
+            })?
+            .map(|(node, _)| node.address)
+            .ok_or_else(|| {
+                TargetError::Failed(format!(
+                    "Consul knows no node {}: no address for smoke_url",
+                    b.node
+                ))
+            })?;
+        let url = fill(template, b, Some(&address));
         let failed = |why: String| Err(TargetError::Failed(format!("GET {url}: {why}")));
         let answer = match self
             .http
@@ -252,6 +324,12 @@ impl Context {
         let sending = self
             .wait_for_proxies(b, Way::Undrain, self.env.step_timeout)
             .await?;
+        if sending == 0 {
+            return Err(TargetError::Failed(format!(
+                "{said}, but no pool of the proxies follows a Consul service of {}: nothing shows it back in the traffic",
+                b.name
+            )));
+        }
         Ok((
             outcome,
             format!(
@@ -266,6 +344,37 @@ impl Context {
 mod tests {
     use super::*;
     use crate::config::{BoxAccess, Role};
+
+    fn check(id: &str, status: CheckStatus) -> HealthCheck {
+        serde_json::from_value(serde_json::json!({
+            "CheckID": id,
+            "Status": status.as_str(),
+            "ServiceID": if id.starts_with("service:") { "api-1" } else { "" },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_box_serves_only_out_of_maintenance_all_checks_passing_with_a_service() {
+        let passing = [
+            check("serfHealth", CheckStatus::Passing),
+            check("service:api-1", CheckStatus::Passing),
+        ];
+        assert!(serving(&passing, 1));
+        assert!(!serving(&passing, 0), "no service to send to");
+        assert!(!serving(&[], 1), "no check at all: an unknown node");
+        let mut drained = passing.to_vec();
+        drained.push(check(
+            drawbridge_core::consul::NODE_MAINTENANCE_CHECK,
+            CheckStatus::Critical,
+        ));
+        assert!(!serving(&drained, 1));
+        let failing = [
+            check("serfHealth", CheckStatus::Passing),
+            check("service:api-1", CheckStatus::Critical),
+        ];
+        assert!(!serving(&failing, 1));
+    }
 
     #[test]
     fn templates_name_the_box_its_node_and_address() {

@@ -69,7 +69,19 @@ pub async fn execute(
                 return end_run(&journal, end).await;
             }
         }
-        let failures = run_step(&ctx, plan, step, &journal).await?;
+        // A batch is drained only while another box stays in the traffic.
+        let guard = match step.kind {
+            StepKind::Drain => ctx.keeps_one_serving(&step.targets).await.err(),
+            _ => None,
+        };
+        let failures = match guard {
+            Some(detail) => vec![TargetFailure {
+                target: step.targets.join(", "),
+                detail,
+                verify_timeout: false,
+            }],
+            None => run_step(&ctx, plan, step, &journal).await?,
+        };
         let ok = failures.is_empty();
         ctx.out.step_ended(&step.id, ok, step_started.elapsed());
         set_step(

@@ -567,6 +567,9 @@ impl Context {
             StepKind::Healthy => self.healthy_box(self.find_box(target)?).await,
             StepKind::BoxSmoke => self.smoke_box(self.find_box(target)?).await,
             StepKind::Undrain => self.undrain_box(self.find_box(target)?, resumed).await,
+            StepKind::Canary => failed(format!(
+                "step {step_id} is a canary's: `maintctl resume` continues it as a canary"
+            )),
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use drawbridge_core::status::StatusReport;
 use drawbridge_tests::consul::ConsulServer;
 use drawbridge_tests::maintctl::{
-    wait_registered, Canary, Inventory, Maintctl, MaintctlOutput, ENV,
+    wait_registered, BackgroundRun, Canary, Inventory, JournalView, Maintctl, MaintctlOutput,
+    RunView, ENV, PREFIX,
 };
 use drawbridge_tests::process::TestDir;
 use drawbridge_tests::proxy::{header, test_key, Drawbridge, Route};
@@ -25,7 +26,7 @@ struct Fleet {
     _blue: Upstream,
     _green: Upstream,
     _broken: Upstream,
-    _consul: ConsulServer,
+    consul: ConsulServer,
     maintctl: Maintctl,
     _dir: TestDir,
 }
@@ -72,7 +73,7 @@ impl Fleet {
             _blue: blue,
             _green: green,
             _broken: broken,
-            _consul: consul,
+            consul,
             maintctl,
             _dir: dir,
         }
@@ -125,6 +126,30 @@ impl Fleet {
         all.extend(["canary", "--env", ENV, "--route", "api"]);
         all.extend(args);
         self.maintctl.run(&all).await
+    }
+
+    /// Starts `maintctl canary --env mock --route api <args>` in the background.
+    fn spawn_canary(&self, args: &[&str]) -> BackgroundRun {
+        let mut all = vec!["canary", "--env", ENV, "--route", "api"];
+        all.extend(args);
+        self.maintctl.spawn(&all)
+    }
+
+    /// `maintctl resume` has nothing to do after a rollback (exit 1).
+    async fn assert_rolled_back_is_not_resumed(&self) {
+        self.maintctl
+            .run(&["resume", "--env", ENV])
+            .await
+            .assert_code(1)
+            .assert_mentions("ended rolled_back");
+    }
+
+    /// The run the journal names last.
+    async fn latest_run(&self) -> RunView {
+        JournalView::new(self.consul.client(), PREFIX)
+            .latest()
+            .await
+            .expect("a journalled run")
     }
 
     /// The split of route `api` at each proxy: `(to, percent)`, or `None` when not split.
@@ -201,6 +226,15 @@ async fn a_canary_of_a_healthy_pool_is_promoted_step_by_step_under_load() {
         fleet.api_split().await,
         vec![Some(("api-green".to_string(), 100)); 2]
     );
+    let run = fleet.latest_run().await;
+    assert_eq!(run.direction(), "canary", "{run}");
+    assert_eq!(run.status(), "done", "{run}");
+    assert_eq!(
+        run.step_ids(),
+        ["judge_20", "split_50", "split_100"],
+        "{run}"
+    );
+    run.assert_target("split_50", "api-green", "done");
     println!(
         "canary 20/50/100 % under load: {} requests, unexpected {:?}",
         report.answered, report.unexpected
@@ -271,6 +305,19 @@ async fn a_canary_of_a_failing_pool_rolls_back_by_itself() {
     );
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     assert_eq!(fleet.api_split().await, vec![None, None]);
+    // Decided, in the journal: nothing to resume.
+    let run = fleet.latest_run().await;
+    assert_eq!(run.status(), "rolled_back", "{run}");
+    run.assert_step("split_20", "failed");
+    run.assert_step("roll_back", "done");
+    run.assert_step("split_100", "pending");
+    fleet.assert_rolled_back_is_not_resumed().await;
+    fleet
+        .maintctl
+        .run(&["history", "--env", ENV])
+        .await
+        .assert_success()
+        .assert_mentions("canary");
     for edge in &fleet.edges {
         for i in 0..10 {
             let answer = edge
@@ -283,4 +330,86 @@ async fn a_canary_of_a_failing_pool_rolls_back_by_itself() {
             assert_eq!(header(&answer, "x-upstream").as_deref(), Some("api-blue"));
         }
     }
+}
+
+/// A canary killed while its first share is held stays where it was; `maintctl resume` goes on
+/// with it in the same journal run: the share in place judged first, then the next one, the
+/// killed step recorded as stopped. A new canary killed while it judges that share and then
+/// aborted is ended rolled back, so `resume` does not start it again.
+#[tokio::test]
+async fn a_killed_canary_is_resumed_from_its_journal_and_an_abort_ends_it() {
+    let fleet = Arc::new(Fleet::start("maintctl_canary_resumed").await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = fleet.load(stop.clone(), |status| status == 200);
+    let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "20,50", "--hold", "2s"]);
+    let twenty = vec![Some(("api-green".to_string(), 20)); 2];
+    drawbridge_tests::eventually::eventually(
+        "the 20 % step applied",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let split = fleet.api_split().await;
+            if split == twenty {
+                Ok(())
+            } else {
+                Err(format!("{split:?}"))
+            }
+        },
+    )
+    .await;
+    canary.kill();
+    let killed = fleet.latest_run().await;
+    assert_eq!(killed.status(), "running", "{killed}");
+    killed.assert_step("split_20", "running");
+    assert_eq!(fleet.api_split().await, twenty);
+
+    let resumed = fleet.maintctl.run(&["resume", "--env", ENV]).await;
+    resumed
+        .assert_success()
+        .assert_mentions(&format!("(run {})", killed.id()))
+        .assert_mentions("judge the 20 % route api already sends");
+    let run = fleet.latest_run().await;
+    assert_eq!(run.id(), killed.id());
+    assert_eq!(run.status(), "done", "{run}");
+    assert_eq!(
+        run.step_ids(),
+        ["split_20", "judge_20", "split_50"],
+        "{run}"
+    );
+    run.assert_step("split_20", "failed");
+    run.assert_step("judge_20", "done");
+    run.assert_step("split_50", "done");
+    assert_eq!(
+        fleet.api_split().await,
+        vec![Some(("api-green".to_string(), 50)); 2]
+    );
+
+    let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "100", "--hold", "30s"]);
+    drawbridge_tests::eventually::eventually(
+        "the 50 % in place being judged by a new run",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let run = fleet.latest_run().await;
+            if run.id() != killed.id() && run.step_status("judge_50").as_deref() == Some("running")
+            {
+                Ok(())
+            } else {
+                Err(format!("{run}"))
+            }
+        },
+    )
+    .await;
+    canary.kill();
+    fleet
+        .canary(false, &["--abort"])
+        .await
+        .assert_success()
+        .assert_mentions("aborted");
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+    assert_eq!(fleet.latest_run().await.status(), "rolled_back");
+    fleet.assert_rolled_back_is_not_resumed().await;
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+    let report = stop_load(&stop, load).await;
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
 }

@@ -224,13 +224,20 @@ async fn a_roll_stops_at_the_box_that_fails_its_health_check_and_resume_finishes
         let seen = edge.upstreams_of(12).await;
         assert!(seen.iter().all(|s| s != "api-box3"), "{seen:?}");
     }
-    // A new roll is refused while this one is unfinished.
+    // A new roll, and a maintenance, are refused while this one is unfinished.
     fleet
         .maintctl
         .run(&["roll", "--env", ENV])
         .await
         .assert_code(1)
         .assert_mentions("unfinished roll");
+    fleet
+        .maintctl
+        .run(&["down", "--env", ENV, "--reason", "db", "--yes"])
+        .await
+        .assert_code(1)
+        .assert_mentions("is an unfinished roll (failed)");
+    assert_eq!(fleet.drained().await, ["api3"]);
 
     fleet.upstreams[2].set_healthy(true);
     let resumed = fleet.maintctl.run(&["resume", "--env", ENV]).await;

@@ -12,6 +12,11 @@
 //! the document (re-read and retried if someone changed another route meanwhile), and every
 //! proxy must apply that. A run stopped halfway leaves the split where it was: run again, it
 //! judges the current share first, then goes on. `--abort` needs no lock.
+//!
+//! A canary is a run of its own in the journal (direction `canary`, with what it was asked):
+//! each step `running`, then `done` or `failed` with what was measured, a rollback as a step of
+//! its own (the run ends `rolled_back`, decided). `maintctl resume` goes on with a run that
+//! stopped otherwise, as running it again would, in the same record.
 
 use super::run::confirmed;
 use super::{
@@ -19,8 +24,10 @@ use super::{
     Failure,
 };
 use crate::config::{Config, Environment};
+use crate::journal::{self, CanaryAsked, Journal, RunStatus, StepRecord, StepStatus, TargetStatus};
 use crate::lock::{Holder, Lock};
 use crate::output::{Outcome, Output};
+use crate::plan::{Direction, Plan, Step, StepKind};
 use crate::proxies::{self, Proxy};
 use crate::split_metrics::{sides, SideCounts};
 use crate::steps::wait_until;
@@ -28,6 +35,7 @@ use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
 use drawbridge_core::split::{RouteSplit, SplitDoc};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 
 /// How often the new pool is looked at during a hold.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -66,6 +74,9 @@ struct Run<'a> {
     out: Output,
 }
 
+/// A canary run of the journal to go on with, and the index to write it at.
+type Resumed = Option<(journal::Run, u64)>;
+
 /// `maintctl canary`.
 pub async fn canary(
     config: &Config,
@@ -74,6 +85,42 @@ pub async fn canary(
     out: Output,
 ) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
+    canary_in(env, req, None, out).await
+}
+
+/// `maintctl resume` of a canary run: it goes on as asked, in the same record.
+pub(super) async fn resume(
+    env: &Environment,
+    run: journal::Run,
+    index: u64,
+    yes: bool,
+    dry_run: bool,
+    out: Output,
+) -> CommandResult {
+    let Some(asked) = run.canary.clone() else {
+        return Err(Failure::failed(format!(
+            "run {} is a canary without what it was asked; run `maintctl canary` again",
+            run.id
+        )));
+    };
+    let req = CanaryRequest {
+        route: asked.route,
+        to: Some(asked.to),
+        steps: asked.steps,
+        hold: Duration::from_millis(asked.hold_ms),
+        abort: false,
+        yes,
+        dry_run,
+    };
+    canary_in(env, req, Some((run, index)), out).await
+}
+
+async fn canary_in(
+    env: &Environment,
+    req: CanaryRequest,
+    resumed: Resumed,
+    out: Output,
+) -> CommandResult {
     if !req.abort {
         check_steps(&req.steps).map_err(Failure::usage)?;
     }
@@ -89,10 +136,10 @@ pub async fn canary(
     let consul = consul_client(env).map_err(Failure::usage)?;
     confirmed(env, "canary", req.yes)?;
     if req.abort {
-        return run_locked(env, consul, None, &req, None, out).await;
+        return run_locked(env, consul, None, &req, None, None, out).await;
     }
     let lock = take_lock(&consul, env, "canary").await?;
-    let ended = run_locked(env, consul.clone(), Some(&lock), &req, to, out).await;
+    let ended = run_locked(env, consul.clone(), Some(&lock), &req, to, resumed, out).await;
     release_lock(lock, out).await;
     ended
 }
@@ -151,6 +198,7 @@ async fn run_locked(
     lock: Option<&Lock>,
     req: &CanaryRequest,
     to: Option<String>,
+    resumed: Resumed,
     out: Output,
 ) -> CommandResult {
     let http = http_client().map_err(Failure::failed)?;
@@ -175,6 +223,7 @@ async fn run_locked(
             return Ok(exit::OK);
         };
         run.roll_back(&mut written, &split.to, "--abort").await?;
+        close_aborted(&run).await;
         out.emit(json!({"event": "done", "action": "abort", "route": req.route, "to": split.to, "percent": 0}), || {
             format!(
                 "aborted: route {} sends nothing to {} any more; every proxy has applied it",
@@ -194,42 +243,44 @@ async fn run_locked(
         _ => 0,
     };
     let raises: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
-    if raises.is_empty() {
+    // A share found in place was perhaps never judged (a run stopped halfway): judged first;
+    // when resuming, even with nothing left to raise.
+    let judge_current = current > 0 && (!raises.is_empty() || resumed.is_some());
+    if !judge_current && raises.is_empty() {
         out.emit(json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": current}), || {
             format!("nothing to do: route {} already sends {current} % to {to}", req.route)
         });
         return Ok(exit::OK);
     }
     run.check_proxies(&to).await?;
-    // A share found in place was perhaps never judged (a run stopped halfway): judged first.
-    let steps: Vec<(u8, bool)> = (current > 0)
+    let steps: Vec<(u8, bool)> = judge_current
         .then_some((current, false))
         .into_iter()
         .chain(raises.iter().map(|&percent| (percent, true)))
         .collect();
+    let planned: Vec<Step> = steps
+        .iter()
+        .map(|&(percent, raise)| canary_step(&req.route, &to, percent, raise))
+        .collect();
+    let mut record = Record::open(&run, req, &to, &planned, resumed).await?;
     let mut old_p99 = None;
-    for (i, &(percent, raise)) in steps.iter().enumerate() {
-        let (id, title) = if raise {
-            (
-                format!("split_{percent}"),
-                format!("send {percent} % of route {}'s clients to {to}", req.route),
-            )
-        } else {
-            (
-                format!("judge_{percent}"),
-                format!(
-                    "judge the {percent} % route {} already sends to {to}",
-                    req.route
-                ),
-            )
-        };
-        out.step_started(i, steps.len(), &id, &title);
+    for (i, (&(percent, raise), step)) in steps.iter().zip(&planned).enumerate() {
+        let id = record.id_of(&step.id);
+        out.step_started(i, steps.len(), &id, &step.title);
+        record.started(&id).await?;
         let started = Instant::now();
         let judged = match raise {
             true => match run.raise(&mut written, &to, percent).await {
                 Ok(()) => run.judge(&to, req.hold, &mut old_p99).await,
                 Err(Raise::NotWritten(failure)) => {
                     out.step_ended(&id, false, started.elapsed());
+                    let status = if failure.code == exit::INTERRUPTED {
+                        RunStatus::Interrupted
+                    } else {
+                        RunStatus::Failed
+                    };
+                    record.ended(&id, Err(&failure.message)).await?;
+                    record.finish(status).await?;
                     return Err(failure);
                 }
                 Err(Raise::Unconfirmed(failure)) => Err(failure.message),
@@ -240,11 +291,29 @@ async fn run_locked(
             Ok(detail) => {
                 out.target_ended(&id, &to, Outcome::Done, started.elapsed(), &detail);
                 out.step_ended(&id, true, started.elapsed());
+                record.ended(&id, Ok(&detail)).await?;
             }
             Err(why) => {
                 out.target_ended(&id, &to, Outcome::Failed, started.elapsed(), &why);
                 out.step_ended(&id, false, started.elapsed());
-                run.roll_back(&mut written, &to, &why).await?;
+                record.ended(&id, Err(&why)).await?;
+                let rollback = record.rollback_step(&to).await?;
+                let rolled = run.roll_back(&mut written, &to, &why).await;
+                let said = rolled.as_ref().err().map(|f| f.message.as_str());
+                record
+                    .ended(
+                        &rollback,
+                        said.map_or(Ok("every proxy sends it nothing"), Err),
+                    )
+                    .await?;
+                record
+                    .finish(if rolled.is_ok() {
+                        RunStatus::RolledBack
+                    } else {
+                        RunStatus::Failed
+                    })
+                    .await?;
+                rolled?;
                 return Err(Failure::failed(format!(
                     "canary of route {} to {to} rolled back at {percent} %: {why}; every proxy sends it nothing again",
                     req.route
@@ -252,7 +321,8 @@ async fn run_locked(
             }
         }
     }
-    let last = *raises.last().expect("raises are not empty");
+    record.finish(RunStatus::Done).await?;
+    let last = steps.last().map_or(current, |&(percent, _)| percent);
     out.emit(
         json!({"event": "done", "action": "canary", "route": req.route, "to": to, "percent": last}),
         || {
@@ -267,6 +337,242 @@ async fn run_locked(
         },
     );
     Ok(exit::OK)
+}
+
+/// The step of a canary that raises route `route`'s share of `to` to `percent` (`raise`), or
+/// judges the share in place.
+fn canary_step(route: &str, to: &str, percent: u8, raise: bool) -> Step {
+    let (id, title) = if raise {
+        (
+            format!("split_{percent}"),
+            format!("send {percent} % of route {route}'s clients to {to}"),
+        )
+    } else {
+        (
+            format!("judge_{percent}"),
+            format!("judge the {percent} % route {route} already sends to {to}"),
+        )
+    };
+    Step {
+        id,
+        title,
+        kind: StepKind::Canary,
+        targets: vec![to.to_string()],
+        batch: None,
+    }
+}
+
+/// A canary's run in the journal.
+struct Record {
+    journal: Journal,
+}
+
+/// A journal that cannot be written stops the canary where it is.
+fn unrecorded(e: journal::JournalError) -> Failure {
+    Failure::failed(format!(
+        "the journal could not be written ({e}); the split stays as it is: `maintctl resume` or running the canary again judges it and goes on"
+    ))
+}
+
+impl Record {
+    /// A new run of `planned`, or the canary run `resumed` continued with them: its done steps
+    /// are kept, one that had started is marked failed (it stopped without an end), the rest
+    /// replaced.
+    async fn open(
+        run: &Run<'_>,
+        req: &CanaryRequest,
+        to: &str,
+        planned: &[Step],
+        resumed: Resumed,
+    ) -> Result<Record, Failure> {
+        let env = run.env;
+        let Some((mut past, index)) = resumed else {
+            let plan = Plan {
+                direction: Direction::Canary,
+                steps: planned.to_vec(),
+                max_fail: 0,
+            };
+            let id = format!(
+                "{}-canary-{:04x}",
+                OffsetDateTime::now_utc().unix_timestamp(),
+                (OffsetDateTime::now_utc().nanosecond() % 65536) as u16 ^ std::process::id() as u16
+            );
+            let reason = format!("canary of route {} to {to}", req.route);
+            let mut new = journal::Run::new(&id, env, &plan, &reason, None, &run.by);
+            new.canary = Some(CanaryAsked {
+                route: req.route.clone(),
+                to: to.to_string(),
+                steps: req.steps.clone(),
+                hold_ms: req.hold.as_millis() as u64,
+            });
+            let journal = Journal::create(&run.consul, &env.prefix, new)
+                .await
+                .map_err(unrecorded)?;
+            let record = Record { journal };
+            record.announce(run);
+            return Ok(record);
+        };
+        let now = OffsetDateTime::now_utc();
+        past.steps.retain(|s| s.status != StepStatus::Pending);
+        for step in past
+            .steps
+            .iter_mut()
+            .filter(|s| s.status == StepStatus::Running)
+        {
+            step.status = StepStatus::Failed;
+            step.ended_at = Some(now);
+            for target in step
+                .targets
+                .iter_mut()
+                .filter(|t| t.status == TargetStatus::Intent)
+            {
+                target.status = TargetStatus::Failed;
+                target.output =
+                    "stopped before it ended (the run was killed or lost its lock)".to_string();
+            }
+        }
+        past.status = RunStatus::Running;
+        past.ended_at = None;
+        let mut record = Record {
+            journal: Journal::resume(&run.consul, &env.prefix, past, index),
+        };
+        for step in planned {
+            record.push(step);
+        }
+        record.journal.save().await.map_err(unrecorded)?;
+        record.announce(run);
+        Ok(record)
+    }
+
+    /// Says which run this is.
+    fn announce(&self, run: &Run<'_>) {
+        let id = &self.journal.run.id;
+        run.out.emit(
+            json!({"event": "run_started", "run": id, "direction": "canary", "env": run.env.name, "route": run.route}),
+            || format!("maintctl canary --env {} --route {} (run {id})", run.env.name, run.route),
+        );
+    }
+
+    /// Adds `step` as pending, under an id of its own (`split_25#2` when `split_25` is there).
+    fn push(&mut self, step: &Step) {
+        let id = self.id_of(&step.id);
+        let id = if self
+            .journal
+            .run
+            .step_mut(&id)
+            .is_some_and(|s| s.status == StepStatus::Pending)
+        {
+            return;
+        } else if self.journal.run.step_mut(&id).is_some() {
+            (2..)
+                .map(|n| format!("{}#{n}", step.id))
+                .find(|candidate| self.journal.run.step_mut(candidate).is_none())
+                .expect("some suffix is free")
+        } else {
+            id
+        };
+        self.journal.run.steps.push(StepRecord {
+            id,
+            ..StepRecord::pending(step)
+        });
+    }
+
+    /// The id under which the planned step `planned` is recorded: the last pending step of
+    /// that id or with a `#n` suffix of it.
+    fn id_of(&self, planned: &str) -> String {
+        self.journal
+            .run
+            .steps
+            .iter()
+            .rev()
+            .find(|s| {
+                s.status == StepStatus::Pending
+                    && (s.id == planned
+                        || s.id
+                            .split_once('#')
+                            .is_some_and(|(base, _)| base == planned))
+            })
+            .map_or_else(|| planned.to_string(), |s| s.id.clone())
+    }
+
+    async fn started(&mut self, id: &str) -> Result<(), Failure> {
+        let now = OffsetDateTime::now_utc();
+        if let Some(step) = self.journal.run.step_mut(id) {
+            step.status = StepStatus::Running;
+            step.started_at = Some(now);
+            for target in &mut step.targets {
+                target.status = TargetStatus::Intent;
+                target.started_at = Some(now);
+            }
+        }
+        self.journal.save().await.map_err(unrecorded)
+    }
+
+    async fn ended(&mut self, id: &str, said: Result<&str, &str>) -> Result<(), Failure> {
+        let now = OffsetDateTime::now_utc();
+        if let Some(step) = self.journal.run.step_mut(id) {
+            step.status = if said.is_ok() {
+                StepStatus::Done
+            } else {
+                StepStatus::Failed
+            };
+            step.ended_at = Some(now);
+            for target in &mut step.targets {
+                target.status = if said.is_ok() {
+                    TargetStatus::Done
+                } else {
+                    TargetStatus::Failed
+                };
+                target.ended_at = Some(now);
+                target.output = said.unwrap_or_else(|e| e).to_string();
+            }
+        }
+        self.journal.save().await.map_err(unrecorded)
+    }
+
+    /// Adds the rollback of `to` as a step and starts it; its id.
+    async fn rollback_step(&mut self, to: &str) -> Result<String, Failure> {
+        let step = Step {
+            id: "roll_back".to_string(),
+            title: format!("roll back: the route sends nothing to {to}"),
+            kind: StepKind::Canary,
+            targets: vec![to.to_string()],
+            batch: None,
+        };
+        self.push(&step);
+        let id = self.id_of(&step.id);
+        self.started(&id).await?;
+        Ok(id)
+    }
+
+    async fn finish(&mut self, status: RunStatus) -> Result<(), Failure> {
+        self.journal.run.status = status;
+        self.journal.run.ended_at = Some(OffsetDateTime::now_utc());
+        self.journal.save().await.map_err(unrecorded)
+    }
+}
+
+/// After `--abort`, the unfinished canary run of the route, if it is the last run, is ended
+/// `rolled_back`, so `resume` does not start it again; a canary still running finds its journal
+/// changed at its next write and stops there.
+async fn close_aborted(run: &Run<'_>) {
+    let env = run.env;
+    let Ok(Some((past, index))) = journal::latest(&run.consul, &env.prefix).await else {
+        return;
+    };
+    let of_route = past.canary.as_ref().is_some_and(|c| c.route == run.route);
+    if past.direction != Direction::Canary || past.is_finished() || !of_route {
+        return;
+    }
+    let id = past.id.clone();
+    let mut journal = Journal::resume(&run.consul, &env.prefix, past, index);
+    journal.run.status = RunStatus::RolledBack;
+    journal.run.ended_at = Some(OffsetDateTime::now_utc());
+    if let Err(e) = journal.save().await {
+        run.out.note(&format!(
+            "canary run {id} could not be ended rolled_back in the journal ({e}); `maintctl resume` would start it again"
+        ));
+    }
 }
 
 /// Why a raise did not go through.

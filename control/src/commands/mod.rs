@@ -175,6 +175,11 @@ pub async fn plan(config: &Config, env_name: &str, req: PlanRequest, out: Output
     let all = req.all;
     let plan = match req.direction {
         Direction::Roll => roll::roll_plan(env, &req.role, req.batch, req.max_fail)?,
+        Direction::Canary => {
+            return Err(Failure::usage(
+                "`maintctl canary ... --dry-run` prints a canary's steps",
+            ))
+        }
         Direction::Down => Plan::down(env),
         Direction::Up => match run::plan_up(env, all).await? {
             Some(plan) => plan,

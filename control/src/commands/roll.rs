@@ -49,6 +49,12 @@ pub(super) fn roll_plan(
         )));
     };
     let boxes = env.boxes.iter().filter(|b| b.role == Role::ApiUi).count();
+    if boxes == 0 {
+        return Err(Failure::usage(format!(
+            "environment {} has no api_ui box to roll",
+            env.name
+        )));
+    }
     let size = batch.boxes(boxes);
     if size >= boxes {
         return Err(Failure::usage(format!(
@@ -59,41 +65,31 @@ pub(super) fn roll_plan(
     Ok(Plan::roll(env, roll, size, max_fail))
 }
 
-/// What keeps a new roll from starting: a box already in node maintenance (drained by someone:
-/// a roll would put it back) or with a failing check.
+/// What keeps a new roll from starting: a box already in node maintenance (drained by someone,
+/// or down for a maintenance: a roll would put it back) or with a failing check.
 async fn fleet_problems(env: &Environment, consul: &Client) -> Result<Vec<String>, Failure> {
+    let boxes: Vec<_> = env.boxes.iter().filter(|b| b.role == Role::ApiUi).collect();
     let mut problems = Vec::new();
-    for b in env.boxes.iter().filter(|b| b.role == Role::ApiUi) {
+    for b in &boxes {
         let checks = consul
             .health_node(&b.node)
             .await
             .map_err(|e| Failure::failed(format!("{}: reading node {}: {e}", b.name, b.node)))?;
         if checks.iter().any(|c| c.is_node_maintenance()) {
             problems.push(format!(
-                "{}: node {} is in maintenance (drained?): `maintctl undrain --env {} {0}` first, or mend it",
+                "{}: node {} is in maintenance (drained, or down for a maintenance: `maintctl status --env {}` says which); a roll would put it back in the traffic",
                 b.name, b.node, env.name
             ));
         }
     }
-    let boxes: Vec<_> = env.boxes.iter().filter(|b| b.role == Role::ApiUi).collect();
     problems.extend(unhealthy(consul, &boxes).await.map_err(Failure::failed)?);
     Ok(problems)
 }
 
-/// `maintctl roll`.
-pub async fn roll(config: &Config, env_name: &str, req: RollRequest, out: Output) -> CommandResult {
-    let env = config.environment(env_name).map_err(Failure::usage)?;
-    if req.abandon {
-        return abandon(env, req.yes, out).await;
-    }
-    let plan = roll_plan(env, &req.role, req.batch, req.max_fail)?;
-    if req.dry_run {
-        print_plan(env, &plan, out);
-        return Ok(exit::OK);
-    }
-    let consul = consul_client(env).map_err(Failure::usage)?;
-    refuse_if_locked(env, &consul).await?;
-    match journal::latest(&consul, &env.prefix).await {
+/// Checked under the lock before a new roll: no unfinished run to resume first, and every
+/// api_ui box in the traffic and healthy.
+pub(super) async fn ready_to_start(env: &Environment, consul: &Client) -> Result<(), Failure> {
+    match journal::latest(consul, &env.prefix).await {
         Ok(Some((run, _))) if !run.is_finished() => {
             let or_abandon = if run.direction == Direction::Roll {
                 format!(
@@ -114,17 +110,50 @@ pub async fn roll(config: &Config, env_name: &str, req: RollRequest, out: Output
         Ok(_) => {}
         Err(e) => return Err(Failure::failed(e)),
     }
-    let problems = fleet_problems(env, &consul).await?;
-    if !problems.is_empty() {
-        return Err(Failure::new(
-            exit::PREFLIGHT,
-            format!(
-                "roll refused: not every api_ui box is in the traffic and healthy; nothing was done ({})",
-                count(problems.len(), "problem", "problems")
-            ),
-        )
-        .with_problems(problems));
+    let problems = fleet_problems(env, consul).await?;
+    if problems.is_empty() {
+        return Ok(());
     }
+    Err(Failure::new(
+        exit::PREFLIGHT,
+        format!(
+            "roll refused: not every api_ui box is in the traffic and healthy; nothing was done ({})",
+            count(problems.len(), "problem", "problems")
+        ),
+    )
+    .with_problems(problems))
+}
+
+/// Refuses `down` and `up` while the last run is an unfinished roll: its drained boxes would
+/// be taken for the maintenance's own, and it could no longer be resumed or abandoned.
+pub(super) async fn refuse_if_rolling(env: &Environment, consul: &Client) -> Result<(), Failure> {
+    match journal::latest(consul, &env.prefix).await {
+        Ok(Some((run, _))) if run.direction == Direction::Roll && !run.is_finished() => {
+            Err(Failure::failed(format!(
+                "the last run {} of {} is an unfinished roll ({}): finish it with `maintctl resume --env {1}` or give it up with `maintctl roll --env {1} --abandon` first",
+                run.id,
+                env.name,
+                run.status.as_str()
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::failed(e)),
+    }
+}
+
+/// `maintctl roll`.
+pub async fn roll(config: &Config, env_name: &str, req: RollRequest, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    if req.abandon {
+        return abandon(env, req.yes, out).await;
+    }
+    let plan = roll_plan(env, &req.role, req.batch, req.max_fail)?;
+    if req.dry_run {
+        print_plan(env, &plan, out);
+        return Ok(exit::OK);
+    }
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    refuse_if_locked(env, &consul).await?;
     let reason = req
         .reason
         .clone()

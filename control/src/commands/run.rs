@@ -183,6 +183,9 @@ async fn run_locked(
             )
             .with_problems(problems)
         })?;
+    if plan.direction == Direction::Roll && matches!(prepared, Prepared::New { .. }) {
+        super::roll::ready_to_start(env, consul).await?;
+    }
     let journal = match prepared {
         Prepared::New {
             reason,
@@ -285,6 +288,7 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
     };
     let consul = consul_client(env).map_err(Failure::usage)?;
     refuse_if_locked(env, &consul).await?;
+    super::roll::refuse_if_rolling(env, &consul).await?;
     let maintenance = maintenance(env, &consul).await?;
     if let Some(run) = maintenance.latest().filter(|r| !r.is_finished()) {
         return Err(Failure::failed(format!(
@@ -393,6 +397,7 @@ pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -
     let consul = consul_client(env).map_err(Failure::usage)?;
     if !req.dry_run {
         refuse_if_locked(env, &consul).await?;
+        super::roll::refuse_if_rolling(env, &consul).await?;
     }
     let maintenance = maintenance(env, &consul).await?;
     let (plan, restores) = match up_plan(env, &consul, &maintenance, req.all).await? {
@@ -470,6 +475,9 @@ pub async fn resume(
         }
         Err(e) => return Err(Failure::failed(e)),
     };
+    if run.direction == Direction::Canary {
+        return super::canary::resume(env, run, index, req.yes, req.dry_run, out).await;
+    }
     let plan = run.plan();
     if req.dry_run {
         print_plan(env, &plan, out);
