@@ -29,12 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 
-oha_bin="$root/.tools/cargo/bin/oha"
-if [ ! -x "$oha_bin" ]; then
-  log "cargo install oha into .tools/cargo (once; a few minutes)"
-  CARGO_TARGET_DIR="$root/.tools/cargo/build" cargo install oha --locked --root "$root/.tools/cargo" >&2
-  rm -rf "$root/.tools/cargo/build"
-fi
+install_oha
 
 build_release
 

@@ -6,8 +6,8 @@
 use crate::procs::{self, Proc};
 use crate::systems::{Cpu, Env};
 use anyhow::{bail, Context};
+use drawbridge_benches::oha::{self, OhaResult};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -150,35 +150,6 @@ fn wait_for(proc: &mut Proc, limit: Duration, during: &mut impl FnMut()) -> anyh
     Ok(())
 }
 
-/// What one oha run measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct OhaResult {
-    pub requests: u64,
-    pub rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    /// Answers by status code.
-    pub statuses: BTreeMap<u16, u64>,
-    /// Failed requests by oha's error message (connection refused, reset, …).
-    pub errors: BTreeMap<String, u64>,
-}
-
-impl OhaResult {
-    /// Answers whose status is not in `expected`.
-    pub fn unexpected(&self, expected: &[u16]) -> u64 {
-        self.statuses
-            .iter()
-            .filter(|(s, _)| !expected.contains(s))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
-    }
-}
-
 /// A running oha: a fixed offered `rate` over 64 keep-alive connections for `duration`,
 /// latencies corrected for coordinated omission, requests in flight at the end waited for.
 pub struct Oha {
@@ -285,7 +256,8 @@ impl Oha {
                 self.proc.log_tail(20)
             )
         })?;
-        parse_oha(&text).with_context(|| format!("cannot read oha's result {}", self.out.display()))
+        oha::parse(&text)
+            .with_context(|| format!("cannot read oha's result {}", self.out.display()))
     }
 }
 
@@ -310,33 +282,6 @@ pub fn oha(
     duration: Duration,
 ) -> anyhow::Result<OhaResult> {
     Oha::start(env, addr, path, rate, duration)?.finish()
-}
-
-fn parse_oha(text: &str) -> anyhow::Result<OhaResult> {
-    let v: serde_json::Value = serde_json::from_str(text)?;
-    let ms = |key: &str| -> f64 { v["latencyPercentiles"][key].as_f64().unwrap_or(f64::NAN) * 1e3 };
-    let mut statuses = BTreeMap::new();
-    if let Some(map) = v["statusCodeDistribution"].as_object() {
-        for (code, n) in map {
-            statuses.insert(code.parse().unwrap_or(0), n.as_u64().unwrap_or(0));
-        }
-    }
-    let mut errors = BTreeMap::new();
-    if let Some(map) = v["errorDistribution"].as_object() {
-        for (message, n) in map {
-            errors.insert(message.clone(), n.as_u64().unwrap_or(0));
-        }
-    }
-    let answered: u64 = statuses.values().sum();
-    Ok(OhaResult {
-        requests: answered,
-        rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
-        p50_ms: ms("p50"),
-        p99_ms: ms("p99"),
-        p999_ms: ms("p99.9"),
-        statuses,
-        errors,
-    })
 }
 
 /// What the `openssl s_time` clients of one run did.

@@ -2,8 +2,8 @@
 //! HAProxy in the same round, the tables (stdout and `summary.md`), `results.json`, `raw.csv`,
 //! and the targets met or missed.
 
-use crate::load::OhaResult;
 use crate::systems::System;
+use drawbridge_benches::oha::OhaResult;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
