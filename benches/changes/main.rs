@@ -138,11 +138,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
     );
     let edges = [edge1, edge2];
     wait_registered(&consul, 2).await;
-    let boxes = BOXES
-        .iter()
-        .zip(&agents)
-        .map(|((name, _), agent)| InventoryBox::api_ui(name, &agent.http_addr()))
-        .collect();
+    let boxes = agents.iter().map(InventoryBox::api_ui_of).collect();
     let mut inventory = Inventory::new(consul.http_addr(), GATE_KEY, boxes);
     inventory.step_timeout = "60s".to_string();
     inventory.roll = Some(Roll {

@@ -80,11 +80,7 @@ impl Fleet {
         }
         let deployer = deployer.start();
         let edges = api_edges(&dir, &consul, &agents[0], &agents[1]).await;
-        let boxes = BOXES
-            .iter()
-            .zip(&agents)
-            .map(|((name, _), agent)| InventoryBox::api_ui(name, &agent.http_addr()))
-            .collect();
+        let boxes = agents.iter().map(InventoryBox::api_ui_of).collect();
         let mut inventory = Inventory::new(consul.http_addr(), GATE_KEY, boxes);
         inventory.roll = Some(Roll {
             url: deployer.url("/upgrade/{box}"),

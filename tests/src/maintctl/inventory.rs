@@ -52,6 +52,11 @@ impl InventoryBox {
         }
     }
 
+    /// The `api_ui` box of `agent`, named as its node.
+    pub fn api_ui_of(agent: &crate::consul::ConsulClientAgent) -> InventoryBox {
+        InventoryBox::api_ui(agent.node_name(), &agent.http_addr())
+    }
+
     /// A box of `role` (`worker` or `scheduler`) reached with `ssh <alias>`, with its commands.
     pub fn over_ssh(
         name: &str,
