@@ -1,6 +1,7 @@
 //! `drawbridge-changes`: the changes that need no downtime, under load. Four API boxes (a Consul
 //! client agent each, with an upstream registered as service `api` and health-checked) behind two
-//! `drawbridge` proxies; `maintctl roll` replaces all four one at a time, then `maintctl canary`
+//! `drawbridge` proxies; `maintctl roll` replaces all four one at a time (each box's upstream
+//! really stops and starts again while it is drained), then `maintctl canary`
 //! moves route `api` to a second pool 5 → 25 → 50 → 100 % and `--abort` rolls it back. Through
 //! all of it, oha sends a fixed rate to each proxy and a many-client load (a client address per
 //! request, so the canary's shares are real) runs beside it: the target is 0 errors and 0 answers
@@ -63,8 +64,16 @@ const BOXES: [(&str, Ipv4Addr); 4] = [
     ("api4", Ipv4Addr::new(127, 0, 4, 4)),
 ];
 
-/// How long the deploy server takes to "replace" a box.
+/// How long the deploy server takes to answer a replace; the box's upstream is stopped and
+/// started again meanwhile.
 const REPLACE_TAKES: Duration = Duration::from_secs(1);
+
+/// How long a replaced box's upstream is down.
+const DOWN_FOR: Duration = Duration::from_millis(300);
+
+/// The least share of the offered requests each load must have sent: a load that stalled
+/// proves nothing.
+const LEAST_SENT: f64 = 0.95;
 
 /// Load before the first change and after the last, so both ends are seen steady.
 const MARGIN: Duration = Duration::from_secs(5);
@@ -86,6 +95,30 @@ struct ClientsLoad {
     failures: BTreeMap<String, u64>,
     /// Answers by the pool that served them (`X-Drawbridge-Pool`, else the route's own).
     by_pool: BTreeMap<String, u64>,
+}
+
+/// Stops and starts again the upstream of each box the deploy server was asked to replace,
+/// until `stop`; how many restarts of each.
+async fn replace_boxes(
+    mut upstreams: Vec<Upstream>,
+    deployer: Arc<Upstream>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<Upstream>, Vec<u64>) {
+    let mut restarts = vec![0; upstreams.len()];
+    while !stop.load(Ordering::Relaxed) {
+        for (i, up) in upstreams.iter_mut().enumerate() {
+            let asked = deployer.requests_to(&format!("/upgrade/{}", BOXES[i].0));
+            if asked > restarts[i] {
+                let (name, addr) = (up.name().to_string(), up.addr());
+                up.stop();
+                tokio::time::sleep(DOWN_FOR).await;
+                *up = Upstream::builder(&name).listen(addr).start();
+                restarts[i] = asked;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (upstreams, restarts)
 }
 
 #[tokio::main]
@@ -118,9 +151,11 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
         upstreams.push(up);
     }
     let green = Upstream::builder("api-green").start();
-    let deployer = Upstream::builder("deployer")
-        .delay("/upgrade", REPLACE_TAKES)
-        .start();
+    let deployer = Arc::new(
+        Upstream::builder("deployer")
+            .delay("/upgrade", REPLACE_TAKES)
+            .start(),
+    );
     let edge = |name: &str, agent: &ConsulClientAgent| {
         let mut edge = Drawbridge::builder(&agent.http_addr(), GATE_KEY)
             .name(name)
@@ -157,13 +192,14 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
     let maintctl = Maintctl::new(&dir, &inventory);
     wait_every_box_serves(&edges).await?;
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let replacer = tokio::spawn(replace_boxes(upstreams, deployer.clone(), stop.clone()));
     let began = Instant::now();
     let ohas: Vec<ChildGuard> = edges
         .iter()
         .enumerate()
         .map(|(i, edge)| start_oha(cli, &dir, i, &edge.url("/orders")))
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
     let clients = tokio::spawn(clients_load(
         edges.iter().map(|e| e.url("/clients")).collect(),
         cli.clients_rate,
@@ -215,14 +251,42 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
     for (i, mut oha) in ohas.into_iter().enumerate() {
         oha_results.push(finish_oha(&mut oha, &dir, i, cli.load)?);
     }
+    let load_ended = began.elapsed();
     stop.store(true, Ordering::Relaxed);
     let clients = clients.await.context("the many-client load")?;
+    let (_upstreams, restarts) = replacer.await.context("the box replacer")?;
+    let offered = cli.rate as f64 * cli.load.as_secs_f64();
+    for (i, r) in oha_results.iter().enumerate() {
+        let sent = r.requests + r.error_count();
+        if (sent as f64) < LEAST_SENT * offered {
+            failed.push(format!(
+                "oha {i} sent {sent} requests, fewer than {:.0} % of the {offered:.0} offered",
+                LEAST_SENT * 100.0
+            ));
+        }
+    }
+    let clients_offered = cli.clients_rate as f64 * load_ended.as_secs_f64();
+    if (clients.sent as f64) < LEAST_SENT * clients_offered {
+        failed.push(format!(
+            "the many-client load sent {} requests, fewer than {:.0} % of the {clients_offered:.0} offered",
+            clients.sent,
+            LEAST_SENT * 100.0
+        ));
+    }
+    if restarts.iter().any(|&n| n != 1) {
+        failed.push(format!(
+            "each box's upstream restarted once, seen {restarts:?}"
+        ));
+    }
     let upgrades: Vec<u64> = BOXES
         .iter()
         .map(|(name, _)| deployer.requests_to(&format!("/upgrade/{name}")))
         .collect();
     if upgrades.iter().any(|&n| n != 1) {
         failed.push(format!("each box replaced once, seen {upgrades:?}"));
+    }
+    if let Err(e) = back_on_the_old_pool(&edges).await {
+        failed.push(e);
     }
     if clients.by_pool.get("api-green").copied().unwrap_or(0) == 0 {
         failed.push("the canary sent no request of the many-client load to api-green".to_string());
@@ -305,6 +369,7 @@ fn start_oha(cli: &Cli, dir: &TestDir, i: usize, url: &str) -> ChildGuard {
         .arg("-z")
         .arg(format!("{}ms", cli.load.as_millis()))
         .arg("--wait-ongoing-requests-after-deadline")
+        .args(["-t", "10s"])
         .arg("-o")
         .arg(oha_output(dir, i))
         .arg(url);
@@ -328,11 +393,17 @@ fn finish_oha(
     load: Duration,
 ) -> anyhow::Result<OhaResult> {
     let limit = Instant::now() + load + Duration::from_secs(60);
-    while oha.exit_status().is_none() {
+    let status = loop {
+        if let Some(status) = oha.exit_status() {
+            break status;
+        }
         if Instant::now() > limit {
             bail!("oha {i} did not end within the load and a minute");
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("oha {i} exited {status}");
     }
     let path = oha_output(dir, i);
     let text = std::fs::read_to_string(&path)
@@ -363,22 +434,28 @@ async fn clients_load(urls: Vec<String>, rate: u64, stop: Arc<AtomicBool>) -> Cl
                 .header("x-forwarded-for", from.to_string())
                 .send()
                 .await;
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.sent += 1;
-            match answer {
+            // The outcome first (the body read to its end), then the counts.
+            let outcome = match answer {
                 Ok(answer) if answer.status() == 200 => {
-                    seen.ok += 1;
                     let pool =
                         header(&answer, "x-drawbridge-pool").unwrap_or_else(|| "api".to_string());
+                    match answer.bytes().await {
+                        Ok(body) if !body.is_empty() => Ok(pool),
+                        Ok(_) => Err("200 with an empty body".to_string()),
+                        Err(e) => Err(format!("body: {e}")),
+                    }
+                }
+                Ok(answer) => Err(answer.status().to_string()),
+                Err(e) => Err(format!("error: {e}")),
+            };
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.sent += 1;
+            match outcome {
+                Ok(pool) => {
+                    seen.ok += 1;
                     *seen.by_pool.entry(pool).or_default() += 1;
                 }
-                Ok(answer) => {
-                    *seen
-                        .failures
-                        .entry(answer.status().to_string())
-                        .or_default() += 1
-                }
-                Err(e) => *seen.failures.entry(format!("error: {e}")).or_default() += 1,
+                Err(failure) => *seen.failures.entry(failure).or_default() += 1,
             }
         }));
     }
@@ -387,6 +464,30 @@ async fn clients_load(urls: Vec<String>, rate: u64, stop: Arc<AtomicBool>) -> Cl
     }
     let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
     seen
+}
+
+/// After the rollback, requests from many clients through both proxies go to the old pool.
+async fn back_on_the_old_pool(edges: &[Drawbridge]) -> Result<(), String> {
+    for edge in edges {
+        for n in 0..50u32 {
+            let answer = edge
+                .request(reqwest::Method::GET, "/after-rollback")
+                .header(
+                    "x-forwarded-for",
+                    Ipv4Addr::from(0x0b00_0000 | n).to_string(),
+                )
+                .send()
+                .await
+                .map_err(|e| format!("after the rollback: {e}"))?;
+            if let Some(pool) = header(&answer, "x-drawbridge-pool") {
+                return Err(format!(
+                    "after the rollback, {} still sends to {pool}",
+                    edge.url("/")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A change's duration and its steps', from maintctl's JSON lines.

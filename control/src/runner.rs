@@ -75,11 +75,17 @@ pub async fn execute(
             _ => None,
         };
         let failures = match guard {
-            Some(detail) => vec![TargetFailure {
-                target: step.targets.join(", "),
-                detail,
-                verify_timeout: false,
-            }],
+            Some(detail) => {
+                for target in &step.targets {
+                    let status = TargetStatus::Failed;
+                    set_target(&journal, &step.id, target, status, Some(&detail)).await?;
+                }
+                vec![TargetFailure {
+                    target: step.targets.join(", "),
+                    detail,
+                    verify_timeout: false,
+                }]
+            }
             None => run_step(&ctx, plan, step, &journal).await?,
         };
         let ok = failures.is_empty();

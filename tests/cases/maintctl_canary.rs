@@ -27,6 +27,8 @@ struct Fleet {
     _green: Upstream,
     _broken: Upstream,
     consul: ConsulServer,
+    /// The split key the proxies and maintctl follow.
+    split_key: String,
     maintctl: Maintctl,
     _dir: TestDir,
 }
@@ -74,6 +76,7 @@ impl Fleet {
             _green: green,
             _broken: broken,
             consul,
+            split_key: format!("{key}/split"),
             maintctl,
             _dir: dir,
         }
@@ -142,6 +145,24 @@ impl Fleet {
             .await
             .assert_code(1)
             .assert_mentions("ended rolled_back");
+    }
+
+    /// Waits until both proxies split route `api` as `want` says.
+    async fn wait_split(&self, want: &[Option<(String, u8)>]) {
+        drawbridge_tests::eventually::eventually(
+            &format!("both proxies split route api as {want:?}"),
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || async {
+                let split = self.api_split().await;
+                if split == want {
+                    Ok(())
+                } else {
+                    Err(format!("{split:?}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// The run the journal names last.
@@ -335,7 +356,9 @@ async fn a_canary_of_a_failing_pool_rolls_back_by_itself() {
 /// A canary killed while its first share is held stays where it was; `maintctl resume` goes on
 /// with it in the same journal run: the share in place judged first, then the next one, the
 /// killed step recorded as stopped. A new canary killed while it judges that share and then
-/// aborted is ended rolled back, so `resume` does not start it again.
+/// aborted is ended rolled back, so `resume` does not start it again; so is a live one aborted
+/// during its hold, which stops at the end of the hold without writing; and one whose split was
+/// removed by hand is not raised again by `resume`.
 #[tokio::test]
 async fn a_killed_canary_is_resumed_from_its_journal_and_an_abort_ends_it() {
     let fleet = Arc::new(Fleet::start("maintctl_canary_resumed").await);
@@ -343,20 +366,7 @@ async fn a_killed_canary_is_resumed_from_its_journal_and_an_abort_ends_it() {
     let load = fleet.load(stop.clone(), |status| status == 200);
     let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "20,50", "--hold", "2s"]);
     let twenty = vec![Some(("api-green".to_string(), 20)); 2];
-    drawbridge_tests::eventually::eventually(
-        "the 20 % step applied",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || async {
-            let split = fleet.api_split().await;
-            if split == twenty {
-                Ok(())
-            } else {
-                Err(format!("{split:?}"))
-            }
-        },
-    )
-    .await;
+    fleet.wait_split(&twenty).await;
     canary.kill();
     let killed = fleet.latest_run().await;
     assert_eq!(killed.status(), "running", "{killed}");
@@ -409,6 +419,36 @@ async fn a_killed_canary_is_resumed_from_its_journal_and_an_abort_ends_it() {
     assert_eq!(fleet.api_split().await, vec![None, None]);
     assert_eq!(fleet.latest_run().await.status(), "rolled_back");
     fleet.assert_rolled_back_is_not_resumed().await;
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+
+    // Aborted while a live canary holds its share: the canary sees the change at the end of
+    // the hold, stops without writing, and its run ends rolled back.
+    let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "50", "--hold", "4s"]);
+    let fifty = vec![Some(("api-green".to_string(), 50)); 2];
+    fleet.wait_split(&fifty).await;
+    fleet.canary(false, &["--abort"]).await.assert_success();
+    let out = canary.wait(Duration::from_secs(30)).await;
+    out.assert_code(1)
+        .assert_mentions("changed during the hold")
+        .assert_mentions("not split any more");
+    assert_eq!(fleet.latest_run().await.status(), "rolled_back");
+    assert_eq!(fleet.api_split().await, vec![None, None]);
+
+    // Killed, then its split removed by hand: `resume` raises nothing and ends it rolled back.
+    let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "20", "--hold", "30s"]);
+    fleet.wait_split(&twenty).await;
+    canary.kill();
+    let client = fleet.consul.client();
+    assert!(client.kv_delete(&fleet.split_key, None).await.unwrap());
+    fleet.wait_split(&[None, None]).await;
+    fleet
+        .maintctl
+        .run(&["resume", "--env", ENV])
+        .await
+        .assert_code(1)
+        .assert_mentions("not split any more")
+        .assert_mentions("nothing more is raised");
+    assert_eq!(fleet.latest_run().await.status(), "rolled_back");
     assert_eq!(fleet.api_split().await, vec![None, None]);
     let report = stop_load(&stop, load).await;
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);

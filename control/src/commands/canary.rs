@@ -103,12 +103,17 @@ pub(super) async fn resume(
             run.id
         )));
     };
+    // A rollback that was started is finished, never followed by a raise.
+    let rolling_back = run
+        .steps
+        .iter()
+        .any(|s| s.id.starts_with("roll_back") && s.status != StepStatus::Done);
     let req = CanaryRequest {
         route: asked.route,
-        to: Some(asked.to),
+        to: (!rolling_back).then_some(asked.to),
         steps: asked.steps,
         hold: Duration::from_millis(asked.hold_ms),
-        abort: false,
+        abort: rolling_back,
         yes,
         dry_run,
     };
@@ -216,14 +221,22 @@ async fn run_locked(
     let mut written = run.read().await?;
     let Some(to) = to else {
         let Some(split) = written.doc.routes.get(&req.route).cloned() else {
+            // Perhaps a rollback written but not yet seen everywhere: every proxy must show it.
+            run.wait_applied(written.index, None).await?;
+            end_rolled_back(&run).await;
             out.emit(
                 json!({"event": "done", "action": "abort", "route": req.route, "percent": 0}),
-                || format!("nothing to abort: route {} is not split", req.route),
+                || {
+                    format!(
+                        "nothing to abort: route {} is not split; every proxy has applied that",
+                        req.route
+                    )
+                },
             );
             return Ok(exit::OK);
         };
         run.roll_back(&mut written, &split.to, "--abort").await?;
-        close_aborted(&run).await;
+        end_rolled_back(&run).await;
         out.emit(json!({"event": "done", "action": "abort", "route": req.route, "to": split.to, "percent": 0}), || {
             format!(
                 "aborted: route {} sends nothing to {} any more; every proxy has applied it",
@@ -242,6 +255,19 @@ async fn run_locked(
         Some(split) if split.to == to => split.percent,
         _ => 0,
     };
+    match &resumed {
+        Some((past, _)) => {
+            let moved = past.steps.iter().any(|s| s.status != StepStatus::Pending);
+            if current == 0 && moved {
+                end_rolled_back(&run).await;
+                return Err(Failure::failed(format!(
+                    "route {} is not split any more: this canary was rolled back (by itself before it stopped, or by hand), so nothing more is raised; `maintctl canary` starts over",
+                    req.route
+                )));
+            }
+        }
+        None => refuse_if_unfinished(&run).await?,
+    }
     let raises: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
     // A share found in place was perhaps never judged (a run stopped halfway): judged first;
     // when resuming, even with nothing left to raise.
@@ -271,7 +297,10 @@ async fn run_locked(
         let started = Instant::now();
         let judged = match raise {
             true => match run.raise(&mut written, &to, percent).await {
-                Ok(()) => run.judge(&to, req.hold, &mut old_p99).await,
+                Ok(()) => run
+                    .judge(&to, req.hold, &mut old_p99)
+                    .await
+                    .map_err(Judged::Worse),
                 Err(Raise::NotWritten(failure)) => {
                     out.step_ended(&id, false, started.elapsed());
                     let status = if failure.code == exit::INTERRUPTED {
@@ -283,9 +312,21 @@ async fn run_locked(
                     record.finish(status).await?;
                     return Err(failure);
                 }
-                Err(Raise::Unconfirmed(failure)) => Err(failure.message),
+                Err(Raise::Unconfirmed(failure)) => Err(Judged::Worse(failure.message)),
             },
-            false => run.judge(&to, req.hold, &mut old_p99).await,
+            false => run
+                .judge(&to, req.hold, &mut old_p99)
+                .await
+                .map_err(Judged::Worse),
+        };
+        // Held, the split must still be what this run wrote (an --abort, or another operator,
+        // may have changed it meanwhile).
+        let judged = match judged {
+            Ok(detail) => run
+                .still_split(&mut written, &to, percent)
+                .await
+                .map(|()| detail),
+            Err(why) => Err(why),
         };
         match judged {
             Ok(detail) => {
@@ -293,27 +334,31 @@ async fn run_locked(
                 out.step_ended(&id, true, started.elapsed());
                 record.ended(&id, Ok(&detail)).await?;
             }
-            Err(why) => {
+            Err(Judged::Changed(why)) => {
                 out.target_ended(&id, &to, Outcome::Failed, started.elapsed(), &why);
                 out.step_ended(&id, false, started.elapsed());
+                let gone = !written.doc.routes.contains_key(&req.route);
                 record.ended(&id, Err(&why)).await?;
-                let rollback = record.rollback_step(&to).await?;
-                let rolled = run.roll_back(&mut written, &to, &why).await;
-                let said = rolled.as_ref().err().map(|f| f.message.as_str());
                 record
-                    .ended(
-                        &rollback,
-                        said.map_or(Ok("every proxy sends it nothing"), Err),
-                    )
-                    .await?;
-                record
-                    .finish(if rolled.is_ok() {
+                    .finish(if gone {
                         RunStatus::RolledBack
                     } else {
                         RunStatus::Failed
                     })
                     .await?;
+                return Err(Failure::failed(format!("{why}; this canary stopped")));
+            }
+            Err(Judged::Worse(why)) => {
+                out.target_ended(&id, &to, Outcome::Failed, started.elapsed(), &why);
+                out.step_ended(&id, false, started.elapsed());
+                // The rollback first: a journal that cannot be written must not keep the new
+                // pool in the traffic.
+                let rolled = run.roll_back(&mut written, &to, &why).await;
+                let recorded = record
+                    .rolled_back(&id, &why, &to, rolled.as_ref().err())
+                    .await;
                 rolled?;
+                recorded?;
                 return Err(Failure::failed(format!(
                     "canary of route {} to {to} rolled back at {percent} %: {why}; every proxy sends it nothing again",
                     req.route
@@ -530,8 +575,17 @@ impl Record {
         self.journal.save().await.map_err(unrecorded)
     }
 
-    /// Adds the rollback of `to` as a step and starts it; its id.
-    async fn rollback_step(&mut self, to: &str) -> Result<String, Failure> {
+    /// Records step `id` failed for `why`, then the rollback of `to` as a step of its own,
+    /// done or failed as `failure` says, and the run rolled back (or failed, when the rollback
+    /// was not confirmed: `resume` finishes it).
+    async fn rolled_back(
+        &mut self,
+        id: &str,
+        why: &str,
+        to: &str,
+        failure: Option<&Failure>,
+    ) -> Result<(), Failure> {
+        self.ended(id, Err(why)).await?;
         let step = Step {
             id: "roll_back".to_string(),
             title: format!("roll back: the route sends nothing to {to}"),
@@ -540,9 +594,20 @@ impl Record {
             batch: None,
         };
         self.push(&step);
-        let id = self.id_of(&step.id);
-        self.started(&id).await?;
-        Ok(id)
+        let rollback = self.id_of(&step.id);
+        self.started(&rollback).await?;
+        let said = failure.map(|f| f.message.as_str());
+        self.ended(
+            &rollback,
+            said.map_or(Ok("every proxy sends it nothing"), Err),
+        )
+        .await?;
+        self.finish(if failure.is_none() {
+            RunStatus::RolledBack
+        } else {
+            RunStatus::Failed
+        })
+        .await
     }
 
     async fn finish(&mut self, status: RunStatus) -> Result<(), Failure> {
@@ -552,27 +617,56 @@ impl Record {
     }
 }
 
-/// After `--abort`, the unfinished canary run of the route, if it is the last run, is ended
-/// `rolled_back`, so `resume` does not start it again; a canary still running finds its journal
-/// changed at its next write and stops there.
-async fn close_aborted(run: &Run<'_>) {
+/// Ends the unfinished canary run of the route, if it is the last run, `rolled_back` (after
+/// `--abort`, or when a resumed canary finds its route no longer split), so `resume` does not
+/// start it again; a canary still running finds its journal changed at its next write and stops
+/// there. Re-read and written again when that canary wrote in between.
+async fn end_rolled_back(run: &Run<'_>) {
     let env = run.env;
-    let Ok(Some((past, index))) = journal::latest(&run.consul, &env.prefix).await else {
-        return;
-    };
-    let of_route = past.canary.as_ref().is_some_and(|c| c.route == run.route);
-    if past.direction != Direction::Canary || past.is_finished() || !of_route {
-        return;
+    for _ in 0..ROLLBACK_TRIES {
+        let Ok(Some((past, index))) = journal::latest(&run.consul, &env.prefix).await else {
+            break;
+        };
+        let of_route = past.canary.as_ref().is_some_and(|c| c.route == run.route);
+        if past.direction != Direction::Canary || past.is_finished() || !of_route {
+            return;
+        }
+        let mut journal = Journal::resume(&run.consul, &env.prefix, past, index);
+        journal.run.status = RunStatus::RolledBack;
+        journal.run.ended_at = Some(OffsetDateTime::now_utc());
+        if journal.save().await.is_ok() {
+            return;
+        }
     }
-    let id = past.id.clone();
-    let mut journal = Journal::resume(&run.consul, &env.prefix, past, index);
-    journal.run.status = RunStatus::RolledBack;
-    journal.run.ended_at = Some(OffsetDateTime::now_utc());
-    if let Err(e) = journal.save().await {
-        run.out.note(&format!(
-            "canary run {id} could not be ended rolled_back in the journal ({e}); `maintctl resume` would start it again"
-        ));
+    run.out.note(
+        "the canary's run could not be ended rolled_back in the journal: `maintctl status` shows it; do not `resume` it",
+    );
+}
+
+/// A new canary does not start over an unfinished roll, down or up: it would become the last
+/// run, and that one could no longer be resumed.
+async fn refuse_if_unfinished(run: &Run<'_>) -> Result<(), Failure> {
+    match journal::latest(&run.consul, &run.env.prefix).await {
+        Ok(Some((past, _))) if !past.is_finished() && past.direction != Direction::Canary => {
+            Err(Failure::failed(format!(
+                "the last run {} of {} is an unfinished {} ({}): finish it with `maintctl resume --env {1}` first",
+                past.id,
+                run.env.name,
+                past.direction.as_str(),
+                past.status.as_str()
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::failed(e)),
     }
+}
+
+/// Why a step did not pass.
+enum Judged {
+    /// The new pool did worse, or its share was not confirmed: roll it back.
+    Worse(String),
+    /// The split was changed by someone else during the hold: stop, leave it as it is.
+    Changed(String),
 }
 
 /// Why a raise did not go through.
@@ -793,6 +887,34 @@ impl Run<'_> {
         Err(not_confirmed(format!(
             "the split key kept changing under {ROLLBACK_TRIES} writes"
         )))
+    }
+
+    /// After a hold: the split document must still send `percent` % of the route to `to`;
+    /// `written` becomes what is there now.
+    async fn still_split(
+        &self,
+        written: &mut Written,
+        to: &str,
+        percent: u8,
+    ) -> Result<(), Judged> {
+        let now = self.read().await.map_err(|f| Judged::Changed(f.message))?;
+        let want = RouteSplit {
+            to: to.to_string(),
+            percent,
+        };
+        let seen = now.doc.routes.get(self.route).cloned();
+        *written = now;
+        match seen {
+            Some(split) if split == want => Ok(()),
+            Some(split) => Err(Judged::Changed(format!(
+                "the split key {} was changed during the hold: route {} now sends {} % to {}",
+                self.env.split_key, self.route, split.percent, split.to
+            ))),
+            None => Err(Judged::Changed(format!(
+                "the split key {} was changed during the hold: route {} is not split any more (an --abort?)",
+                self.env.split_key, self.route
+            ))),
+        }
     }
 
     /// Both sides of the route as each proxy counts them now; `None` for a proxy that could
