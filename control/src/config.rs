@@ -8,7 +8,7 @@
 use drawbridge_core::bypass::{self, Keyring};
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
-use drawbridge_core::split;
+use drawbridge_core::{split, windows};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ struct FileEnvironment {
     consul_token_file: Option<PathBuf>,
     key: Option<String>,
     split_key: Option<String>,
+    windows_key: Option<String>,
     prefix: Option<String>,
     #[serde(default)]
     confirm: bool,
@@ -142,6 +143,8 @@ pub struct Environment {
     pub key: String,
     /// The split document's key (`<key>/split` unless set, as the proxies' default).
     pub split_key: String,
+    /// The maintenance windows' key (`<key>/windows` unless set).
+    pub windows_key: String,
     /// Consul KV prefix of the lock and the journal.
     pub prefix: String,
     /// Ask before acting (production), unless `--yes`.
@@ -407,6 +410,17 @@ fn check_environment(
     if let Some(problem) = split::split_key_problem(&key, &split_key).filter(|_| !key.is_empty()) {
         p.add(k("split_key"), problem);
     }
+    let windows_key = e
+        .windows_key
+        .unwrap_or_else(|| windows::default_windows_key(&key));
+    let windows_problem = split::key_path_problem(&windows_key).or_else(|| {
+        (windows_key == key || windows_key == split_key).then(|| {
+            "is the gate key or the split key: the windows need a key of their own".to_string()
+        })
+    });
+    if let Some(problem) = windows_problem.filter(|_| !key.is_empty()) {
+        p.add(k("windows_key"), problem);
+    }
     let canary = check_canary(&k("canary"), e.canary, p);
     let step_timeout = p.duration(
         &k("step_timeout"),
@@ -530,6 +544,7 @@ fn check_environment(
         consul_token,
         key,
         split_key,
+        windows_key,
         prefix,
         confirm: e.confirm,
         parallel,
@@ -840,6 +855,7 @@ mod tests {
         assert_eq!(mock.boxes[2].role, Role::Worker);
         assert!(c.environment("prod").unwrap_err().contains("known: mock"));
         assert_eq!(mock.split_key, "drawbridge/mock/gate/split");
+        assert_eq!(mock.windows_key, "drawbridge/mock/gate/windows");
         assert_eq!(mock.canary.min_requests, 20);
     }
 

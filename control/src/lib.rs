@@ -31,3 +31,4 @@ pub mod split_metrics;
 pub mod steps;
 pub mod survey;
 pub mod traffic;
+pub mod when;

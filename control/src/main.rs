@@ -3,7 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use maintctl::commands::{
-    self, CanaryRequest, CommandResult, DrainRequest, Failure, PlanRequest, RollRequest, RunRequest,
+    self, CanaryRequest, CommandResult, DrainRequest, Failure, PlanRequest, RollRequest,
+    RunRequest, WindowTimes,
 };
 use maintctl::config::Config;
 use maintctl::output::Format;
@@ -221,6 +222,46 @@ enum Command {
         #[arg(long, conflicts_with = "dry_run")]
         abandon: bool,
     },
+    /// Announce a maintenance window: written to the windows document in Consul (compare-and-
+    /// set, read back). Refused when it starts in the past, ends before it starts, or overlaps
+    /// another scheduled window.
+    Schedule {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        times: TimeFlags,
+        /// Why (what partners and tenants are told).
+        #[arg(long)]
+        reason: String,
+        /// A longer text for the people told.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// The maintenance windows, past, now and coming, in UTC and in your zone (TZ).
+    Windows {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+    },
+    /// Move a scheduled window that is not over to new times.
+    Reschedule {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        /// The window's id (`maintctl windows` lists them).
+        id: String,
+        #[command(flatten)]
+        times: TimeFlags,
+    },
+    /// Cancel a window that is not over; it stays listed, cancelled.
+    Cancel {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        /// The window's id (`maintctl windows` lists them).
+        id: String,
+    },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
         /// The environment of the inventory, e.g. final, mock or prod.
@@ -301,6 +342,27 @@ enum PlanDirection {
     Down,
     Up,
     Roll,
+}
+
+/// A window's times: RFC 3339 (2026-12-02T19:00:00Z) or a local time with its IANA zone
+/// ("2026-12-02 20:00 Europe/Berlin").
+#[derive(clap::Args, Debug)]
+struct TimeFlags {
+    /// When it starts.
+    #[arg(long)]
+    start: String,
+    /// When it ends.
+    #[arg(long)]
+    end: String,
+}
+
+impl TimeFlags {
+    fn times(self) -> WindowTimes {
+        WindowTimes {
+            start: self.start,
+            end: self.end,
+        }
+    }
 }
 
 /// The batches of a roll.
@@ -453,6 +515,20 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             };
             commands::plan(&inventory()?, &env, request, out).await
         }
+        Command::Schedule {
+            env,
+            times,
+            reason,
+            message,
+        } => {
+            let config = inventory()?;
+            commands::schedule(&config, &env, times.times(), &reason, message, out).await
+        }
+        Command::Windows { env } => commands::windows(&inventory()?, &env, out).await,
+        Command::Reschedule { env, id, times } => {
+            commands::reschedule(&inventory()?, &env, &id, times.times(), out).await
+        }
+        Command::Cancel { env, id } => commands::cancel(&inventory()?, &env, &id, out).await,
         Command::Status { env } => commands::status(&inventory()?, &env, out).await,
         Command::History { env } => commands::history(&inventory()?, &env, out).await,
         Command::Bypass { env, ttl } => commands::bypass(&inventory()?, &env, ttl, out),

@@ -24,6 +24,7 @@ pub mod settings;
 pub mod split;
 pub mod status;
 pub mod timestamp;
+pub mod windows;
 
 /// Installs ring as the process's TLS crypto provider, once: every rustls user in either binary
 /// (Pingora, reqwest for HTTPS) then uses the same one, and none has to pick one at random.

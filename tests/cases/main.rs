@@ -72,3 +72,5 @@ mod proxy_split;
 mod maintctl_canary;
 // maintctl roll: the api_ui boxes replaced a batch at a time, a failed batch, a kill, resume.
 mod maintctl_roll;
+// maintctl schedule, windows, reschedule and cancel: the maintenance windows in Consul.
+mod maintctl_windows;

@@ -1,7 +1,8 @@
 //! The subcommands, each returning its exit code or a [`Failure`]: `down`, `up` and `resume`
-//! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `canary`, `status` and `history`
-//! (`report`), `plan`, `bypass`, `probe` and `check-config` (here). [`report`] turns a failure into its message and exit code, in one
-//! place.
+//! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `canary`, `roll`, `schedule`,
+//! `windows`, `reschedule` and `cancel` (`windows`), `status` and `history` (`report`), `plan`,
+//! `bypass`, `probe` and `check-config` (here). [`report`] turns a failure into its message and
+//! exit code, in one place.
 
 mod canary;
 mod drain;
@@ -9,12 +10,14 @@ mod preflight;
 mod report;
 mod roll;
 mod run;
+mod windows;
 
 pub use canary::{canary, CanaryRequest};
 pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
 pub use roll::{roll, RollRequest};
 pub use run::{down, resume, up, RunRequest};
+pub use windows::{cancel, reschedule, schedule, windows, WindowTimes};
 
 use crate::config::{Config, Environment};
 use crate::lock::{Holder, Lock, LockError};

@@ -1,0 +1,342 @@
+//! `maintctl schedule`, `windows`, `reschedule` and `cancel`: the environment's maintenance
+//! windows in the windows document (see `drawbridge_core::windows`). Every change is a
+//! compare-and-set write of the document as read, then read back from the leader, so two
+//! operators never overwrite each other and a "scheduled" is said only once Consul holds it.
+
+use super::{consul_client, exit, CommandResult, Failure};
+use crate::config::{Config, Environment};
+use crate::lock::Holder;
+use crate::output::Output;
+use crate::when;
+use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
+use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc};
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// What `schedule` and `reschedule` are asked: the times as written.
+pub struct WindowTimes {
+    pub start: String,
+    pub end: String,
+}
+
+/// The windows document of `env` as read, with the index a write must find.
+struct Read {
+    doc: WindowsDoc,
+    index: u64,
+}
+
+async fn read(env: &Environment, consul: &Client) -> Result<Read, Failure> {
+    let key = &env.windows_key;
+    let entry = consul
+        .kv_get(key, &QueryOptions::default())
+        .await
+        .map_err(|e| Failure::failed(format!("reading the windows key {key}: {e}")))?
+        .entry;
+    let Some(entry) = entry else {
+        return Ok(Read {
+            doc: WindowsDoc::default(),
+            index: 0,
+        });
+    };
+    let doc = WindowsDoc::parse(entry.value.as_deref().unwrap_or_default()).map_err(|e| {
+        Failure::failed(format!(
+            "the windows key {key} holds a value maintctl refuses ({e}): fix or delete it first"
+        ))
+    })?;
+    Ok(Read {
+        doc,
+        index: entry.modify_index,
+    })
+}
+
+/// Writes `doc` if the key still holds what was read, and reads it back from the leader.
+async fn write(
+    env: &Environment,
+    consul: &Client,
+    read: &Read,
+    mut doc: WindowsDoc,
+) -> Result<(), Failure> {
+    let key = &env.windows_key;
+    doc.prune(OffsetDateTime::now_utc());
+    doc.check().map_err(Failure::failed)?;
+    let value = doc.to_json();
+    let written = consul
+        .kv_put(key, value.as_bytes(), PutMode::Cas(read.index))
+        .await
+        .map_err(|e| {
+            Failure::failed(format!(
+                "writing the windows key {key}: {e}; `maintctl windows --env {}` shows whether it landed",
+                env.name
+            ))
+        })?;
+    if !written {
+        return Err(Failure::failed(format!(
+            "the windows key {key} was changed by someone else meanwhile; nothing was written: run again"
+        )));
+    }
+    let leader = QueryOptions::default().with_consistency(Consistency::Consistent);
+    let back = consul
+        .kv_get(key, &leader)
+        .await
+        .map_err(|e| Failure::failed(format!("reading back the windows key {key}: {e}")))?
+        .entry
+        .and_then(|e| e.value);
+    if back.as_deref() != Some(value.as_bytes()) {
+        return Err(Failure::failed(format!(
+            "the windows key {key} does not hold what was written (changed by someone else right after?): `maintctl windows --env {}` shows it",
+            env.name
+        )));
+    }
+    Ok(())
+}
+
+/// The window's start and end as written, checked: readable, in order, not begun.
+fn times(
+    req: &WindowTimes,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), Failure> {
+    let start = when::parse(&req.start).map_err(|e| Failure::usage(format!("--start: {e}")))?;
+    let end = when::parse(&req.end).map_err(|e| Failure::usage(format!("--end: {e}")))?;
+    if end <= start {
+        return Err(Failure::usage(format!(
+            "--end ({}) is not after --start ({})",
+            when::show(end),
+            when::show(start)
+        )));
+    }
+    if start <= now {
+        return Err(Failure::usage(format!(
+            "--start ({}) is not in the future: a window is announced ahead",
+            when::show(start)
+        )));
+    }
+    Ok((start, end))
+}
+
+/// Refuses a window that overlaps another scheduled one (other than `except`).
+fn refuse_overlap(doc: &WindowsDoc, window: &Window) -> Result<(), Failure> {
+    let clash = doc
+        .windows
+        .iter()
+        .find(|w| w.id != window.id && w.status == WindowStatus::Scheduled && w.overlaps(window));
+    match clash {
+        Some(w) => Err(Failure::failed(format!(
+            "it overlaps window {} ({} to {}: {}): reschedule or cancel that one first",
+            w.id,
+            when::show(w.start),
+            when::show(w.end),
+            w.reason
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn span(w: &Window) -> String {
+    let minutes = (w.end - w.start).whole_minutes();
+    format!(
+        "{} to {} ({}h{:02})",
+        when::show(w.start),
+        when::show(w.end),
+        minutes / 60,
+        minutes % 60
+    )
+}
+
+fn window_json(w: &Window, now: OffsetDateTime) -> serde_json::Value {
+    let mut value = serde_json::to_value(w).expect("a window always serialises");
+    value["when"] = json!(when_is(w, now));
+    value
+}
+
+/// `past`, `now` or `coming`.
+fn when_is(w: &Window, now: OffsetDateTime) -> &'static str {
+    if w.end <= now {
+        "past"
+    } else if w.start <= now {
+        "now"
+    } else {
+        "coming"
+    }
+}
+
+/// `maintctl schedule`.
+pub async fn schedule(
+    config: &Config,
+    env_name: &str,
+    req: WindowTimes,
+    reason: &str,
+    message: Option<String>,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    if reason.trim().is_empty() {
+        return Err(Failure::usage(
+            "schedule needs --reason \"...\" (it is what partners and tenants are told)",
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = times(&req, now)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let read = read(env, &consul).await?;
+    let window = Window {
+        id: format!(
+            "w-{:04}{:02}{:02}-{:02}{:02}-{:04x}",
+            start.year(),
+            u8::from(start.month()),
+            start.day(),
+            start.hour(),
+            start.minute(),
+            (now.unix_timestamp_nanos() as u64 ^ u64::from(std::process::id())) & 0xffff
+        ),
+        start,
+        end,
+        reason: reason.trim().to_string(),
+        message,
+        status: WindowStatus::Scheduled,
+        by: Holder::me("schedule").by(),
+        changed_at: now,
+    };
+    refuse_overlap(&read.doc, &window)?;
+    let mut doc = read.doc.clone();
+    doc.windows.push(window.clone());
+    doc.by = Some(window.by.clone());
+    write(env, &consul, &read, doc).await?;
+    out.emit(
+        json!({"event": "scheduled", "env": env.name, "window": window_json(&window, now)}),
+        || {
+            format!(
+                "scheduled {}: {}: {}",
+                window.id,
+                span(&window),
+                window.reason
+            )
+        },
+    );
+    Ok(exit::OK)
+}
+
+/// `maintctl windows`: every window, by start, with whether it is past, now or coming.
+pub async fn windows(config: &Config, env_name: &str, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let mut doc = read(env, &consul).await?.doc;
+    doc.windows.sort_by_key(|w| w.start);
+    let now = OffsetDateTime::now_utc();
+    out.emit(
+        json!({"event": "windows", "env": env.name,
+               "windows": doc.windows.iter().map(|w| window_json(w, now)).collect::<Vec<_>>()}),
+        || {
+            if doc.windows.is_empty() {
+                return format!("no maintenance window of {} is scheduled", env.name);
+            }
+            let mut text = format!("maintenance windows of {}:", env.name);
+            for w in &doc.windows {
+                text.push_str(&format!(
+                    "\n  {:<22} {:<9} {:<6} {}: {} (by {})",
+                    w.id,
+                    w.status.as_str(),
+                    when_is(w, now),
+                    span(w),
+                    w.reason,
+                    w.by
+                ));
+            }
+            text
+        },
+    );
+    Ok(exit::OK)
+}
+
+/// The window `id` as it can still be changed: scheduled and not over.
+fn changeable<'a>(
+    env: &Environment,
+    doc: &'a mut WindowsDoc,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<&'a mut Window, Failure> {
+    let Some(w) = doc.get_mut(id) else {
+        return Err(Failure::failed(format!(
+            "no window {id} in {}: `maintctl windows --env {}` lists them",
+            env.name, env.name
+        )));
+    };
+    if w.end <= now {
+        return Err(Failure::failed(format!(
+            "window {id} is over ({}): it is kept as it was",
+            when::show(w.end)
+        )));
+    }
+    Ok(w)
+}
+
+/// `maintctl reschedule`.
+pub async fn reschedule(
+    config: &Config,
+    env_name: &str,
+    id: &str,
+    req: WindowTimes,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = times(&req, now)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let read = read(env, &consul).await?;
+    let mut doc = read.doc.clone();
+    let w = changeable(env, &mut doc, id, now)?;
+    if w.status == WindowStatus::Cancelled {
+        return Err(Failure::failed(format!(
+            "window {id} is cancelled: schedule a new one"
+        )));
+    }
+    w.start = start;
+    w.end = end;
+    w.by = Holder::me("reschedule").by();
+    w.changed_at = now;
+    let window = w.clone();
+    refuse_overlap(&doc, &window)?;
+    doc.by = Some(window.by.clone());
+    write(env, &consul, &read, doc).await?;
+    out.emit(
+        json!({"event": "rescheduled", "env": env.name, "window": window_json(&window, now)}),
+        || {
+            format!(
+                "rescheduled {}: {}: {}",
+                window.id,
+                span(&window),
+                window.reason
+            )
+        },
+    );
+    Ok(exit::OK)
+}
+
+/// `maintctl cancel`: the window stays in the document, cancelled; cancelling it again says so
+/// and changes nothing.
+pub async fn cancel(config: &Config, env_name: &str, id: &str, out: Output) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let now = OffsetDateTime::now_utc();
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let read = read(env, &consul).await?;
+    let mut doc = read.doc.clone();
+    let w = changeable(env, &mut doc, id, now)?;
+    if w.status == WindowStatus::Cancelled {
+        let window = w.clone();
+        out.emit(
+            json!({"event": "cancelled", "env": env.name, "window": window_json(&window, now), "already": true}),
+            || format!("window {id} was already cancelled (by {}); nothing changed", window.by),
+        );
+        return Ok(exit::OK);
+    }
+    w.status = WindowStatus::Cancelled;
+    w.by = Holder::me("cancel").by();
+    w.changed_at = now;
+    let window = w.clone();
+    doc.by = Some(window.by.clone());
+    write(env, &consul, &read, doc).await?;
+    out.emit(
+        json!({"event": "cancelled", "env": env.name, "window": window_json(&window, now), "already": false}),
+        || format!("cancelled {}: {}: {}", window.id, span(&window), window.reason),
+    );
+    Ok(exit::OK)
+}

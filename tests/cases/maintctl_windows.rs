@@ -1,0 +1,239 @@
+//! `maintctl schedule`, `windows`, `reschedule` and `cancel` against a real Consul: every effect
+//! is read back from the windows key, and every refusal leaves it as it was.
+
+use drawbridge_core::consul::QueryOptions;
+use drawbridge_core::windows::{WindowStatus, WindowsDoc};
+use drawbridge_tests::consul::ConsulServer;
+use drawbridge_tests::maintctl::{
+    run_to_end, Inventory, Maintctl, MaintctlOutput, ENV, GATE_KEY, RUN_DEADLINE,
+};
+use drawbridge_tests::process::TestDir;
+use time::OffsetDateTime;
+
+/// The windows key of the inventory (the default: the gate key's `/windows`).
+fn windows_key() -> String {
+    format!("{GATE_KEY}/windows")
+}
+
+struct Scene {
+    consul: ConsulServer,
+    maintctl: Maintctl,
+    _dir: TestDir,
+}
+
+impl Scene {
+    async fn start(test: &str) -> Scene {
+        let dir = TestDir::new(test);
+        let consul = ConsulServer::start(&dir).await;
+        let inventory = Inventory::new(consul.http_addr(), GATE_KEY, Vec::new());
+        let maintctl = Maintctl::new(&dir, &inventory);
+        Scene {
+            consul,
+            maintctl,
+            _dir: dir,
+        }
+    }
+
+    /// `maintctl <args>` run by an operator in Berlin.
+    async fn run(&self, args: &[&str]) -> MaintctlOutput {
+        let mut cmd = self.maintctl.command(args);
+        cmd.env("TZ", "Europe/Berlin");
+        run_to_end(cmd, args, RUN_DEADLINE).await
+    }
+
+    /// The windows key's value and index.
+    async fn stored(&self) -> (Option<WindowsDoc>, u64) {
+        let entry = self
+            .consul
+            .client()
+            .kv_get(&windows_key(), &QueryOptions::default())
+            .await
+            .expect("consul kv get")
+            .entry;
+        match entry {
+            None => (None, 0),
+            Some(e) => (
+                Some(
+                    WindowsDoc::parse(e.value.as_deref().unwrap_or_default())
+                        .expect("a windows document"),
+                ),
+                e.modify_index,
+            ),
+        }
+    }
+}
+
+/// A window is scheduled in Berlin time and shown in UTC and CET, listed, moved and cancelled,
+/// each change read back from Consul; what cannot be a window is refused and writes nothing.
+#[tokio::test]
+async fn windows_are_scheduled_listed_moved_and_cancelled_and_bad_ones_refused() {
+    let scene = Scene::start("maintctl_windows").await;
+    // Next January: in the future, and in winter time (CET, UTC+1) whatever today is.
+    let year = OffsetDateTime::now_utc().year() + 1;
+    let start = format!("{year}-01-13 20:00 Europe/Berlin");
+    let end = format!("{year}-01-13T20:00:00Z");
+    let scheduled = scene
+        .run(&[
+            "schedule",
+            "--env",
+            ENV,
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--reason",
+            "database upgrade",
+        ])
+        .await;
+    scheduled.assert_success().assert_mentions(&format!(
+        "{year}-01-13 19:00 UTC (20:00 CET) to {year}-01-13 20:00 UTC (21:00 CET) (1h00)"
+    ));
+    let (doc, _) = scene.stored().await;
+    let doc = doc.expect("the windows key is written");
+    assert_eq!(doc.windows.len(), 1);
+    let window = doc.windows[0].clone();
+    assert_eq!(window.status, WindowStatus::Scheduled);
+    assert_eq!(window.reason, "database upgrade");
+    assert_eq!((window.end - window.start).whole_minutes(), 60);
+    assert!(window.by.contains('@'), "{}", window.by);
+    let id = window.id.clone();
+
+    let listed = scene
+        .run(&["--output", "json", "windows", "--env", ENV])
+        .await;
+    listed.assert_success();
+    let lines = listed.json_lines();
+    assert_eq!(lines[0]["windows"][0]["id"], id.as_str());
+    assert_eq!(lines[0]["windows"][0]["when"], "coming");
+
+    // Refusals, each leaving the key as it was.
+    let (_, index) = scene.stored().await;
+    let overlapping = format!("{year}-01-13T19:30:00Z");
+    let later = format!("{year}-01-13T21:00:00Z");
+    for (args, code, says) in [
+        (
+            vec!["--start", &overlapping, "--end", &later],
+            1,
+            format!("overlaps window {id}"),
+        ),
+        (
+            vec![
+                "--start",
+                "2020-01-01T10:00:00Z",
+                "--end",
+                "2020-01-01T11:00:00Z",
+            ],
+            2,
+            "is not in the future".to_string(),
+        ),
+        (
+            vec!["--start", &later, "--end", &overlapping],
+            2,
+            "is not after --start".to_string(),
+        ),
+        (
+            vec!["--start", &format!("{year}-01-20 19:00"), "--end", &later],
+            2,
+            "has no time zone".to_string(),
+        ),
+    ] {
+        let mut all = vec!["schedule", "--env", ENV, "--reason", "x"];
+        all.extend(args);
+        scene
+            .run(&all)
+            .await
+            .assert_code(code)
+            .assert_mentions(&says);
+    }
+    assert_eq!(scene.stored().await.1, index, "a refusal wrote the key");
+
+    let new_start = format!("{year}-01-14T19:00:00Z");
+    let new_end = format!("{year}-01-14T21:00:00Z");
+    scene
+        .run(&[
+            "reschedule",
+            "--env",
+            ENV,
+            &id,
+            "--start",
+            &new_start,
+            "--end",
+            &new_end,
+        ])
+        .await
+        .assert_success()
+        .assert_mentions("(2h00)");
+    let moved = scene.stored().await.0.unwrap().windows[0].clone();
+    assert_eq!(moved.id, id);
+    assert_eq!((moved.end - moved.start).whole_minutes(), 120);
+    assert_eq!(moved.start.day(), 14);
+
+    scene
+        .run(&["cancel", "--env", ENV, &id])
+        .await
+        .assert_success()
+        .assert_mentions("cancelled");
+    let (doc, index) = scene.stored().await;
+    assert_eq!(doc.unwrap().windows[0].status, WindowStatus::Cancelled);
+    scene
+        .run(&["cancel", "--env", ENV, &id])
+        .await
+        .assert_success()
+        .assert_mentions("already cancelled");
+    assert_eq!(
+        scene.stored().await.1,
+        index,
+        "a second cancel wrote the key"
+    );
+    scene
+        .run(&[
+            "reschedule",
+            "--env",
+            ENV,
+            &id,
+            "--start",
+            &new_start,
+            "--end",
+            &new_end,
+        ])
+        .await
+        .assert_code(1)
+        .assert_mentions("is cancelled");
+    scene
+        .run(&["cancel", "--env", ENV, "w-nope"])
+        .await
+        .assert_code(1)
+        .assert_mentions("no window w-nope");
+    // A cancelled window no longer blocks its time.
+    scene
+        .run(&[
+            "schedule", "--env", ENV, "--start", &new_start, "--end", &new_end, "--reason", "again",
+        ])
+        .await
+        .assert_success();
+    assert_eq!(scene.stored().await.0.unwrap().windows.len(), 2);
+
+    // A damaged value is named and left alone.
+    let client = scene.consul.client();
+    client
+        .kv_put(
+            &windows_key(),
+            b"{not json",
+            drawbridge_core::consul::PutMode::Always,
+        )
+        .await
+        .unwrap();
+    scene
+        .run(&["windows", "--env", ENV])
+        .await
+        .assert_code(1)
+        .assert_mentions(&format!(
+            "the windows key {} holds a value maintctl refuses",
+            windows_key()
+        ));
+    let raw = client
+        .kv_get(&windows_key(), &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(raw.entry.unwrap().value.as_deref(), Some(&b"{not json"[..]));
+}
