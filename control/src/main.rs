@@ -244,7 +244,7 @@ enum Command {
         #[arg(long)]
         env: String,
     },
-    /// Move a scheduled window that is not over to new times.
+    /// Move a scheduled window that is not over to new times (one that has begun: its end only).
     Reschedule {
         /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
@@ -348,10 +348,11 @@ enum PlanDirection {
 /// ("2026-12-02 20:00 Europe/Berlin").
 #[derive(clap::Args, Debug)]
 struct TimeFlags {
-    /// When it starts.
+    /// When it starts: RFC 3339 (2026-12-02T19:00:00Z) or a local time with its IANA zone
+    /// ("2026-12-02 20:00 Europe/Berlin").
     #[arg(long)]
     start: String,
-    /// When it ends.
+    /// When it ends, written the same ways.
     #[arg(long)]
     end: String,
 }

@@ -22,7 +22,9 @@ pub fn parse(raw: &str) -> Result<OffsetDateTime, String> {
         .rsplit_once(' ')
         .filter(|(_, zone)| !zone.starts_with(|c: char| c.is_ascii_digit()))
     else {
-        return Err(format!("{raw:?} has no time zone: {hint}"));
+        return Err(format!(
+            "{raw:?} is neither RFC 3339 (with seconds) nor a local time followed by its zone: {hint}"
+        ));
     };
     let local: DateTime = local
         .trim()
@@ -49,7 +51,7 @@ pub fn show_in(t: OffsetDateTime, zone: &TimeZone) -> String {
     };
     let utc = ts.to_zoned(TimeZone::UTC).strftime("%Y-%m-%d %H:%M UTC");
     let local = ts.to_zoned(zone.clone());
-    if local.offset() == jiff::tz::Offset::UTC && zone.iana_name().is_none_or(|n| n == "UTC") {
+    if local.offset() == jiff::tz::Offset::UTC && local.strftime("%Z").to_string() == "UTC" {
         return utc.to_string();
     }
     let same_day = local.date() == ts.to_zoned(TimeZone::UTC).date();
@@ -93,7 +95,10 @@ mod tests {
     #[test]
     fn what_cannot_be_read_one_way_is_refused_saying_how_to_write_it() {
         assert!(parse("2026-12-02 19:00").unwrap_err().contains("RFC 3339"));
-        assert!(parse("tomorrow").unwrap_err().contains("no time zone"));
+        assert!(parse("tomorrow").unwrap_err().contains("neither RFC 3339"));
+        assert!(parse("2026-12-02T19:00Z")
+            .unwrap_err()
+            .contains("neither RFC 3339 (with seconds)"));
         assert!(parse("2026-12-02 19:00 Mars/Olympus")
             .unwrap_err()
             .contains("not a time zone"));
@@ -117,5 +122,7 @@ mod tests {
             "2026-12-02 23:30 UTC (2026-12-03 00:30 CET)"
         );
         assert_eq!(show_in(t, &TimeZone::UTC), "2026-12-02 19:00 UTC");
+        let etc_utc = TimeZone::get("Etc/UTC").unwrap();
+        assert_eq!(show_in(t, &etc_utc), "2026-12-02 19:00 UTC");
     }
 }

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! A cancelled window stays in the document (with its status), so the history of what was
-//! announced is kept; the oldest past ones give way when the document is full.
+//! announced is kept; when the document is full, the oldest past windows give way first, then
+//! the oldest cancelled ones. Reasons and messages are as long as the gate document allows.
 
+use crate::gate::{MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -87,6 +89,10 @@ pub enum WindowsDocError {
     Invalid { detail: String },
     #[error("{count} windows, more than the {MAX_WINDOWS} a document may hold")]
     TooMany { count: usize },
+    #[error(
+        "the document would be {size} bytes, more than the {MAX_WINDOWS_DOC_BYTES} it may have"
+    )]
+    WouldBeTooLarge { size: usize },
     #[error("window {id:?}: {problem}")]
     BadWindow { id: String, problem: String },
 }
@@ -100,6 +106,20 @@ impl Window {
             Some("it ends before it starts".to_string())
         } else if self.reason.trim().is_empty() {
             Some("its reason is empty".to_string())
+        } else if self.reason.chars().count() > MAX_REASON_CHARS
+            || self.reason.chars().any(char::is_control)
+        {
+            Some(format!(
+                "its reason must be one line of at most {MAX_REASON_CHARS} characters"
+            ))
+        } else if self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.chars().count() > MAX_MESSAGE_CHARS)
+        {
+            Some(format!(
+                "its message is longer than {MAX_MESSAGE_CHARS} characters"
+            ))
         } else {
             None
         }
@@ -139,6 +159,10 @@ impl WindowsDoc {
                 count: self.windows.len(),
             });
         }
+        let size = self.to_json().len();
+        if size > MAX_WINDOWS_DOC_BYTES {
+            return Err(WindowsDocError::WouldBeTooLarge { size });
+        }
         for (i, w) in self.windows.iter().enumerate() {
             let bad = |problem: String| WindowsDocError::BadWindow {
                 id: w.id.clone(),
@@ -164,18 +188,27 @@ impl WindowsDoc {
         self.windows.iter_mut().find(|w| w.id == id)
     }
 
-    /// Keeps the document within [`MAX_WINDOWS`] by dropping the oldest windows that ended
-    /// before `now`; coming windows are never dropped.
-    pub fn prune(&mut self, now: OffsetDateTime) {
+    /// Keeps the document within [`MAX_WINDOWS`] and [`MAX_WINDOWS_DOC_BYTES`] by dropping the
+    /// oldest windows that ended before `now`, then the oldest cancelled ones; a scheduled window
+    /// that is not over is never dropped. Returns the ids dropped.
+    pub fn prune(&mut self, now: OffsetDateTime) -> Vec<String> {
         self.windows.sort_by_key(|w| w.start);
-        while self.windows.len() > MAX_WINDOWS {
-            match self.windows.iter().position(|w| w.end < now) {
-                Some(oldest) => {
-                    self.windows.remove(oldest);
-                }
+        let mut dropped = Vec::new();
+        let over = |doc: &WindowsDoc| {
+            doc.windows.len() > MAX_WINDOWS || doc.to_json().len() > MAX_WINDOWS_DOC_BYTES
+        };
+        while over(self) {
+            let oldest = self.windows.iter().position(|w| w.end < now).or_else(|| {
+                self.windows
+                    .iter()
+                    .position(|w| w.status == WindowStatus::Cancelled)
+            });
+            match oldest {
+                Some(i) => dropped.push(self.windows.remove(i).id),
                 None => break,
             }
         }
+        dropped
     }
 }
 
@@ -230,6 +263,12 @@ mod tests {
         let mut no_reason = window("w2", early, late);
         no_reason.reason = " ".to_string();
         assert!(WindowsDoc::parse(&doc(vec![no_reason])).is_err());
+        let mut two_lines = window("w3", early, late);
+        two_lines.reason = "a\nb".to_string();
+        assert!(WindowsDoc::parse(&doc(vec![two_lines])).is_err());
+        let mut long = window("w4", early, late);
+        long.message = Some("x".repeat(MAX_MESSAGE_CHARS + 1));
+        assert!(WindowsDoc::parse(&doc(vec![long])).is_err());
         assert!(matches!(
             WindowsDoc::parse(br#"{"windows":[],"extra":1}"#),
             Err(WindowsDocError::Invalid { .. })
@@ -255,8 +294,21 @@ mod tests {
                 start + time::Duration::hours(1),
             ));
         }
-        doc.prune(at(0));
+        assert_eq!(doc.prune(at(0)), ["w0", "w1", "w2", "w3", "w4"]);
         assert_eq!(doc.windows.len(), MAX_WINDOWS);
         assert_eq!(doc.windows[0].id, "w5");
+        // Full of coming windows: cancelled ones give way, scheduled ones never.
+        let mut doc = WindowsDoc::default();
+        for i in 0..MAX_WINDOWS + 2 {
+            let start = at(0) + time::Duration::days(i as i64 + 1);
+            let mut w = window(&format!("c{i}"), start, start + time::Duration::hours(1));
+            if i == 7 {
+                w.status = WindowStatus::Cancelled;
+            }
+            doc.windows.push(w);
+        }
+        assert_eq!(doc.prune(at(0)), ["c7"]);
+        assert_eq!(doc.windows.len(), MAX_WINDOWS + 1);
+        assert!(matches!(doc.check(), Err(WindowsDocError::TooMany { .. })));
     }
 }

@@ -134,7 +134,7 @@ async fn windows_are_scheduled_listed_moved_and_cancelled_and_bad_ones_refused()
         (
             vec!["--start", &format!("{year}-01-20 19:00"), "--end", &later],
             2,
-            "has no time zone".to_string(),
+            "neither RFC 3339".to_string(),
         ),
     ] {
         let mut all = vec!["schedule", "--env", ENV, "--reason", "x"];
@@ -144,6 +144,24 @@ async fn windows_are_scheduled_listed_moved_and_cancelled_and_bad_ones_refused()
             .await
             .assert_code(code)
             .assert_mentions(&says);
+    }
+    let far = format!("{year}-03-01T10:00:00Z");
+    let far_end = format!("{year}-03-01T11:00:00Z");
+    let long_reason = "r".repeat(201);
+    for (reason, says) in [
+        ("two\nlines", "--reason must be one line"),
+        (
+            long_reason.as_str(),
+            "--reason must be one line of at most 200 characters",
+        ),
+    ] {
+        scene
+            .run(&[
+                "schedule", "--env", ENV, "--start", &far, "--end", &far_end, "--reason", reason,
+            ])
+            .await
+            .assert_code(2)
+            .assert_mentions(says);
     }
     assert_eq!(scene.stored().await.1, index, "a refusal wrote the key");
 
@@ -236,4 +254,76 @@ async fn windows_are_scheduled_listed_moved_and_cancelled_and_bad_ones_refused()
         .await
         .unwrap();
     assert_eq!(raw.entry.unwrap().value.as_deref(), Some(&b"{not json"[..]));
+}
+
+/// A window that has begun can have its end moved (the "30 more minutes" of a maintenance),
+/// not its start; its message is kept.
+#[tokio::test]
+async fn a_window_that_has_begun_can_only_have_its_end_moved() {
+    let scene = Scene::start("maintctl_windows_begun").await;
+    let rfc = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let start = (OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .replace_nanosecond(0)
+        .unwrap();
+    let end = start + time::Duration::hours(1);
+    scene
+        .run(&[
+            "schedule",
+            "--env",
+            ENV,
+            "--start",
+            &rfc(start),
+            "--end",
+            &rfc(end),
+            "--reason",
+            "db",
+            "--message",
+            "Partners: the API answers 503.",
+        ])
+        .await
+        .assert_success();
+    let window = scene.stored().await.0.unwrap().windows[0].clone();
+    assert_eq!(
+        window.message.as_deref(),
+        Some("Partners: the API answers 503.")
+    );
+    tokio::time::sleep(
+        (start - OffsetDateTime::now_utc()).unsigned_abs() + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let later = end + time::Duration::minutes(30);
+    scene
+        .run(&[
+            "reschedule",
+            "--env",
+            ENV,
+            &window.id,
+            "--start",
+            &rfc(start + time::Duration::minutes(5)),
+            "--end",
+            &rfc(later),
+        ])
+        .await
+        .assert_code(2)
+        .assert_mentions("only its end can move");
+    scene
+        .run(&[
+            "reschedule",
+            "--env",
+            ENV,
+            &window.id,
+            "--start",
+            &rfc(start),
+            "--end",
+            &rfc(later),
+        ])
+        .await
+        .assert_success()
+        .assert_mentions("(1h30)");
+    let moved = scene.stored().await.0.unwrap().windows[0].clone();
+    assert_eq!((moved.start, moved.end), (start, later));
+    assert_eq!(moved.message, window.message);
 }

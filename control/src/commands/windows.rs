@@ -9,7 +9,7 @@ use crate::lock::Holder;
 use crate::output::Output;
 use crate::when;
 use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
-use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc};
+use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc, WindowsDocError, MAX_WINDOWS};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -49,16 +49,33 @@ async fn read(env: &Environment, consul: &Client) -> Result<Read, Failure> {
     })
 }
 
-/// Writes `doc` if the key still holds what was read, and reads it back from the leader.
+/// Writes `doc` if the key still holds what was read, and reads it back from the leader. To
+/// make room, the oldest windows that are over go first, then the oldest cancelled ones (said).
 async fn write(
     env: &Environment,
     consul: &Client,
     read: &Read,
     mut doc: WindowsDoc,
+    out: Output,
 ) -> Result<(), Failure> {
     let key = &env.windows_key;
-    doc.prune(OffsetDateTime::now_utc());
-    doc.check().map_err(Failure::failed)?;
+    let dropped = doc.prune(OffsetDateTime::now_utc());
+    doc.check().map_err(|e| match e {
+        WindowsDocError::TooMany { .. } => Failure::failed(format!(
+            "{} holds {MAX_WINDOWS} scheduled windows that are not over: cancel some first; nothing was written",
+            env.name
+        )),
+        WindowsDocError::WouldBeTooLarge { .. } => Failure::failed(format!(
+            "{e}: shorten --message, or cancel windows that are not needed; nothing was written"
+        )),
+        e => Failure::failed(format!("{e}; nothing was written")),
+    })?;
+    if !dropped.is_empty() {
+        out.note(&format!(
+            "to make room, the oldest windows that are over or cancelled leave the document: {}",
+            dropped.join(", ")
+        ));
+    }
     let value = doc.to_json();
     let written = consul
         .kv_put(key, value.as_bytes(), PutMode::Cas(read.index))
@@ -90,13 +107,21 @@ async fn write(
     Ok(())
 }
 
-/// The window's start and end as written, checked: readable, in order, not begun.
+/// The window's start and end as written, in UTC, checked: readable, in order, the end to
+/// come, and the start to come too unless it is `begun` (the start of a window that has begun,
+/// kept when only its end moves).
 fn times(
     req: &WindowTimes,
     now: OffsetDateTime,
+    begun: Option<OffsetDateTime>,
 ) -> Result<(OffsetDateTime, OffsetDateTime), Failure> {
-    let start = when::parse(&req.start).map_err(|e| Failure::usage(format!("--start: {e}")))?;
-    let end = when::parse(&req.end).map_err(|e| Failure::usage(format!("--end: {e}")))?;
+    let utc = time::UtcOffset::UTC;
+    let start = when::parse(&req.start)
+        .map_err(|e| Failure::usage(format!("--start: {e}")))?
+        .to_offset(utc);
+    let end = when::parse(&req.end)
+        .map_err(|e| Failure::usage(format!("--end: {e}")))?
+        .to_offset(utc);
     if end <= start {
         return Err(Failure::usage(format!(
             "--end ({}) is not after --start ({})",
@@ -104,13 +129,52 @@ fn times(
             when::show(start)
         )));
     }
-    if start <= now {
+    if end <= now {
         return Err(Failure::usage(format!(
-            "--start ({}) is not in the future: a window is announced ahead",
-            when::show(start)
+            "--end ({}) is not in the future",
+            when::show(end)
         )));
     }
+    match begun {
+        Some(begun) if start == begun => {}
+        Some(begun) => {
+            return Err(Failure::usage(format!(
+                "the window has begun ({}): only its end can move; give that --start",
+                when::show(begun)
+            )))
+        }
+        None if start <= now => {
+            return Err(Failure::usage(format!(
+                "--start ({}) is not in the future: a window is announced ahead",
+                when::show(start)
+            )))
+        }
+        None => {}
+    }
     Ok((start, end))
+}
+
+/// A new window's id, from its start in UTC and a random part, used by no window of `doc`.
+fn new_id(doc: &WindowsDoc, start: OffsetDateTime, now: OffsetDateTime) -> String {
+    let mut seed = now.unix_timestamp_nanos() as u64 ^ u64::from(std::process::id());
+    loop {
+        let id = format!(
+            "w-{:04}{:02}{:02}-{:02}{:02}-{:04x}",
+            start.year(),
+            u8::from(start.month()),
+            start.day(),
+            start.hour(),
+            start.minute(),
+            seed & 0xffff
+        );
+        if !doc.windows.iter().any(|w| w.id == id) {
+            return id;
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            >> 7;
+    }
 }
 
 /// Refuses a window that overlaps another scheduled one (other than `except`).
@@ -175,32 +239,32 @@ pub async fn schedule(
         ));
     }
     let now = OffsetDateTime::now_utc();
-    let (start, end) = times(&req, now)?;
+    let (start, end) = times(&req, now, None)?;
     let consul = consul_client(env).map_err(Failure::usage)?;
     let read = read(env, &consul).await?;
     let window = Window {
-        id: format!(
-            "w-{:04}{:02}{:02}-{:02}{:02}-{:04x}",
-            start.year(),
-            u8::from(start.month()),
-            start.day(),
-            start.hour(),
-            start.minute(),
-            (now.unix_timestamp_nanos() as u64 ^ u64::from(std::process::id())) & 0xffff
-        ),
+        id: new_id(&read.doc, start, now),
         start,
         end,
         reason: reason.trim().to_string(),
-        message,
+        message: message.filter(|m| !m.trim().is_empty()),
         status: WindowStatus::Scheduled,
         by: Holder::me("schedule").by(),
         changed_at: now,
     };
+    if let Some(problem) = window.problem() {
+        return Err(Failure::usage(format!(
+            "{}: nothing was written",
+            problem
+                .replacen("its reason", "--reason", 1)
+                .replacen("its message", "--message", 1)
+        )));
+    }
     refuse_overlap(&read.doc, &window)?;
     let mut doc = read.doc.clone();
     doc.windows.push(window.clone());
     doc.by = Some(window.by.clone());
-    write(env, &consul, &read, doc).await?;
+    write(env, &consul, &read, doc, out).await?;
     out.emit(
         json!({"event": "scheduled", "env": env.name, "window": window_json(&window, now)}),
         || {
@@ -279,7 +343,6 @@ pub async fn reschedule(
 ) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
     let now = OffsetDateTime::now_utc();
-    let (start, end) = times(&req, now)?;
     let consul = consul_client(env).map_err(Failure::usage)?;
     let read = read(env, &consul).await?;
     let mut doc = read.doc.clone();
@@ -289,6 +352,7 @@ pub async fn reschedule(
             "window {id} is cancelled: schedule a new one"
         )));
     }
+    let (start, end) = times(&req, now, (w.start <= now).then_some(w.start))?;
     w.start = start;
     w.end = end;
     w.by = Holder::me("reschedule").by();
@@ -296,7 +360,7 @@ pub async fn reschedule(
     let window = w.clone();
     refuse_overlap(&doc, &window)?;
     doc.by = Some(window.by.clone());
-    write(env, &consul, &read, doc).await?;
+    write(env, &consul, &read, doc, out).await?;
     out.emit(
         json!({"event": "rescheduled", "env": env.name, "window": window_json(&window, now)}),
         || {
@@ -333,7 +397,7 @@ pub async fn cancel(config: &Config, env_name: &str, id: &str, out: Output) -> C
     w.changed_at = now;
     let window = w.clone();
     doc.by = Some(window.by.clone());
-    write(env, &consul, &read, doc).await?;
+    write(env, &consul, &read, doc, out).await?;
     out.emit(
         json!({"event": "cancelled", "env": env.name, "window": window_json(&window, now), "already": false}),
         || format!("cancelled {}: {}: {}", window.id, span(&window), window.reason),
