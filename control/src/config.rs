@@ -57,6 +57,10 @@ struct FileEnvironment {
     steps: Vec<FileExtraStep>,
     canary: Option<FileCanary>,
     roll: Option<FileRoll>,
+    #[serde(default)]
+    rehearsals: Vec<String>,
+    db_factor: Option<f64>,
+    max_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +170,13 @@ pub struct Environment {
     pub canary: CanaryThresholds,
     /// How `maintctl roll` replaces or upgrades a box; `roll` is refused without it.
     pub roll: Option<RollSettings>,
+    /// The environments whose last completed maintenance predicts this one's (e.g. `final`,
+    /// `mock`), checked to be environments of the file.
+    pub rehearsals: Vec<String>,
+    /// What the rehearsals' times are multiplied by when the maintenance touches the database.
+    pub db_factor: f64,
+    /// The longest window `schedule` accepts without `--force`.
+    pub max_window: Option<Duration>,
 }
 
 /// What `maintctl roll` does to each api_ui box while it is drained, and how it waits for it.
@@ -362,7 +373,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
     if file.environments.is_empty() {
         p.add("environments", "define at least one [environments.NAME]");
     }
-    let environments = file
+    let environments: BTreeMap<String, Environment> = file
         .environments
         .into_iter()
         .map(|(name, e)| {
@@ -370,6 +381,16 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
             (name, checked)
         })
         .collect();
+    for (name, e) in &environments {
+        for (i, rehearsal) in e.rehearsals.iter().enumerate() {
+            if rehearsal == name || !environments.contains_key(rehearsal) {
+                p.add(
+                    format!("environments.{name}.rehearsals[{i}]"),
+                    format!("{rehearsal:?} is not another environment of this file"),
+                );
+            }
+        }
+    }
     Config { environments }
 }
 
@@ -430,6 +451,17 @@ fn check_environment(
     let roll = e
         .roll
         .and_then(|r| check_roll(&k("roll"), r, step_timeout, p));
+    let db_factor = e.db_factor.unwrap_or(2.0);
+    if !(db_factor >= 1.0 && db_factor.is_finite()) {
+        p.add(
+            k("db_factor"),
+            "must be 1 or more, e.g. 2: a maintenance with the database takes twice its rehearsal",
+        );
+    }
+    let max_window = e
+        .max_window
+        .as_deref()
+        .map(|raw| p.duration(&k("max_window"), Some(raw), Duration::ZERO));
     let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
     if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
         p.add(
@@ -569,6 +601,9 @@ fn check_environment(
         extra_steps,
         canary,
         roll,
+        rehearsals: e.rehearsals,
+        db_factor,
+        max_window,
     }
 }
 
@@ -955,6 +990,31 @@ mod tests {
             BoxAccess::ConsulAgent("http://127.0.0.2:8500".to_string())
         );
         assert_eq!(mock.boxes[0].ssh.as_deref(), Some("api1"));
+    }
+
+    #[test]
+    fn rehearsals_name_other_environments_of_the_file() {
+        let text = MOCK.replace(
+            "key = \"drawbridge/mock/gate\"",
+            "key = \"drawbridge/mock/gate\"\nrehearsals = [\"final\", \"mock\"]\ndb_factor = 0.5\nmax_window = \"1h\"",
+        );
+        let err = parse(&text).unwrap_err().problems.join("\n");
+        assert!(
+            err.contains("environments.mock.rehearsals[0]: \"final\" is not another environment"),
+            "{err}"
+        );
+        assert!(
+            err.contains("environments.mock.rehearsals[1]: \"mock\" is not another environment"),
+            "{err}"
+        );
+        assert!(
+            err.contains("environments.mock.db_factor: must be 1 or more"),
+            "{err}"
+        );
+        let mock = parse(MOCK).unwrap();
+        let mock = mock.environment("mock").unwrap();
+        assert_eq!((mock.db_factor, mock.max_window), (2.0, None));
+        assert!(mock.rehearsals.is_empty());
     }
 
     #[test]

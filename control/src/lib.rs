@@ -17,6 +17,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod estimate;
 mod gate_write;
 pub mod journal;
 pub mod lock;

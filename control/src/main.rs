@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use maintctl::commands::{
     self, CanaryRequest, CommandResult, DrainRequest, Failure, PlanRequest, RollRequest,
-    RunRequest, WindowTimes,
+    RunRequest, ScheduleRequest, WindowTimes,
 };
 use maintctl::config::Config;
 use maintctl::output::Format;
@@ -224,7 +224,9 @@ enum Command {
     },
     /// Announce a maintenance window: written to the windows document in Consul (compare-and-
     /// set, read back). Refused when it starts in the past, ends before it starts, or overlaps
-    /// another scheduled window.
+    /// another scheduled window; and, unless --force, when the rehearsals (the inventory's
+    /// `rehearsals`) predict more than the window or `max_window`, or it is longer than
+    /// `max_window`.
     Schedule {
         /// The environment of the inventory, e.g. final, mock or prod.
         #[arg(long)]
@@ -237,6 +239,12 @@ enum Command {
         /// A longer text for the people told.
         #[arg(long)]
         message: Option<String>,
+        /// The maintenance touches the database: the rehearsals' times × `db_factor`.
+        #[arg(long)]
+        db: bool,
+        /// Schedule it even when the estimate or `max_window` says it does not fit.
+        #[arg(long)]
+        force: bool,
     },
     /// The maintenance windows, past, now and coming, in UTC and in your zone (TZ).
     Windows {
@@ -521,9 +529,17 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             times,
             reason,
             message,
+            db,
+            force,
         } => {
-            let config = inventory()?;
-            commands::schedule(&config, &env, times.times(), &reason, message, out).await
+            let request = ScheduleRequest {
+                times: times.times(),
+                reason,
+                message,
+                with_database: db,
+                force,
+            };
+            commands::schedule(&inventory()?, &env, request, out).await
         }
         Command::Windows { env } => commands::windows(&inventory()?, &env, out).await,
         Command::Reschedule { env, id, times } => {

@@ -327,3 +327,104 @@ async fn a_window_that_has_begun_can_only_have_its_end_moved() {
     assert_eq!((moved.start, moved.end), (start, later));
     assert_eq!(moved.message, window.message);
 }
+
+/// The rehearsal `final` took 40 minutes (its journal says so): a one-hour window on `mock`
+/// that touches the database (× 2) is refused, naming the estimate, and nothing is written;
+/// `--force` schedules it anyway, saying why it does not fit; without the database it fits.
+/// `plan down` shows the estimate too.
+#[tokio::test]
+async fn the_rehearsals_estimate_refuses_a_window_too_short_unless_forced() {
+    let scene = Scene::start("maintctl_windows_estimate").await;
+    let mut mock = Inventory::new(scene.consul.http_addr(), GATE_KEY, Vec::new());
+    mock.rehearsals = vec!["final".to_string()];
+    mock.max_window = Some("3h".to_string());
+    let fin = Inventory::new(
+        scene.consul.http_addr(),
+        "drawbridge/final/gate",
+        Vec::new(),
+    );
+    std::fs::write(
+        scene.maintctl.config_path(),
+        format!("{}\n{}", mock.to_toml(ENV), fin.to_toml("final")),
+    )
+    .expect("the inventory is written");
+    // The last maintenance of `final`: a down at 10:00, its up done at 10:40.
+    let client = scene.consul.client();
+    for (id, direction, started, ended) in [
+        (
+            "1-down",
+            "down",
+            "2026-11-20T10:00:00Z",
+            "2026-11-20T10:05:00Z",
+        ),
+        ("2-up", "up", "2026-11-20T10:30:00Z", "2026-11-20T10:40:00Z"),
+    ] {
+        let run = serde_json::json!({
+            "id": id, "env": "final", "direction": direction, "reason": "rehearsal",
+            "until": null, "by": "ops@bastion", "command": "maintctl", "plan_hash": "0",
+            "status": "done", "started_at": started, "ended_at": ended, "steps": []
+        });
+        client
+            .kv_put(
+                &format!("maintctl/final/runs/{id}"),
+                run.to_string().as_bytes(),
+                drawbridge_core::consul::PutMode::Always,
+            )
+            .await
+            .unwrap();
+    }
+    let year = OffsetDateTime::now_utc().year() + 1;
+    let (start, end) = (
+        format!("{year}-02-02T19:00:00Z"),
+        format!("{year}-02-02T20:00:00Z"),
+    );
+    let with_db = [
+        "schedule", "--env", ENV, "--start", &start, "--end", &end, "--reason", "db", "--db",
+    ];
+    scene
+        .run(&with_db)
+        .await
+        .assert_code(5)
+        .assert_mentions("the rehearsals predict 1h20m, longer than the window (1h00m)")
+        .assert_mentions("final took 40m");
+    assert_eq!(
+        scene.stored().await,
+        (None, 0),
+        "a refused window was written"
+    );
+    let mut forced = with_db.to_vec();
+    forced.push("--force");
+    scene
+        .run(&forced)
+        .await
+        .assert_success()
+        .assert_mentions("--force: the rehearsals predict 1h20m");
+    let (later, later_end) = (
+        format!("{year}-02-03T19:00:00Z"),
+        format!("{year}-02-03T20:00:00Z"),
+    );
+    scene
+        .run(&[
+            "schedule", "--env", ENV, "--start", &later, "--end", &later_end, "--reason", "no db",
+        ])
+        .await
+        .assert_success()
+        .assert_mentions("estimate: needs 40m");
+    assert_eq!(scene.stored().await.0.unwrap().windows.len(), 2);
+    let (long, long_end) = (
+        format!("{year}-02-04T19:00:00Z"),
+        format!("{year}-02-04T23:00:00Z"),
+    );
+    scene
+        .run(&[
+            "schedule", "--env", ENV, "--start", &long, "--end", &long_end, "--reason", "long",
+        ])
+        .await
+        .assert_code(5)
+        .assert_mentions("the window (4h00m) is longer than max_window (3h00m)");
+    scene
+        .run(&["plan", "down", "--env", ENV])
+        .await
+        .assert_success()
+        .assert_mentions("estimate: needs 40m");
+}

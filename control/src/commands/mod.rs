@@ -17,7 +17,7 @@ pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
 pub use roll::{roll, RollRequest};
 pub use run::{down, resume, up, RunRequest};
-pub use windows::{cancel, reschedule, schedule, windows, WindowTimes};
+pub use windows::{cancel, reschedule, schedule, windows, ScheduleRequest, WindowTimes};
 
 use crate::config::{Config, Environment};
 use crate::lock::{Holder, Lock, LockError};
@@ -176,6 +176,13 @@ pub struct PlanRequest {
 pub async fn plan(config: &Config, env_name: &str, req: PlanRequest, out: Output) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
     let all = req.all;
+    if req.direction == Direction::Down && !env.rehearsals.is_empty() {
+        out.note(
+            &crate::estimate::Estimate::of(config, env, false)
+                .await
+                .render(),
+        );
+    }
     let plan = match req.direction {
         Direction::Roll => roll::roll_plan(env, &req.role, req.batch, req.max_fail)?,
         Direction::Canary => {

@@ -5,6 +5,7 @@
 
 use super::{consul_client, exit, CommandResult, Failure};
 use crate::config::{Config, Environment};
+use crate::estimate::Estimate;
 use crate::lock::Holder;
 use crate::output::Output;
 use crate::when;
@@ -17,6 +18,17 @@ use time::OffsetDateTime;
 pub struct WindowTimes {
     pub start: String,
     pub end: String,
+}
+
+/// What `schedule` is asked.
+pub struct ScheduleRequest {
+    pub times: WindowTimes,
+    pub reason: String,
+    pub message: Option<String>,
+    /// The maintenance touches the database: the rehearsals' times × `db_factor`.
+    pub with_database: bool,
+    /// Schedule a window the rehearsals or `max_window` say does not fit.
+    pub force: bool,
 }
 
 /// The windows document of `env` as read, with the index a write must find.
@@ -223,23 +235,47 @@ fn when_is(w: &Window, now: OffsetDateTime) -> &'static str {
     }
 }
 
-/// `maintctl schedule`.
+/// `maintctl schedule`: refused (exit 5, nothing written) when the rehearsals predict more
+/// than the window or `max_window`, or the window is longer than `max_window`, unless `--force`.
 pub async fn schedule(
     config: &Config,
     env_name: &str,
-    req: WindowTimes,
-    reason: &str,
-    message: Option<String>,
+    req: ScheduleRequest,
     out: Output,
 ) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
+    let ScheduleRequest {
+        times: asked,
+        reason,
+        message,
+        with_database,
+        force,
+    } = req;
     if reason.trim().is_empty() {
         return Err(Failure::usage(
             "schedule needs --reason \"...\" (it is what partners and tenants are told)",
         ));
     }
     let now = OffsetDateTime::now_utc();
-    let (start, end) = times(&req, now, None)?;
+    let (start, end) = times(&asked, now, None)?;
+    let estimate = Estimate::of(config, env, with_database).await;
+    let length = (end - start).unsigned_abs();
+    let misfits = estimate.misfits(length, env.max_window);
+    if !env.rehearsals.is_empty() {
+        out.note(&estimate.render());
+    }
+    if !misfits.is_empty() {
+        if !force {
+            return Err(Failure::new(
+                exit::PREFLIGHT,
+                "the window does not fit; nothing was written (--force schedules it anyway)",
+            )
+            .with_problems(misfits));
+        }
+        for misfit in &misfits {
+            out.note(&format!("--force: {misfit}"));
+        }
+    }
     let consul = consul_client(env).map_err(Failure::usage)?;
     let read = read(env, &consul).await?;
     let window = Window {
@@ -266,7 +302,8 @@ pub async fn schedule(
     doc.by = Some(window.by.clone());
     write(env, &consul, &read, doc, out).await?;
     out.emit(
-        json!({"event": "scheduled", "env": env.name, "window": window_json(&window, now)}),
+        json!({"event": "scheduled", "env": env.name, "window": window_json(&window, now),
+               "estimate": estimate, "misfits": misfits}),
         || {
             format!(
                 "scheduled {}: {}: {}",

@@ -148,6 +148,10 @@ pub struct Inventory {
     pub canary: Option<Canary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<Roll>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rehearsals: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_window: Option<String>,
 }
 
 /// `[environments.NAME.roll]`: how `maintctl roll` replaces a box (here always by a call).
@@ -190,6 +194,8 @@ impl Inventory {
             steps: Vec::new(),
             canary: None,
             roll: None,
+            rehearsals: Vec::new(),
+            max_window: None,
         }
     }
 
