@@ -111,7 +111,7 @@ pub(super) enum Prepared {
 fn run_failure(env: &Environment, direction: Direction, end: RunEnd) -> Failure {
     let hint = match direction {
         Direction::Roll => format!(
-            "`maintctl resume --env {}` continues this roll (failed batches first); the boxes of a failed batch stay drained",
+            "`maintctl resume --env {}` continues this roll (failed batches first); the boxes of a failed batch stay as they are (drained unless its undrain failed)",
             env.name
         ),
         _ => format!(
