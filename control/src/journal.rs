@@ -403,6 +403,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Ends the run as `status`, now, and writes it.
+    ///
+    /// # Errors
+    /// As [`Journal::save`].
+    pub async fn finish(&mut self, status: RunStatus) -> Result<(), JournalError> {
+        self.run.status = status;
+        self.run.ended_at = Some(OffsetDateTime::now_utc());
+        self.save().await
+    }
+
     /// Writes the run, check-and-set on the last index this journal saw.
     ///
     /// # Errors
@@ -454,6 +464,28 @@ pub async fn latest(client: &Client, prefix: &str) -> Result<Option<(Run, u64)>,
             entry.modify_index,
         ))),
     }
+}
+
+/// The latest run of the environment when it has not ended (done, abandoned or rolled back),
+/// with the index to resume writing it.
+///
+/// # Errors
+/// Consul failures or a damaged journal.
+pub async fn unfinished(client: &Client, prefix: &str) -> Result<Option<(Run, u64)>, JournalError> {
+    Ok(latest(client, prefix)
+        .await?
+        .filter(|(run, _)| !run.is_finished()))
+}
+
+/// A new run's id: the time, the direction and a few random bits (`1796054537-roll-b832`).
+pub fn new_run_id(direction: Direction) -> String {
+    let now = OffsetDateTime::now_utc();
+    let noise = (now.nanosecond() % 65536) as u16 ^ (std::process::id() as u16);
+    format!(
+        "{}-{}-{noise:04x}",
+        now.unix_timestamp(),
+        direction.as_str()
+    )
 }
 
 /// Every run of the environment, oldest first.

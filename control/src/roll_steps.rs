@@ -66,13 +66,17 @@ impl Context {
             .health_node(&b.node)
             .await
             .map_err(|e| format!("{}: reading the checks of node {}: {e}", b.name, b.node))?;
-        let instances = self
+        Ok(serving(&checks, self.services_on(b).await?))
+    }
+
+    /// How many service instances Consul has registered on box `b`'s node.
+    async fn services_on(&self, b: &BoxSettings) -> Result<usize, String> {
+        Ok(self
             .consul
             .catalog_node_services(&b.node)
             .await
             .map_err(|e| format!("{}: reading the services of node {}: {e}", b.name, b.node))?
-            .map_or(0, |(_, entries)| entries.len());
-        Ok(serving(&checks, instances))
+            .map_or(0, |(_, entries)| entries.len()))
     }
 
     /// Before a batch is drained: some other api_ui box must stay in the traffic (out of node
@@ -225,14 +229,7 @@ impl Context {
             let mut problems = unhealthy(&self.consul, &[b])
                 .await
                 .map_err(TargetError::Failed)?;
-            let instances = self
-                .consul
-                .catalog_node_services(&b.node)
-                .await
-                .map_err(|e| {
-                    TargetError::Failed(format!("reading the services of node {}: {e}", b.node))
-                })?
-                .map_or(0, |(_, entries)| entries.len());
+            let instances = self.services_on(b).await.map_err(TargetError::Failed)?;
             if instances == 0 {
                 problems.push(format!("no service is registered on node {} (yet)", b.node));
             }

@@ -167,14 +167,12 @@ async fn public_still_sees_the_page(ctx: &Context) -> Result<(), String> {
 
 /// Ends the run in the journal as `end` says, and hands `end` back.
 async fn end_run(journal: &Mutex<Journal>, end: RunEnd) -> Result<RunEnd, JournalError> {
-    let mut j = journal.lock().await;
-    j.run.status = match end {
+    let status = match end {
         RunEnd::Done => RunStatus::Done,
         RunEnd::Failed(_) | RunEnd::VerifyTimeout(_) => RunStatus::Failed,
         RunEnd::Interrupted(_) => RunStatus::Interrupted,
     };
-    j.run.ended_at = Some(OffsetDateTime::now_utc());
-    j.save().await?;
+    journal.lock().await.finish(status).await?;
     Ok(end)
 }
 

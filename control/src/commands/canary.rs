@@ -20,8 +20,8 @@
 
 use super::run::confirmed;
 use super::{
-    consul_client, exit, fleet_proxies, http_client, release_lock, take_lock, CommandResult,
-    Failure,
+    consul_client, exit, fleet_proxies, http_client, put_read_back, refuse_unfinished,
+    release_lock, take_lock, CommandResult, Failure,
 };
 use crate::config::{Config, Environment};
 use crate::journal::{self, CanaryAsked, Journal, RunStatus, StepRecord, StepStatus, TargetStatus};
@@ -31,7 +31,7 @@ use crate::plan::{Direction, Plan, Step, StepKind};
 use crate::proxies::{self, Proxy};
 use crate::split_metrics::{sides, SideCounts};
 use crate::steps::wait_until;
-use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
+use drawbridge_core::consul::{Client, QueryOptions};
 use drawbridge_core::split::{RouteSplit, SplitDoc};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -266,7 +266,11 @@ async fn run_locked(
                 )));
             }
         }
-        None => refuse_if_unfinished(&run).await?,
+        // A new canary does not start over an unfinished roll, down or up: it would become the
+        // last run, and that one could no longer be resumed.
+        None => {
+            refuse_unfinished(env, &run.consul, |past| past.direction != Direction::Canary).await?
+        }
     }
     let raises: Vec<u8> = req.steps.iter().copied().filter(|s| *s > current).collect();
     // A share found in place was perhaps never judged (a run stopped halfway): judged first;
@@ -437,11 +441,7 @@ impl Record {
                 steps: planned.to_vec(),
                 max_fail: 0,
             };
-            let id = format!(
-                "{}-canary-{:04x}",
-                OffsetDateTime::now_utc().unix_timestamp(),
-                (OffsetDateTime::now_utc().nanosecond() % 65536) as u16 ^ std::process::id() as u16
-            );
+            let id = journal::new_run_id(Direction::Canary);
             let reason = format!("canary of route {} to {to}", req.route);
             let mut new = journal::Run::new(&id, env, &plan, &reason, None, &run.by);
             new.canary = Some(CanaryAsked {
@@ -611,9 +611,7 @@ impl Record {
     }
 
     async fn finish(&mut self, status: RunStatus) -> Result<(), Failure> {
-        self.journal.run.status = status;
-        self.journal.run.ended_at = Some(OffsetDateTime::now_utc());
-        self.journal.save().await.map_err(unrecorded)
+        self.journal.finish(status).await.map_err(unrecorded)
     }
 }
 
@@ -624,41 +622,24 @@ impl Record {
 async fn end_rolled_back(run: &Run<'_>) {
     let env = run.env;
     for _ in 0..ROLLBACK_TRIES {
-        let Ok(Some((past, index))) = journal::latest(&run.consul, &env.prefix).await else {
+        let Ok(unfinished) = journal::unfinished(&run.consul, &env.prefix).await else {
             break;
         };
+        let Some((past, index)) = unfinished else {
+            return;
+        };
         let of_route = past.canary.as_ref().is_some_and(|c| c.route == run.route);
-        if past.direction != Direction::Canary || past.is_finished() || !of_route {
+        if past.direction != Direction::Canary || !of_route {
             return;
         }
         let mut journal = Journal::resume(&run.consul, &env.prefix, past, index);
-        journal.run.status = RunStatus::RolledBack;
-        journal.run.ended_at = Some(OffsetDateTime::now_utc());
-        if journal.save().await.is_ok() {
+        if journal.finish(RunStatus::RolledBack).await.is_ok() {
             return;
         }
     }
     run.out.note(
         "the canary's run could not be ended rolled_back in the journal: `maintctl status` shows it; do not `resume` it",
     );
-}
-
-/// A new canary does not start over an unfinished roll, down or up: it would become the last
-/// run, and that one could no longer be resumed.
-async fn refuse_if_unfinished(run: &Run<'_>) -> Result<(), Failure> {
-    match journal::latest(&run.consul, &run.env.prefix).await {
-        Ok(Some((past, _))) if !past.is_finished() && past.direction != Direction::Canary => {
-            Err(Failure::failed(format!(
-                "the last run {} of {} is an unfinished {} ({}): finish it with `maintctl resume --env {1}` first",
-                past.id,
-                run.env.name,
-                past.direction.as_str(),
-                past.status.as_str()
-            )))
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(Failure::failed(e)),
-    }
 }
 
 /// Why a step did not pass.
@@ -742,30 +723,9 @@ impl Run<'_> {
     /// Writes `doc` if the key still holds what was read, and reads it back to learn its index;
     /// `Ok(None)` when someone changed the key since (nothing written).
     async fn write(&self, written: &Written, doc: &SplitDoc) -> Result<Option<u64>, String> {
-        let key = &self.env.split_key;
         let value = serde_json::to_vec(doc).expect("a split document always serialises");
-        let applied = self
-            .consul
-            .kv_put(key, &value, PutMode::Cas(written.index))
-            .await
-            .map_err(|e| format!("writing the split key {key}: {e}"))?;
-        if !applied {
-            return Ok(None);
-        }
-        let leader = QueryOptions::default().with_consistency(Consistency::Consistent);
-        let entry = self
-            .consul
-            .kv_get(key, &leader)
-            .await
-            .map_err(|e| format!("reading back the split key {key}: {e}"))?
-            .entry
-            .ok_or_else(|| format!("the split key {key} is gone right after the write"))?;
-        if entry.value.as_deref() != Some(value.as_slice()) {
-            return Err(format!(
-                "the split key {key} was changed by someone else right after the write"
-            ));
-        }
-        Ok(Some(entry.modify_index))
+        let key = &self.env.split_key;
+        put_read_back(&self.consul, key, "the split key", &value, written.index).await
     }
 
     /// Sends `percent` % of the route's clients to `to`, and waits until every proxy applies

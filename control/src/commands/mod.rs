@@ -20,12 +20,13 @@ pub use run::{down, resume, up, RunRequest};
 pub use windows::{cancel, reschedule, schedule, windows, ScheduleRequest, WindowTimes};
 
 use crate::config::{Config, Environment};
+use crate::journal;
 use crate::lock::{Holder, Lock, LockError};
 use crate::output::{Format, Output};
 use crate::plan::{BatchSize, Direction, Plan};
 use crate::probe::{ProbeOptions, ProbeReport};
 use crate::proxies::{self, Proxy};
-use drawbridge_core::consul::Client;
+use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
 use drawbridge_core::timestamp;
 use serde_json::json;
 use std::io::IsTerminal;
@@ -70,6 +71,68 @@ async fn release_lock(lock: Lock, out: Output) {
         out.note(&format!(
             "the lock could not be released ({e}); it expires by itself"
         ));
+    }
+}
+
+/// Writes `value` at `key` (`what` names it in messages) if the key is still at index `cas`,
+/// then reads it back from the leader: `Ok(Some(index))` when it holds the value, `Ok(None)`
+/// when someone changed the key since it was read (nothing written), `Err` otherwise.
+async fn put_read_back(
+    consul: &Client,
+    key: &str,
+    what: &str,
+    value: &[u8],
+    cas: u64,
+) -> Result<Option<u64>, String> {
+    let applied = consul
+        .kv_put(key, value, PutMode::Cas(cas))
+        .await
+        .map_err(|e| format!("writing {what} {key}: {e}"))?;
+    if !applied {
+        return Ok(None);
+    }
+    let leader = QueryOptions::default().with_consistency(Consistency::Consistent);
+    let entry = consul
+        .kv_get(key, &leader)
+        .await
+        .map_err(|e| format!("reading back {what} {key}: {e}"))?
+        .entry
+        .ok_or_else(|| format!("{what} {key} is gone right after the write"))?;
+    if entry.value.as_deref() != Some(value) {
+        return Err(format!(
+            "{what} {key} was changed by someone else right after the write"
+        ));
+    }
+    Ok(Some(entry.modify_index))
+}
+
+/// Refuses when the environment's last run is unfinished and `blocks` it, saying how to go on
+/// with it (a roll can also be abandoned).
+async fn refuse_unfinished(
+    env: &Environment,
+    consul: &Client,
+    blocks: impl Fn(&journal::Run) -> bool,
+) -> Result<(), Failure> {
+    match journal::unfinished(consul, &env.prefix).await {
+        Ok(Some((run, _))) if blocks(&run) => {
+            let or_abandon = if run.direction == Direction::Roll {
+                format!(
+                    " (or give it up with `maintctl roll --env {} --abandon`)",
+                    env.name
+                )
+            } else {
+                String::new()
+            };
+            Err(Failure::failed(format!(
+                "the last run {} of {} is an unfinished {} ({}): continue it with `maintctl resume --env {1}` first{or_abandon}",
+                run.id,
+                env.name,
+                run.direction.as_str(),
+                run.status.as_str()
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::failed(e)),
     }
 }
 

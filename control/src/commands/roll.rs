@@ -4,7 +4,10 @@
 //! is all in the traffic and healthy, and never drains every box at once.
 
 use super::run::{confirmed, refuse_if_locked, run_plan, Prepared, RunRequest};
-use super::{consul_client, exit, print_plan, release_lock, take_lock, CommandResult, Failure};
+use super::{
+    consul_client, exit, print_plan, refuse_unfinished, release_lock, take_lock, CommandResult,
+    Failure,
+};
 use crate::config::{Config, Environment, Role};
 use crate::journal::{self, Journal, Maintenance, RunStatus};
 use crate::output::Output;
@@ -14,7 +17,6 @@ use crate::traffic::unhealthy;
 use drawbridge_core::consul::Client;
 use serde_json::json;
 use std::collections::BTreeSet;
-use time::OffsetDateTime;
 
 /// What `roll` is asked.
 pub struct RollRequest {
@@ -89,27 +91,7 @@ async fn fleet_problems(env: &Environment, consul: &Client) -> Result<Vec<String
 /// Checked under the lock before a new roll: no unfinished run to resume first, and every
 /// api_ui box in the traffic and healthy.
 pub(super) async fn ready_to_start(env: &Environment, consul: &Client) -> Result<(), Failure> {
-    match journal::latest(consul, &env.prefix).await {
-        Ok(Some((run, _))) if !run.is_finished() => {
-            let or_abandon = if run.direction == Direction::Roll {
-                format!(
-                    " (or give it up with `maintctl roll --env {} --abandon`)",
-                    env.name
-                )
-            } else {
-                String::new()
-            };
-            return Err(Failure::failed(format!(
-                "the last run {} of {} is an unfinished {} ({}): continue it with `maintctl resume --env {1}` first{or_abandon}",
-                run.id,
-                env.name,
-                run.direction.as_str(),
-                run.status.as_str()
-            )));
-        }
-        Ok(_) => {}
-        Err(e) => return Err(Failure::failed(e)),
-    }
+    refuse_unfinished(env, consul, |_| true).await?;
     let problems = fleet_problems(env, consul).await?;
     if problems.is_empty() {
         return Ok(());
@@ -127,18 +109,7 @@ pub(super) async fn ready_to_start(env: &Environment, consul: &Client) -> Result
 /// Refuses `down` and `up` while the last run is an unfinished roll: its drained boxes would
 /// be taken for the maintenance's own, and it could no longer be resumed or abandoned.
 pub(super) async fn refuse_if_rolling(env: &Environment, consul: &Client) -> Result<(), Failure> {
-    match journal::latest(consul, &env.prefix).await {
-        Ok(Some((run, _))) if run.direction == Direction::Roll && !run.is_finished() => {
-            Err(Failure::failed(format!(
-                "the last run {} of {} is an unfinished roll ({}): finish it with `maintctl resume --env {1}` or give it up with `maintctl roll --env {1} --abandon` first",
-                run.id,
-                env.name,
-                run.status.as_str()
-            )))
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(Failure::failed(e)),
-    }
+    refuse_unfinished(env, consul, |run| run.direction == Direction::Roll).await
 }
 
 /// `maintctl roll`.
@@ -198,10 +169,8 @@ async fn abandon(env: &Environment, yes: bool, out: Output) -> CommandResult {
 }
 
 async fn abandon_locked(env: &Environment, consul: &Client, out: Output) -> CommandResult {
-    let (run, index) = match journal::latest(consul, &env.prefix).await {
-        Ok(Some((run, index))) if run.direction == Direction::Roll && !run.is_finished() => {
-            (run, index)
-        }
+    let (run, index) = match journal::unfinished(consul, &env.prefix).await {
+        Ok(Some((run, index))) if run.direction == Direction::Roll => (run, index),
         Ok(_) => {
             return Err(Failure::failed(format!(
                 "{} has no unfinished roll to abandon (only the last run can be)",
@@ -217,9 +186,10 @@ async fn abandon_locked(env: &Environment, consul: &Client, out: Output) -> Comm
         .collect();
     let id = run.id.clone();
     let mut journal = Journal::resume(consul, &env.prefix, run, index);
-    journal.run.status = RunStatus::Abandoned;
-    journal.run.ended_at = Some(OffsetDateTime::now_utc());
-    journal.save().await.map_err(Failure::failed)?;
+    journal
+        .finish(RunStatus::Abandoned)
+        .await
+        .map_err(Failure::failed)?;
     let mut drained = Vec::new();
     for name in &boxes {
         let node = env

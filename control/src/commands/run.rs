@@ -192,12 +192,7 @@ async fn run_locked(
             until,
             restores,
         } => {
-            let id = format!(
-                "{}-{}-{:04x}",
-                OffsetDateTime::now_utc().unix_timestamp(),
-                plan.direction.as_str(),
-                rand_suffix()
-            );
+            let id = journal::new_run_id(plan.direction);
             let by = Holder::me(plan.direction.as_str()).by();
             let mut run = Run::new(&id, env, &plan, &reason, until, &by);
             run.restores = restores;
@@ -267,10 +262,6 @@ fn done_before(maintenance: &Maintenance, this_run: &str) -> HashMap<String, Str
         .into_iter()
         .filter(|(_, run)| run != this_run)
         .collect()
-}
-
-fn rand_suffix() -> u16 {
-    (OffsetDateTime::now_utc().nanosecond() % 65536) as u16 ^ (std::process::id() as u16)
 }
 
 /// `maintctl down`.

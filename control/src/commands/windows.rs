@@ -3,13 +3,13 @@
 //! compare-and-set write of the document as read, then read back from the leader, so two
 //! operators never overwrite each other and a "scheduled" is said only once Consul holds it.
 
-use super::{consul_client, exit, CommandResult, Failure};
+use super::{consul_client, exit, put_read_back, CommandResult, Failure};
 use crate::config::{Config, Environment};
 use crate::estimate::Estimate;
 use crate::lock::Holder;
 use crate::output::Output;
 use crate::when;
-use drawbridge_core::consul::{Client, Consistency, PutMode, QueryOptions};
+use drawbridge_core::consul::{Client, QueryOptions};
 use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc, WindowsDocError, MAX_WINDOWS};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -89,32 +89,15 @@ async fn write(
         ));
     }
     let value = doc.to_json();
-    let written = consul
-        .kv_put(key, value.as_bytes(), PutMode::Cas(read.index))
-        .await
-        .map_err(|e| {
-            Failure::failed(format!(
-                "writing the windows key {key}: {e}; `maintctl windows --env {}` shows whether it landed",
-                env.name
-            ))
-        })?;
-    if !written {
-        return Err(Failure::failed(format!(
-            "the windows key {key} was changed by someone else meanwhile; nothing was written: run again"
-        )));
-    }
-    let leader = QueryOptions::default().with_consistency(Consistency::Consistent);
-    let back = consul
-        .kv_get(key, &leader)
-        .await
-        .map_err(|e| Failure::failed(format!("reading back the windows key {key}: {e}")))?
-        .entry
-        .and_then(|e| e.value);
-    if back.as_deref() != Some(value.as_bytes()) {
-        return Err(Failure::failed(format!(
-            "the windows key {key} does not hold what was written (changed by someone else right after?): `maintctl windows --env {}` shows it",
-            env.name
-        )));
+    let shown = format!("`maintctl windows --env {}` shows it", env.name);
+    match put_read_back(consul, key, "the windows key", value.as_bytes(), read.index).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(Failure::failed(format!(
+                "the windows key {key} was changed by someone else meanwhile; nothing was written: run again"
+            )))
+        }
+        Err(e) => return Err(Failure::failed(format!("{e}; {shown}"))),
     }
     Ok(())
 }
