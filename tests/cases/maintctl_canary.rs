@@ -426,6 +426,9 @@ async fn a_killed_canary_is_resumed_from_its_journal_and_an_abort_ends_it() {
     let mut canary = fleet.spawn_canary(&["--to", "api-green", "--steps", "50", "--hold", "4s"]);
     let fifty = vec![Some(("api-green".to_string(), 50)); 2];
     fleet.wait_split(&fifty).await;
+    // maintctl sees both proxies apply it within a poll or two (every 200 ms): its hold has
+    // begun well before the abort.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.canary(false, &["--abort"]).await.assert_success();
     let out = canary.wait(Duration::from_secs(30)).await;
     out.assert_code(1)
