@@ -434,11 +434,7 @@ fn check_environment(
     let windows_key = e
         .windows_key
         .unwrap_or_else(|| windows::default_windows_key(&key));
-    let windows_problem = split::key_path_problem(&windows_key).or_else(|| {
-        (windows_key == key || windows_key == split_key).then(|| {
-            "is the gate key or the split key: the windows need a key of their own".to_string()
-        })
-    });
+    let windows_problem = windows::windows_key_problem(&key, &split_key, &windows_key);
     if let Some(problem) = windows_problem.filter(|_| !key.is_empty()) {
         p.add(k("windows_key"), problem);
     }

@@ -26,6 +26,25 @@ pub struct StatusReport {
     /// The split of routes between two pools; absent from proxies that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitStatus>,
+    /// The maintenance windows a proxy announces; absent from proxies that predate them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowsStatus>,
+}
+
+/// The windows document a proxy announces, and how the watch on its key is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowsStatus {
+    pub key: String,
+    /// The Consul index of the applied document, as for [`SplitStatus::applied_index`].
+    pub applied_index: u64,
+    /// The ids of the scheduled windows that are not over, by start.
+    pub coming: Vec<String>,
+    /// The id of the window announced now (API answers carry its announcement header).
+    pub announced: Option<String>,
+    /// The last error reading the key, if the last read failed.
+    pub last_error: Option<String>,
+    /// The last value at the key that was refused, and why: the windows stayed as they were.
+    pub last_rejected: Option<RejectedValue>,
 }
 
 /// The split document a proxy applies, and how the watch on its key is doing.

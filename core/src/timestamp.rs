@@ -26,6 +26,11 @@ pub fn millis(t: OffsetDateTime) -> String {
     format!("{}.{:03}Z", whole_seconds(t), t.millisecond())
 }
 
+/// `20261130T052153Z`: ISO 8601's basic form, as iCalendar writes a UTC date-time.
+pub fn basic(t: OffsetDateTime) -> String {
+    whole_seconds(t.to_offset(UtcOffset::UTC)).replace(['-', ':'], "") + "Z"
+}
+
 /// Every digit the clock gave: for machine records (`/status`, the gate document).
 pub fn full(t: OffsetDateTime) -> String {
     t.to_offset(UtcOffset::UTC)
@@ -50,5 +55,6 @@ mod tests {
         assert_eq!(millis(t), "2026-11-30T05:21:53.250Z");
         assert_eq!(full(t), "2026-11-30T05:21:53.2504Z");
         assert_eq!(millis(at(1767323045, 0, 0)), "2026-01-02T03:04:05.000Z");
+        assert_eq!(basic(t), "20261130T052153Z");
     }
 }

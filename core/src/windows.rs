@@ -27,6 +27,17 @@ pub fn default_windows_key(gate_key: &str) -> String {
     format!("{gate_key}/windows")
 }
 
+/// Why `windows_key` cannot be the windows key of an environment with these gate and split
+/// keys, as the proxies and `maintctl` both check it.
+pub fn windows_key_problem(gate_key: &str, split_key: &str, windows_key: &str) -> Option<String> {
+    if windows_key == gate_key || windows_key == split_key {
+        return Some(
+            "is the gate key or the split key: the windows need a key of their own".to_string(),
+        );
+    }
+    crate::split::key_path_problem(windows_key)
+}
+
 /// The windows document as stored at the windows key; the default has none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

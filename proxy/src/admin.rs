@@ -1,18 +1,20 @@
 //! The admin listener: `/healthz` (always 200 while the proxy serves, maintenance or not),
-//! `/status` (the gate state, the Consul watch, the pools, the split) and `/metrics`
+//! `/status` (the gate state, the Consul watch, the pools, the split, the windows) and `/metrics`
 //! (Prometheus text).
 //! With `admin.token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`; a
 //! missing or wrong one is counted and logged at most once a second. Only GET and HEAD are
 //! answered: nothing here changes anything, and any other method gets 405.
 
+use crate::doc_watch::DocWatch;
 use crate::gate_state::GateState;
 use crate::guard::{Refusal, RefusalLog};
 use crate::metrics::Metrics;
 use crate::one_line::OneLine;
 use crate::pools::Pool;
-use crate::split::{SplitState, SplitWatch, SplitWatcher};
+use crate::split::{self, SplitState};
 use crate::tls::Certificates;
 use crate::watcher::WatchStatus;
+use crate::windows::{self, WindowsState};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drawbridge_core::status::{ConsulStatus, GateStatus, StatusReport};
@@ -41,7 +43,10 @@ pub struct Admin {
     pub tls: Option<Arc<Certificates>>,
     pub split_key: String,
     pub split: Arc<ArcSwap<SplitState>>,
-    pub split_watch: Arc<ArcSwap<SplitWatch>>,
+    pub split_watch: Arc<ArcSwap<DocWatch>>,
+    pub windows_key: String,
+    pub windows: Arc<ArcSwap<WindowsState>>,
+    pub windows_watch: Arc<ArcSwap<DocWatch>>,
 }
 
 impl Admin {
@@ -87,10 +92,16 @@ impl Admin {
             },
             pools: self.pools.iter().map(|p| p.status()).collect(),
             tls: self.tls.as_ref().map(|t| t.status()),
-            split: Some(SplitWatcher::status(
+            split: Some(split::status(
                 &self.split_key,
                 &self.split.load(),
                 &self.split_watch.load(),
+            )),
+            windows: Some(windows::status(
+                &self.windows_key,
+                &self.windows.load(),
+                &self.windows_watch.load(),
+                now.unix_timestamp(),
             )),
         }
     }

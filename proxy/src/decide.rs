@@ -9,8 +9,35 @@ use crate::router::Router;
 use drawbridge_core::gate::Mode;
 use http::Method;
 
-/// The path every route answers with the gate state.
+/// The path every route answers with the gate state and the coming windows.
 pub const WELL_KNOWN_PATH: &str = "/.well-known/maintenance";
+/// The path of the windows' iCalendar feed.
+pub const CALENDAR_PATH: &str = "/.well-known/maintenance.ics";
+/// The path of the banner fragment of the window announced.
+pub const BANNER_PATH: &str = "/.well-known/maintenance/banner";
+
+/// A document every host answers from the proxy itself, open gate or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WellKnown {
+    /// The gate state and the coming windows, as JSON.
+    State,
+    /// Every window, as an iCalendar feed.
+    Calendar,
+    /// The banner fragment of the window announced (204 without one).
+    Banner,
+}
+
+impl WellKnown {
+    /// The document at `path`, if it is one.
+    pub fn of(path: &str) -> Option<WellKnown> {
+        match path {
+            WELL_KNOWN_PATH => Some(WellKnown::State),
+            CALENDAR_PATH => Some(WellKnown::Calendar),
+            BANNER_PATH => Some(WellKnown::Banner),
+            _ => None,
+        }
+    }
+}
 
 /// What happens to a request. Once a route matches, the decision names it (its index in the
 /// `Router`).
@@ -18,8 +45,8 @@ pub const WELL_KNOWN_PATH: &str = "/.well-known/maintenance";
 pub enum Decision {
     /// No route matches: 404 from the proxy.
     NoRoute,
-    /// `GET /.well-known/maintenance`: the gate state as JSON, from the proxy.
-    WellKnown,
+    /// `GET` of a [`WellKnown`] document, from the proxy.
+    WellKnown(WellKnown),
     /// The gate is open for this request: proxy it.
     Pass { route: usize },
     /// The gate is closed but this client may pass.
@@ -38,7 +65,7 @@ impl Decision {
     /// The route the decision was made for, if one matched.
     pub fn route(self) -> Option<usize> {
         match self {
-            Decision::NoRoute | Decision::WellKnown => None,
+            Decision::NoRoute | Decision::WellKnown(_) => None,
             Decision::Pass { route }
             | Decision::Bypass { route, .. }
             | Decision::Preflight { route }
@@ -51,7 +78,7 @@ impl Decision {
     pub fn label(self) -> &'static str {
         match self {
             Decision::NoRoute => "no_route",
-            Decision::WellKnown => "well_known",
+            Decision::WellKnown(_) => "well_known",
             Decision::Pass { .. } => "pass",
             Decision::Bypass {
                 via: BypassVia::Cidr,
@@ -123,8 +150,10 @@ pub fn decide(
     cors: &CorsPolicy,
     token_is_valid: impl FnOnce(&str) -> bool,
 ) -> Decision {
-    if facts.path == WELL_KNOWN_PATH && matches!(*facts.method, Method::GET | Method::HEAD) {
-        return Decision::WellKnown;
+    if let Some(document) = WellKnown::of(facts.path) {
+        if matches!(*facts.method, Method::GET | Method::HEAD) {
+            return Decision::WellKnown(document);
+        }
     }
     let Some(route) = router.find(facts.host, facts.path) else {
         return Decision::NoRoute;
@@ -262,9 +291,37 @@ mod tests {
                 "/.well-known/acme-challenge/t",
                 Pass { route: UI },
             ),
-            ("maintenance", Method::GET, WELL_KNOWN_PATH, WellKnown),
-            ("normal", Method::HEAD, WELL_KNOWN_PATH, WellKnown),
+            (
+                "maintenance",
+                Method::GET,
+                WELL_KNOWN_PATH,
+                WellKnown(super::WellKnown::State),
+            ),
+            (
+                "normal",
+                Method::HEAD,
+                WELL_KNOWN_PATH,
+                WellKnown(super::WellKnown::State),
+            ),
+            (
+                "maintenance",
+                Method::GET,
+                CALENDAR_PATH,
+                WellKnown(super::WellKnown::Calendar),
+            ),
+            (
+                "maintenance",
+                Method::GET,
+                BANNER_PATH,
+                WellKnown(super::WellKnown::Banner),
+            ),
             ("maintenance", Method::POST, WELL_KNOWN_PATH, page(UI)),
+            (
+                "maintenance",
+                Method::GET,
+                "/.well-known/maintenance/",
+                page(UI),
+            ),
         ];
         for (mode, method, path, expected) in cases {
             let req = request(method.clone(), path, &[]);
@@ -376,7 +433,7 @@ mod tests {
         let via = |via| Bypass { route: UI, via };
         let labels = [
             (NoRoute, "no_route"),
-            (WellKnown, "well_known"),
+            (WellKnown(super::WellKnown::Calendar), "well_known"),
             (Pass { route: UI }, "pass"),
             (via(BypassVia::Cidr), "bypass_cidr"),
             (via(BypassVia::Token), "bypass_token"),

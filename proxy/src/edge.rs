@@ -28,6 +28,7 @@ use crate::pools::{Pool, UpstreamRequest};
 use crate::respond;
 use crate::router::Router;
 use crate::split::{Bucket, Side, SplitState, POOL_HEADER, SPLIT_COOKIE};
+use crate::windows::{WindowsState, ANNOUNCEMENT_HEADER};
 use arc_swap::{ArcSwap, Guard};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -99,6 +100,8 @@ pub struct Edge {
     pub https: HttpsSettings,
     /// The routes split between two pools.
     pub split: Arc<ArcSwap<SplitState>>,
+    /// The maintenance windows, as announced.
+    pub windows: Arc<ArcSwap<WindowsState>>,
 }
 
 /// What one request carries from phase to phase.
@@ -255,6 +258,24 @@ impl Edge {
     }
 
     /// Adds `Strict-Transport-Security` (`tls.hsts`) to an answer over TLS.
+    /// Puts the window announced now on an API answer ([`ANNOUNCEMENT_HEADER`]); an upstream's
+    /// own copy of that header never reaches the client.
+    fn announce(&self, answer: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        answer.remove_header(&ANNOUNCEMENT_HEADER);
+        let api = ctx
+            .decision
+            .and_then(Decision::route)
+            .is_some_and(|route| self.router.route(route).kind == RouteKind::Api);
+        let windows = self.windows.load();
+        if !api || windows.quiet_at(now_unix) {
+            return Ok(());
+        }
+        if let Some(window) = windows.announced(now_unix()) {
+            answer.insert_header(ANNOUNCEMENT_HEADER, window.header.clone())?;
+        }
+        Ok(())
+    }
+
     fn mark_tls(&self, header: &mut ResponseHeader, tls: bool) -> Result<()> {
         if let Some(hsts) = self.https.hsts.as_ref().filter(|_| tls) {
             header.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
@@ -424,8 +445,14 @@ impl ProxyHttp for Edge {
             |token| self.token_is_valid(token),
         );
         ctx.decision = Some(decision);
-        let response =
-            respond::response_for(decision, &state, &facts, &self.maintenance, now_unix)?;
+        let response = respond::response_for(
+            decision,
+            &state,
+            &self.windows.load(),
+            &facts,
+            &self.maintenance,
+            now_unix,
+        )?;
         let mut answered = response.is_some();
         if let Some((mut header, body)) = response {
             self.mark_tls(&mut header, ctx.tls)?;
@@ -550,6 +577,7 @@ impl ProxyHttp for Edge {
         if let Some(bucket) = ctx.bucket.filter(|b| b.drawn) {
             upstream_response.append_header(header::SET_COOKIE, bucket.cookie(ctx.tls))?;
         }
+        self.announce(upstream_response, ctx)?;
         self.mark_tls(upstream_response, ctx.tls)
     }
 

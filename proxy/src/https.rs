@@ -1,22 +1,22 @@
 //! HTTPS beside TLS itself: the plain listeners' redirect to HTTPS (`server.https_redirect`:
 //! 308, path and query kept, to the TLS listener's port) and `Strict-Transport-Security` on
-//! answers over TLS (`tls.hsts`). A plain request for an ACME HTTP-01 challenge or for
-//! `/.well-known/maintenance` is served where it came: a certificate authority fetches the
-//! first over HTTP, and partners poll the second with whatever client they have.
+//! answers over TLS (`tls.hsts`). A plain request for an ACME HTTP-01 challenge or for one of
+//! the proxy's own maintenance documents (`/.well-known/maintenance`, its calendar and banner)
+//! is served where it came: a certificate authority fetches the first over HTTP, and partners
+//! poll the others with whatever client they have.
 
+use crate::decide::WellKnown;
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
 /// Where a certificate authority fetches an ACME HTTP-01 challenge: one token after it.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
-/// The maintenance document partners poll.
-const MAINTENANCE_DOCUMENT: &str = "/.well-known/maintenance";
 
 /// Whether a plain request for `path` is served where it came: the maintenance document, or an
 /// ACME challenge (one base64url token, so that no `..` reaches another path through it).
 fn served_plain(path: &str) -> bool {
-    path == MAINTENANCE_DOCUMENT
+    WellKnown::of(path).is_some()
         || path.strip_prefix(ACME_CHALLENGE).is_some_and(|token| {
             !token.is_empty()
                 && token
@@ -147,6 +147,8 @@ mod tests {
             "/.well-known/acme-challenge/tok3n_A-z",
             "/.well-known/maintenance",
             "/.well-known/maintenance?x",
+            "/.well-known/maintenance.ics",
+            "/.well-known/maintenance/banner",
         ] {
             assert_eq!(
                 location(Some("shop.example"), target, 443),

@@ -7,7 +7,10 @@
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
 //! * `follow`: the blocking-query loop (index rules, rate limit, backoff) the watchers share.
 //! * `watcher`: follows the gate key; saves and restores `state_file`.
-//! * `split`: follows the split key: routes whose clients are shared with a second pool.
+//! * `doc_watch`: follows a document key other than the gate's (split, windows) the same way.
+//! * `split`: the split document: routes whose clients are shared with a second pool.
+//! * `windows`: the maintenance windows as the edge announces them (well-known list, calendar,
+//!   banner, the announcement header of API answers).
 //! * `facts`, `router`, `decide`, `respond`: the pure request path, in order: what a request
 //!   says (client address, token), its route, the decision, the answer the proxy writes itself.
 //! * `edge`: the `ProxyHttp` implementation: facts → decide → respond → write.
@@ -27,6 +30,7 @@
 pub mod admin;
 pub mod config;
 pub mod decide;
+pub mod doc_watch;
 pub mod edge;
 pub mod facts;
 pub mod follow;
@@ -48,3 +52,4 @@ pub mod state_file;
 pub mod tls;
 pub mod upstream_tls;
 pub mod watcher;
+pub mod windows;

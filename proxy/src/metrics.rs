@@ -74,6 +74,10 @@ pub struct Metrics {
     pub split_applied_index: IntGauge,
     /// Values at the split key that were refused (the split stayed as it was).
     pub split_rejected_values: IntCounter,
+    /// The Consul index of the applied windows document.
+    pub windows_applied_index: IntGauge,
+    /// Values at the windows key that were refused (the windows stayed as they were).
+    pub windows_rejected_values: IntCounter,
 }
 
 impl Metrics {
@@ -228,6 +232,14 @@ impl Metrics {
             split_rejected_values: counter(
                 "drawbridge_split_rejected_values_total",
                 "Values at the split key that were refused (the split stayed as it was)",
+            )?,
+            windows_applied_index: int_gauge(
+                "drawbridge_windows_applied_index",
+                "Consul index of the applied windows document",
+            )?,
+            windows_rejected_values: counter(
+                "drawbridge_windows_rejected_values_total",
+                "Values at the windows key that were refused (the windows stayed as they were)",
             )?,
             registry,
         })

@@ -147,7 +147,8 @@ impl PageTemplate {
     }
 }
 
-fn escape_html_into(out: &mut String, value: &str) {
+/// Appends `value` to `out` with HTML's special characters escaped.
+pub(crate) fn escape_html_into(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '&' => out.push_str("&amp;"),

@@ -1,15 +1,16 @@
 //! The answers the proxy writes itself for a `Decision`: the maintenance page or problem body,
-//! the well-known state document, CORS preflights and "no route"; and for a request it could not
+//! the well-known documents (state and windows, calendar, banner), CORS preflights and "no route"; and for a request it could not
 //! proxy, the error status ([`failure_status`]: 502, or 504 when the upstream timed out) with a
 //! body in the route's form ([`failure`]). Pure functions from state to header and body.
 //! Headers are built without case preservation (names go out in lower case, as HTTP allows):
 //! that halves the cost of building one (benches/micro/respond.rs).
 
 use crate::config::MaintenanceSettings;
-use crate::decide::{Answer, Decision};
+use crate::decide::{Answer, Decision, WellKnown};
 use crate::facts::{allowed_origin, RequestFacts};
 use crate::gate_state::GateState;
 use crate::page::PageTemplate;
+use crate::windows::Announcements;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::StatusCode;
@@ -23,6 +24,7 @@ pub const OUTAGE_HEADER: &str = "x-drawbridge-outage";
 const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const CALENDAR: HeaderValue = HeaderValue::from_static("text/calendar; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const EXPOSED: HeaderValue = HeaderValue::from_static("Retry-After, X-Drawbridge-Outage");
 
@@ -38,6 +40,7 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 24 * 3600;
 pub fn response_for(
     decision: Decision,
     state: &GateState,
+    windows: &Announcements,
     facts: &RequestFacts<'_>,
     settings: &MaintenanceSettings,
     now_unix: impl FnOnce() -> i64,
@@ -45,7 +48,14 @@ pub fn response_for(
     let response = match decision {
         Decision::Pass { .. } | Decision::Bypass { .. } => return Ok(None),
         Decision::NoRoute => no_route()?,
-        Decision::WellKnown => well_known(state, settings, facts.origin())?,
+        Decision::WellKnown(document) => {
+            let own = OwnDocument {
+                state,
+                windows,
+                now_unix: now_unix(),
+            };
+            well_known(document, &own, settings, facts.origin())?
+        }
         Decision::Preflight { .. } => {
             let (method, headers) = facts.preflight_asks();
             (preflight(facts.origin(), method, headers)?, Bytes::new())
@@ -97,25 +107,61 @@ pub fn maintenance(
     Ok((h, body))
 }
 
-/// `GET /.well-known/maintenance`: the gate state as JSON, never cached.
+/// What the proxy's own documents are made from.
+pub struct OwnDocument<'a> {
+    pub state: &'a GateState,
+    pub windows: &'a Announcements,
+    pub now_unix: i64,
+}
+
+/// A [`WellKnown`] document, never cached: the gate state with the windows not over (JSON),
+/// the windows' iCalendar feed, or the banner fragment of the window announced (204 when none
+/// is).
 ///
 /// # Errors
 /// As [`maintenance`].
 pub fn well_known(
-    state: &GateState,
+    document: WellKnown,
+    from: &OwnDocument<'_>,
     settings: &MaintenanceSettings,
     origin: Option<&HeaderValue>,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let body = state.well_known_json.clone();
+    let (content_type, body) = match document {
+        WellKnown::State => (
+            JSON,
+            from.windows
+                .well_known(&from.state.well_known_json, from.now_unix),
+        ),
+        WellKnown::Calendar => (CALENDAR, from.windows.ics.clone()),
+        WellKnown::Banner => match from.windows.announced(from.now_unix) {
+            Some(window) => (HTML, window.banner.clone()),
+            None => {
+                let mut h = ResponseHeader::build_no_case(204, Some(3))?;
+                h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
+                allow_origin(&mut h, settings, origin)?;
+                return Ok((h, Bytes::new()));
+            }
+        },
+    };
     let mut h = ResponseHeader::build_no_case(200, Some(5))?;
-    h.insert_header(header::CONTENT_TYPE, JSON)?;
+    h.insert_header(header::CONTENT_TYPE, content_type)?;
     h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
     h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
+    allow_origin(&mut h, settings, origin)?;
+    Ok((h, body))
+}
+
+/// CORS for the proxy's own documents: an allowed origin may read them.
+fn allow_origin(
+    h: &mut ResponseHeader,
+    settings: &MaintenanceSettings,
+    origin: Option<&HeaderValue>,
+) -> Result<()> {
     if let Some(origin) = allowed_origin(&settings.cors, origin) {
         h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
         h.insert_header(header::VARY, HeaderValue::from_static("Origin"))?;
     }
-    Ok((h, body))
+    Ok(())
 }
 
 /// A CORS preflight `decide` allows while the gate is closed: 204 allowing the origin, method and
@@ -300,6 +346,7 @@ pub(crate) mod tests {
     use crate::facts::tests::request;
     use crate::gate_state::{StateBuilder, StateSource};
     use crate::page::PageTemplate;
+    use crate::windows::Announcements;
     use drawbridge_core::gate::GateDoc;
     use std::time::Duration;
     use time::OffsetDateTime;
@@ -311,6 +358,7 @@ pub(crate) mod tests {
             page: PageTemplate::parse("<p>{{reason}}</p>").unwrap(),
             default_message: "soon".into(),
             cors,
+            announce_before: Duration::from_secs(3600),
         }
     }
 
@@ -484,6 +532,7 @@ pub(crate) mod tests {
     #[test]
     fn each_decision_gets_its_response() {
         let s = state(r#"{"mode":"maintenance"}"#);
+        let windows = Announcements::none();
         let settings = settings(CorsPolicy::None);
         let req = request(
             http::Method::OPTIONS,
@@ -495,14 +544,16 @@ pub(crate) mod tests {
         );
         let facts = RequestFacts::from_request(&req, None);
         let status = |decision| {
-            response_for(decision, &s, &facts, &settings, || 0)
+            response_for(decision, &s, &windows, &facts, &settings, || 0)
                 .unwrap()
                 .map(|(h, _)| h.status.as_u16())
         };
         let answer = Answer::Problem;
         assert_eq!(status(Decision::Pass { route: 0 }), None);
         assert_eq!(status(Decision::NoRoute), Some(404));
-        assert_eq!(status(Decision::WellKnown), Some(200));
+        assert_eq!(status(Decision::WellKnown(WellKnown::State)), Some(200));
+        assert_eq!(status(Decision::WellKnown(WellKnown::Calendar)), Some(200));
+        assert_eq!(status(Decision::WellKnown(WellKnown::Banner)), Some(204));
         assert_eq!(status(Decision::Preflight { route: 0 }), Some(204));
         assert_eq!(
             status(Decision::RefusedPreflight { route: 0, answer }),

@@ -6,6 +6,7 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, Limits};
+use crate::doc_watch::{Applied, DocWatch};
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
 use crate::guard::{Caps, EarlyRefusal, Gatehouse, RefusalLog};
@@ -15,9 +16,10 @@ use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
 use crate::sessions::SessionRules;
-use crate::split::{SplitBuilder, SplitState, SplitWatch, SplitWatcher};
+use crate::split::{SplitBuilder, SplitWatcher};
 use crate::tls::{Certificates, TlsAcceptor, TlsReloader};
 use crate::watcher::{GateWatcher, WatchStatus};
+use crate::windows::{Announcer, WindowsWatcher};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use drawbridge_core::consul::Failover;
@@ -127,8 +129,17 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         },
     ));
 
-    let split = Arc::new(ArcSwap::from_pointee(SplitState::none(config.routes.len())));
-    let split_watch = Arc::new(ArcSwap::from_pointee(SplitWatch::default()));
+    let split_builder = SplitBuilder {
+        routes: config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.pool))
+            .collect(),
+        pools: config.pools.iter().map(|p| p.name.clone()).collect(),
+        metrics: metrics.clone(),
+    };
+    let split = Arc::new(ArcSwap::from_pointee(Applied::nothing(&split_builder)));
+    let split_watch = Arc::new(ArcSwap::from_pointee(DocWatch::default()));
     let split_watcher = server.add_service(background_service(
         "split watcher",
         SplitWatcher {
@@ -137,17 +148,30 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             state_file: config.server.state_file.with_extension("split.json"),
             wait: config.consul.wait,
             consistency: config.consul.consistency,
-            builder: SplitBuilder {
-                routes: config
-                    .routes
-                    .iter()
-                    .map(|r| (r.name.clone(), r.pool))
-                    .collect(),
-                pools: config.pools.iter().map(|p| p.name.clone()).collect(),
-                metrics: metrics.clone(),
-            },
+            kind: split_builder,
             state: split.clone(),
             watch: split_watch.clone(),
+        },
+    ));
+
+    let announcer = Announcer {
+        announce_before: config.maintenance.announce_before,
+        key: config.consul.windows_key.clone(),
+        metrics: metrics.clone(),
+    };
+    let windows = Arc::new(ArcSwap::from_pointee(Applied::nothing(&announcer)));
+    let windows_watch = Arc::new(ArcSwap::from_pointee(DocWatch::default()));
+    let windows_watcher = server.add_service(background_service(
+        "windows watcher",
+        WindowsWatcher {
+            consul: consul.clone(),
+            key: config.consul.windows_key.clone(),
+            state_file: config.server.state_file.with_extension("windows.json"),
+            wait: config.consul.wait,
+            consistency: config.consul.consistency,
+            kind: announcer,
+            state: windows.clone(),
+            watch: windows_watch.clone(),
         },
     ));
 
@@ -214,6 +238,9 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             split_key: config.consul.split_key.clone(),
             split: split.clone(),
             split_watch,
+            windows_key: config.consul.windows_key.clone(),
+            windows: windows.clone(),
+            windows_watch,
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -243,6 +270,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             hsts: config.tls.hsts.clone(),
         },
         split,
+        windows,
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut options = HttpServerOptions::default();
@@ -293,10 +321,12 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     // SIGHUP is taken before any listener opens.
     proxy.add_dependency(&reloader);
     // The listeners open only once the gate has a state (never the default one served before
-    // the first read of Consul), the split key was read (or did not answer within its first
-    // read's bound: nothing is split then) and the pools know their servers.
+    // the first read of Consul), the split and windows keys were read (or did not answer within
+    // their first read's bound: nothing is split or announced then) and the pools know their
+    // servers.
     proxy.add_dependency(&watcher);
     proxy.add_dependency(&split_watcher);
+    proxy.add_dependency(&windows_watcher);
     for handle in &pool_handles {
         proxy.add_dependency(handle);
     }

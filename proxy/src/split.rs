@@ -1,11 +1,7 @@
 //! Routes split between their own pool and a second one by the split document
-//! ([`drawbridge_core::split`]), followed in Consul as the gate key is: [`SplitWatcher`] applies
-//! each new valid document whole ([`SplitState`], swapped at once, so a request sees one
-//! document from its first filter to its log line), refuses a bad one (the split stays as it
-//! was, and `/status` says why), and never steps back to an older document a lagging server
-//! answers. Each applied document is saved beside the gate's state file and restored at start,
-//! so a proxy restarted while Consul is away keeps its split; without one (or with one that
-//! cannot be used), nothing is split until Consul answers. A missing key splits nothing.
+//! ([`drawbridge_core::split`]), followed in Consul as the gate key is ([`crate::doc_watch`]):
+//! a bad document changes nothing, a restart while Consul is away keeps the last one, and
+//! without one nothing is split until Consul answers. A missing key splits nothing.
 //!
 //! A client keeps its side: its bucket (0–99) comes from the [`SPLIT_COOKIE`] cookie, or for a
 //! client without a valid one from its address (the same on every proxy), and is set in that
@@ -13,28 +9,15 @@
 //! served them ([`POOL_HEADER`]), and each side's requests, answers by class and durations are
 //! counted apart, so a canary is compared with the pool it replaces.
 
-use crate::follow::{follow, Followed, ReadKind, Taken};
+use crate::doc_watch::{Applied, DocKind, DocWatch, DocWatcher};
 use crate::metrics::Metrics;
-use crate::one_line::OneLine;
-use crate::state_file::{self, SavedState};
-use crate::watcher::answer_index;
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use drawbridge_core::consul::{self, Client, Consistency, Failover, KvRead};
 use drawbridge_core::split::SplitDoc;
-use drawbridge_core::status::{RejectedValue, SplitStatus};
-use drawbridge_core::timestamp;
+use drawbridge_core::status::SplitStatus;
 use http::header::{HeaderName, HeaderValue};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use pingora::services::ServiceReadyNotifier;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use rand::Rng;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use time::OffsetDateTime;
 
 /// The cookie that keeps a client's bucket.
 pub const SPLIT_COOKIE: &str = "drawbridge_split";
@@ -140,30 +123,20 @@ struct RouteSides {
     second: SideMeter,
 }
 
-/// The split document applied, checked against the routes and pools, with the meters of each
-/// side resolved.
-pub struct SplitState {
-    /// The Consul index it stands for; 0 before the first answer.
-    pub applied_index: u64,
-    /// It stands for a missing key.
-    pub from_missing_key: bool,
-    /// The document as applied (nothing split before the first answer or for a missing key).
-    pub doc: SplitDoc,
+/// The routes a split document splits, checked against the routes and pools, with the meters
+/// of each side resolved.
+pub struct SplitRoutes {
     /// By route index.
     by_route: Vec<Option<RouteSides>>,
 }
 
-impl SplitState {
-    /// Nothing split, standing for no answer yet.
-    pub fn none(routes: usize) -> SplitState {
-        SplitState {
-            applied_index: 0,
-            from_missing_key: false,
-            doc: SplitDoc::default(),
-            by_route: (0..routes).map(|_| None).collect(),
-        }
-    }
+/// The split document applied.
+pub type SplitState = Applied<SplitBuilder>;
 
+/// Follows the split key.
+pub type SplitWatcher = DocWatcher<SplitBuilder>;
+
+impl SplitRoutes {
     /// The side of route `route` a client in `bucket` goes to, when the route is split.
     pub fn side(&self, route: usize, bucket: u8) -> Option<(Side, &SideMeter)> {
         let sides = self.by_route.get(route)?.as_ref()?;
@@ -199,11 +172,11 @@ pub struct SplitBuilder {
 }
 
 impl SplitBuilder {
-    /// The state for `doc` at `index`.
+    /// The routes `doc` splits.
     ///
     /// # Errors
     /// A route or pool the config does not have, or a route split towards its own pool.
-    pub fn build(&self, doc: SplitDoc, index: u64) -> Result<SplitState, String> {
+    fn build_routes(&self, doc: &SplitDoc) -> Result<SplitRoutes, String> {
         let mut by_route: Vec<Option<RouteSides>> = self.routes.iter().map(|_| None).collect();
         for (name, split) in &doc.routes {
             let Some(route) = self.routes.iter().position(|(r, _)| r == name) else {
@@ -232,12 +205,7 @@ impl SplitBuilder {
                 second: self.meter(name, to),
             });
         }
-        Ok(SplitState {
-            applied_index: index,
-            from_missing_key: false,
-            doc,
-            by_route,
-        })
+        Ok(SplitRoutes { by_route })
     }
 
     fn route_names(&self) -> String {
@@ -258,227 +226,54 @@ impl SplitBuilder {
     }
 }
 
-/// How the watch on the split key is doing, for `/status`.
-#[derive(Debug, Clone, Default)]
-pub struct SplitWatch {
-    pub last_error: Option<String>,
-    pub last_rejected: Option<RejectedValue>,
-}
+impl DocKind for SplitBuilder {
+    type Doc = SplitDoc;
+    type Built = SplitRoutes;
+    const NAME: &'static str = "split";
+    const WITHOUT: &'static str = "nothing is split";
 
-/// Follows the split key and applies its documents.
-pub struct SplitWatcher {
-    pub consul: Arc<Failover>,
-    pub key: String,
-    /// Where the applied document is saved (`server.state_file` with `.split.json`).
-    pub state_file: PathBuf,
-    pub wait: Duration,
-    pub consistency: Consistency,
-    pub builder: SplitBuilder,
-    pub state: Arc<ArcSwap<SplitState>>,
-    pub watch: Arc<ArcSwap<SplitWatch>>,
-}
-
-impl SplitWatcher {
-    /// Applies the document saved by the last run for this key, if there is one that still
-    /// fits the routes and pools; a file that cannot be used is logged and counted.
-    fn restore_saved(&self) {
-        let file = self.state_file.display();
-        let refusal = match state_file::load::<SplitDoc>(&self.state_file, &self.key) {
-            Ok(None) => return,
-            Ok(Some(saved)) => match self.builder.build(saved.doc, saved.applied_index) {
-                Ok(state) => {
-                    tracing::info!(
-                        index = state.applied_index,
-                        routes = ?state.doc.routes,
-                        file = %file,
-                        "restored the last applied split"
-                    );
-                    self.builder
-                        .metrics
-                        .split_applied_index
-                        .set(i64::try_from(state.applied_index).unwrap_or(i64::MAX));
-                    self.state.store(Arc::new(state));
-                    return;
-                }
-                Err(detail) => state_file::Unusable::InvalidDocument {
-                    path: self.state_file.clone(),
-                    detail: format!("it does not fit this proxy's routes and pools: {detail}"),
-                },
-            },
-            Err(refusal) => refusal,
-        };
-        self.builder
-            .metrics
-            .state_file_refused
-            .with_label_values(&[refusal.reason()])
-            .inc();
-        tracing::error!(
-            file = %file,
-            reason = refusal.reason(),
-            "{refusal}; nothing is split until Consul answers"
-        );
+    fn parse(raw: &[u8]) -> Result<SplitDoc, String> {
+        SplitDoc::parse(raw).map_err(|e| e.to_string())
     }
 
-    fn update_watch(&self, change: impl Fn(&mut SplitWatch)) {
-        let mut next = SplitWatch::clone(&self.watch.load());
-        change(&mut next);
-        self.watch.store(Arc::new(next));
+    fn build(&self, doc: &SplitDoc) -> Result<SplitRoutes, String> {
+        self.build_routes(doc)
     }
 
-    /// Takes one answer; `confirmed` when the leader gave it.
-    fn apply(&self, read: KvRead, confirmed: bool) -> Taken {
-        let current = self.state.load();
-        let index = answer_index(&read);
-        let unchanged = current.applied_index > 0
-            && match &read.entry {
-                Some(_) => !current.from_missing_key && current.applied_index == index,
-                None => current.from_missing_key,
-            };
-        if unchanged {
-            return Taken::Settled;
-        }
-        if !confirmed && index < current.applied_index {
-            tracing::warn!(
-                key = %self.key,
-                applied = current.applied_index,
-                answered = index,
-                "refused to step back to an older split document, confirming with the leader"
-            );
-            return Taken::Doubted;
-        }
-        let rejected_before = self
-            .watch
-            .load()
-            .last_rejected
-            .as_ref()
-            .is_some_and(|r| r.modify_index == index);
-        if read.entry.is_some() && rejected_before {
-            return Taken::Settled;
-        }
-        let missing = read.entry.is_none();
-        let built = match &read.entry {
-            None => Ok(SplitDoc::default()),
-            Some(entry) => SplitDoc::parse(entry.value.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string()),
-        }
-        .and_then(|doc| self.builder.build(doc, index))
-        .map(|state| SplitState {
-            from_missing_key: missing,
-            ..state
-        });
-        match built {
-            Ok(state) => {
-                tracing::info!(
-                    index,
-                    confirmed,
-                    routes = ?state.doc.routes,
-                    "split applied"
-                );
-                self.builder
-                    .metrics
-                    .split_applied_index
-                    .set(i64::try_from(index).unwrap_or(i64::MAX));
-                let saved = SavedState {
-                    key: self.key.clone(),
-                    doc: state.doc.clone(),
-                    applied_index: index,
-                };
-                self.state.store(Arc::new(state));
-                if let Err(e) = state_file::save(&self.state_file, &saved) {
-                    tracing::error!(
-                        file = %self.state_file.display(),
-                        "cannot save the split (a restart during a Consul outage would split nothing): {e}"
-                    );
-                }
-            }
-            Err(error) => {
-                tracing::error!(
-                    key = %self.key,
-                    index,
-                    "refused the value at the split key, keeping the split as it was: {}",
-                    OneLine(&error)
-                );
-                self.builder.metrics.split_rejected_values.inc();
-                let at = timestamp::full(OffsetDateTime::now_utc());
-                self.update_watch(|w| {
-                    w.last_rejected = Some(RejectedValue {
-                        modify_index: index,
-                        error: error.clone(),
-                        at: at.clone(),
-                    });
-                });
-            }
-        }
-        Taken::Settled
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    /// What `/status` shows of the split.
-    pub fn status(key: &str, state: &SplitState, watch: &SplitWatch) -> SplitStatus {
-        SplitStatus {
-            key: key.to_owned(),
-            applied_index: state.applied_index,
-            routes: state.doc.routes.clone(),
-            by: state.doc.by.clone(),
-            last_error: watch.last_error.clone(),
-            last_rejected: watch.last_rejected.clone(),
-        }
+    fn applied_index_gauge(&self) -> &IntGauge {
+        &self.metrics.split_applied_index
+    }
+
+    fn rejected_counter(&self) -> &IntCounter {
+        &self.metrics.split_rejected_values
     }
 }
 
-#[async_trait]
-impl Followed for SplitWatcher {
-    type Answer = KvRead;
-
-    fn describe(&self) -> String {
-        format!("the split key {}", self.key)
-    }
-
-    fn failover(&self) -> &Failover {
-        &self.consul
-    }
-
-    async fn read(
-        &self,
-        client: &Client,
-        kind: ReadKind,
-        index: u64,
-    ) -> Result<(KvRead, u64), consul::Error> {
-        let options = kind.options(index, self.wait, self.consistency);
-        let read = client.kv_get(&self.key, &options).await?;
-        let answered = read.meta.index;
-        Ok((read, answered))
-    }
-
-    async fn take(&self, read: KvRead, _index: u64, kind: ReadKind) -> Taken {
-        if self.watch.load().last_error.is_some() {
-            self.update_watch(|w| w.last_error = None);
-        }
-        self.apply(read, kind == ReadKind::Confirm)
-    }
-
-    fn failed(&self, error: &consul::Error) {
-        let text = error.to_string();
-        self.update_watch(|w| w.last_error = Some(text.clone()));
-    }
-}
-
-#[async_trait]
-impl BackgroundService for SplitWatcher {
-    async fn start_with_ready_notifier(
-        &self,
-        shutdown: ShutdownWatch,
-        ready: ServiceReadyNotifier,
-    ) {
-        self.restore_saved();
-        follow(self, shutdown, ready).await;
+/// What `/status` shows of the split.
+pub fn status(key: &str, state: &SplitState, watch: &DocWatch) -> SplitStatus {
+    SplitStatus {
+        key: key.to_owned(),
+        applied_index: state.applied_index,
+        routes: state.doc.routes.clone(),
+        by: state.doc.by.clone(),
+        last_error: watch.last_error.clone(),
+        last_rejected: watch.last_rejected.clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drawbridge_core::consul::{KvEntry, QueryMeta};
+    use crate::doc_watch::tests::read as read_of;
+    use crate::follow::Taken;
+    use arc_swap::ArcSwap;
+    use drawbridge_core::consul::{Consistency, Failover, KvRead};
     use drawbridge_core::split::RouteSplit;
+    use std::time::Duration;
 
     fn builder() -> SplitBuilder {
         SplitBuilder {
@@ -498,29 +293,14 @@ mod tests {
             state_file: dir.join("gate-state.split.json"),
             wait: Duration::from_secs(60),
             consistency: Consistency::Default,
-            builder: builder(),
-            state: Arc::new(ArcSwap::from_pointee(SplitState::none(2))),
+            kind: builder(),
+            state: Arc::new(ArcSwap::from_pointee(Applied::nothing(&builder()))),
             watch: Arc::default(),
         }
     }
 
     fn read(value: Option<&str>, modify_index: u64, index: u64) -> KvRead {
-        KvRead {
-            entry: value.map(|v| KvEntry {
-                key: "gate/split".into(),
-                value: Some(v.as_bytes().to_vec()),
-                create_index: 1,
-                modify_index,
-                lock_index: 0,
-                flags: 0,
-                session: None,
-            }),
-            meta: QueryMeta {
-                index,
-                known_leader: true,
-                last_contact: Duration::ZERO,
-            },
-        }
+        read_of("gate/split", value, modify_index, index)
     }
 
     /// A document splitting each `(route, to, percent)`.
@@ -546,9 +326,7 @@ mod tests {
 
     #[test]
     fn buckets_below_the_percentage_go_to_the_second_pool() {
-        let state = builder()
-            .build(doc(&[("api", "api-green", 10)]), 7)
-            .unwrap();
+        let state = builder().build(&doc(&[("api", "api-green", 10)])).unwrap();
         assert!(!state.splits(0));
         assert!(state.side(0, 0).is_none());
         let (side, meter) = state.side(1, 9).unwrap();
@@ -556,18 +334,16 @@ mod tests {
         assert_eq!(meter.pool_header, "api-green");
         let (side, meter) = state.side(1, 10).unwrap();
         assert_eq!((side, meter.pool), (Side::Own, 1));
-        let all = builder()
-            .build(doc(&[("api", "api-green", 100)]), 8)
-            .unwrap();
+        let all = builder().build(&doc(&[("api", "api-green", 100)])).unwrap();
         assert_eq!(all.side(1, 99).unwrap().0, Side::Second);
-        let none = builder().build(doc(&[("api", "api-green", 0)]), 9).unwrap();
+        let none = builder().build(&doc(&[("api", "api-green", 0)])).unwrap();
         assert_eq!(none.side(1, 0).unwrap().0, Side::Own);
     }
 
     #[test]
     fn a_document_naming_what_the_proxy_does_not_have_is_refused() {
         let b = builder();
-        let err = |d| b.build(d, 1).err().unwrap();
+        let err = |d| b.build(&d).err().unwrap();
         assert!(err(doc(&[("admin", "ui", 5)])).contains("route \"admin\" is not one of"));
         assert!(err(doc(&[("api", "api-blue", 5)])).contains("pool \"api-blue\" is not one of"));
         assert!(err(doc(&[("api", "api", 5)])).contains("already its own pool"));
@@ -640,7 +416,7 @@ mod tests {
         assert!(!other.state.load().splits(1));
         assert_eq!(
             other
-                .builder
+                .kind
                 .metrics
                 .state_file_refused
                 .with_label_values(&["other_key"])
@@ -659,7 +435,7 @@ mod tests {
             "{}",
             rejected.error
         );
-        assert_eq!(w.builder.metrics.split_rejected_values.get(), 1);
+        assert_eq!(w.kind.metrics.split_rejected_values.get(), 1);
 
         // An older answer from a server behind: doubted unless the leader says so.
         assert_eq!(w.apply(read(None, 0, 5), false), Taken::Doubted);

@@ -1,19 +1,21 @@
-//! The local copy of the last applied gate state (and split document), so a proxy restarted
+//! The local copy of the last applied gate state (and split and windows documents), so a proxy restarted
 //! while Consul is down comes back in the state it had. Written atomically (a temporary file of
 //! this process beside it, fsync, rename, fsync of the folder); a file that cannot be used is
 //! refused with what is wrong ([`Unusable`]), never half-trusted: the gate watcher then serves
-//! `server.unknown_state`, the split watcher splits nothing.
+//! `server.unknown_state`, the other watchers apply their default document.
 
 use drawbridge_core::gate::GateDoc;
 use drawbridge_core::split::SplitDoc;
+use drawbridge_core::windows::WindowsDoc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Largest state file read: a saved state is a document (at most 16 KiB) and two fields.
-pub const MAX_FILE_BYTES: usize = 64 * 1024;
+/// Largest state file read: a saved state is a document (at most 64 KiB as stored, a windows
+/// document; more once pretty-printed) and two fields.
+pub const MAX_FILE_BYTES: usize = 4 * drawbridge_core::windows::MAX_WINDOWS_DOC_BYTES;
 
 /// A document a state file may hold, with the check it must pass when read back.
 pub trait Document: Serialize + DeserializeOwned {
@@ -30,6 +32,12 @@ impl Document for GateDoc {
 impl Document for SplitDoc {
     fn check(&self) -> Result<(), String> {
         self.validate().map_err(|e| e.to_string())
+    }
+}
+
+impl Document for WindowsDoc {
+    fn check(&self) -> Result<(), String> {
+        WindowsDoc::check(self).map_err(|e| e.to_string())
     }
 }
 

@@ -50,6 +50,8 @@ mod proxy_switch;
 mod proxy_tls;
 // Malformed values at the key change nothing.
 mod proxy_values;
+// Maintenance windows: the well-known list, the calendar feed, the announcement and the banner.
+mod proxy_windows;
 // Index anomalies and key churn through an index relay: resets, pacing, the last value served.
 mod proxy_index;
 // maintctl down and up on a whole fleet; status, history, bypass, probe.

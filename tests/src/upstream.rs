@@ -101,10 +101,18 @@ pub struct UpstreamBuilder {
     listen: SocketAddr,
     kind: Kind,
     delays: Vec<(String, Duration)>,
+    answer_headers: Vec<(String, String)>,
     tls: Option<TlsSettings>,
 }
 
 impl UpstreamBuilder {
+    /// Adds header `name: value` to every answer but the health check's.
+    pub fn answer_header(mut self, name: &str, value: &str) -> Self {
+        self.answer_headers
+            .push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Listens on `addr` instead of `127.0.0.1:0` (e.g. `127.0.0.2:0` or a fixed demo port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
@@ -161,6 +169,7 @@ impl UpstreamBuilder {
             name: self.name.clone(),
             kind: self.kind,
             delays: self.delays,
+            answer_headers: self.answer_headers,
             healthy: AtomicBool::new(true),
             total: AtomicU64::new(0),
             by_path: Mutex::new(HashMap::new()),
@@ -222,6 +231,7 @@ struct Shared {
     name: String,
     kind: Kind,
     delays: Vec<(String, Duration)>,
+    answer_headers: Vec<(String, String)>,
     healthy: AtomicBool,
     total: AtomicU64,
     by_path: Mutex<HashMap<String, u64>>,
@@ -240,6 +250,7 @@ impl Upstream {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kind: Kind::Api,
             delays: Vec::new(),
+            answer_headers: Vec::new(),
             tls: None,
         }
     }
@@ -547,7 +558,14 @@ async fn handle(
             ),
         ),
     };
-    Ok(response(&shared, StatusCode::OK, content_type, body))
+    let mut answer = response(&shared, StatusCode::OK, content_type, body);
+    for (name, value) in &shared.answer_headers {
+        answer.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("a test's header name"),
+            http::HeaderValue::from_str(value).expect("a test's header value"),
+        );
+    }
+    Ok(answer)
 }
 
 fn response(

@@ -1,4 +1,4 @@
-//! `[consul]`: the agents the gate key and the split key are read from, the token, the
+//! `[consul]`: the agents the gate, split and windows keys are read from, the token, the
 //! blocking-read settings and the proxy's own registration.
 //!
 //! The default `service_id` needs the host name, so it is filled in when the config is finished
@@ -7,7 +7,7 @@
 use super::file::{FileConsul, OneOrMany};
 use drawbridge_core::consul::{Consistency, DEFAULT_ADDRESS};
 use drawbridge_core::settings::Problems;
-use drawbridge_core::split;
+use drawbridge_core::{split, windows};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub struct ConsulSettings {
     pub key: String,
     /// The key of the split document (`drawbridge_core::split`).
     pub split_key: String,
+    /// The key of the maintenance windows (`drawbridge_core::windows`).
+    pub windows_key: String,
     pub wait: Duration,
     pub consistency: Consistency,
     pub stale_after: Duration,
@@ -71,6 +73,14 @@ pub(super) fn check_consul(
     if let Some(problem) = split::split_key_problem(&key, &split_key).filter(|_| !key.is_empty()) {
         p.add("consul.split_key", problem);
     }
+    let windows_key = c
+        .windows_key
+        .unwrap_or_else(|| windows::default_windows_key(&key));
+    if let Some(problem) =
+        windows::windows_key_problem(&key, &split_key, &windows_key).filter(|_| !key.is_empty())
+    {
+        p.add("consul.windows_key", problem);
+    }
     let wait = p.duration("consul.wait", c.wait.as_deref(), Duration::from_secs(60));
     if wait < Duration::from_secs(1) || wait > MAX_CONSUL_WAIT {
         p.add("consul.wait", "must be between \"1s\" and \"10m\"");
@@ -114,6 +124,7 @@ pub(super) fn check_consul(
         token,
         key,
         split_key,
+        windows_key,
         wait,
         consistency,
         stale_after,

@@ -63,6 +63,7 @@ pub(super) struct FileConsul {
     pub(super) token_file: Option<PathBuf>,
     pub(super) key: Option<String>,
     pub(super) split_key: Option<String>,
+    pub(super) windows_key: Option<String>,
     pub(super) wait: Option<String>,
     pub(super) consistency: Option<String>,
     pub(super) stale_after: Option<String>,
@@ -88,6 +89,7 @@ pub(super) struct FileMaintenance {
     pub(super) default_message: Option<String>,
     #[serde(default)]
     pub(super) cors_allowed_origins: Vec<String>,
+    pub(super) announce_before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

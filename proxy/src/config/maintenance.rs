@@ -1,5 +1,5 @@
 //! `[maintenance]` and `[bypass]`: what the proxy answers while the gate is closed (page, retry
-//! times, CORS), and who passes it anyway (trusted addresses, signed tokens).
+//! times, CORS, how long ahead a maintenance window is announced), and who passes it anyway (trusted addresses, signed tokens).
 //!
 //! The page template and the bypass key files are read here: they are part of the config.
 
@@ -20,6 +20,8 @@ pub struct MaintenanceSettings {
     pub page: PageTemplate,
     pub default_message: String,
     pub cors: CorsPolicy,
+    /// How long ahead of its start a maintenance window is announced.
+    pub announce_before: Duration,
 }
 
 /// Which browser origins may read maintenance answers.
@@ -100,6 +102,11 @@ pub(super) fn check_maintenance(m: FileMaintenance, p: &mut Problems) -> Mainten
             "We are doing planned maintenance and will be back soon.".to_string()
         }),
         cors,
+        announce_before: p.duration(
+            "maintenance.announce_before",
+            m.announce_before.as_deref(),
+            Duration::from_secs(7 * 24 * 3600),
+        ),
     }
 }
 

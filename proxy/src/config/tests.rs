@@ -58,7 +58,38 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.routes[0].path_prefix, "/");
     assert_eq!(c.consul.service_id, "drawbridge-testhost-8080");
     assert_eq!(c.consul.split_key, "drawbridge/test/gate/split");
+    assert_eq!(c.consul.windows_key, "drawbridge/test/gate/windows");
+    assert_eq!(
+        c.maintenance.announce_before,
+        Duration::from_secs(7 * 24 * 3600)
+    );
     assert_eq!(c.server.unknown_state, Mode::Maintenance);
+}
+
+#[test]
+fn a_windows_key_is_a_key_path_of_its_own() {
+    let with = |windows_key: &str| {
+        MINIMAL.replace(
+            "[consul]",
+            &format!("[consul]\nwindows_key = {windows_key:?}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("drawbridge/test/windows"))
+            .unwrap()
+            .consul
+            .windows_key,
+        "drawbridge/test/windows"
+    );
+    for taken in ["drawbridge/test/gate", "drawbridge/test/gate/split"] {
+        let err = parse(&with(taken)).unwrap_err().to_string();
+        assert!(
+            err.contains("consul.windows_key: is the gate key or the split key"),
+            "{err}"
+        );
+    }
+    let err = parse(&with("a//b")).unwrap_err().to_string();
+    assert!(err.contains("consul.windows_key: "), "{err}");
 }
 
 #[test]
