@@ -163,6 +163,9 @@ pub struct Run {
     pub reason: String,
     #[serde(with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
+    /// `down --expire`: the gate document it writes has `expire`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expire: bool,
     /// `user@host`.
     pub by: String,
     pub command: String,
@@ -200,6 +203,7 @@ impl Run {
             direction: plan.direction,
             reason: reason.to_string(),
             until,
+            expire: false,
             by: by.to_string(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             plan_hash: plan.hash(),

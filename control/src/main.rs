@@ -159,6 +159,10 @@ enum Command {
         /// Expected end, RFC 3339 (e.g. 2026-11-25T21:00:00Z) or a duration from now (e.g. 1h).
         #[arg(long, value_parser = parse_until)]
         until: Option<OffsetDateTime>,
+        /// The dead-man switch: every proxy opens the gate by itself once `--until` plus its
+        /// `maintenance.overdue_grace` has passed (the key is left as it is).
+        #[arg(long, requires = "until")]
+        expire: bool,
         #[command(flatten)]
         flags: RunFlags,
     },
@@ -447,9 +451,10 @@ async fn main() -> ExitCode {
 /// Runs one command; all but `probe` read the inventory at `path` first.
 async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
     let inventory = || Config::load(path).map_err(Failure::usage);
-    let run = |reason, until, all, flags: RunFlags| RunRequest {
+    let run = |reason, until, expire, all, flags: RunFlags| RunRequest {
         reason,
         until,
+        expire,
         yes: flags.yes,
         dry_run: flags.dry_run,
         all,
@@ -460,13 +465,14 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             env,
             reason,
             until,
+            expire,
             flags,
         } => {
-            let request = run(reason, until, false, flags);
+            let request = run(reason, until, expire, false, flags);
             commands::down(&inventory()?, &env, request, out).await
         }
         Command::Up { env, all, flags } => {
-            let request = run(None, None, all, flags);
+            let request = run(None, None, false, all, flags);
             commands::up(&inventory()?, &env, request, out).await
         }
         Command::Drain { boxes, reason } => {
@@ -482,7 +488,7 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             commands::canary(&inventory()?, &env, request, out).await
         }
         Command::Resume { env, flags } => {
-            let request = run(None, None, false, flags);
+            let request = run(None, None, false, false, flags);
             commands::resume(&inventory()?, &env, request, out).await
         }
         Command::Roll {

@@ -35,6 +35,8 @@ pub struct Context {
     pub http: reqwest::Client,
     pub reason: String,
     pub until: Option<OffsetDateTime>,
+    /// The gate document asks the proxies to open by themselves when overdue.
+    pub expire: bool,
     pub by: String,
     pub run_id: String,
     pub proxies: Vec<Proxy>,
@@ -191,6 +193,7 @@ impl Context {
                     started_at: Some(OffsetDateTime::now_utc()),
                     by: Some(self.by.clone()),
                     scope: None,
+                    expire: self.expire,
                 };
                 let cas = current.entry.as_ref().map_or(0, |e| e.modify_index);
                 let value = doc.to_json();

@@ -76,6 +76,10 @@ pub struct GateDoc {
     /// Route names the mode applies to; absent means every route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Vec<String>>,
+    /// The dead-man switch: the proxies open the gate by themselves once `until` plus their
+    /// `maintenance.overdue_grace` has passed (the key itself is left as it is). Needs `until`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expire: bool,
 }
 
 /// Why a value at the key was refused.
@@ -99,6 +103,8 @@ pub enum GateDocError {
     },
     #[error("field `scope` is an empty list: omit it to apply to every route")]
     EmptyScope,
+    #[error("field `expire` needs `until`: the gate opens by itself only after an expected end")]
+    ExpireWithoutUntil,
 }
 
 impl GateDoc {
@@ -112,6 +118,7 @@ impl GateDoc {
             started_at: None,
             by: None,
             scope: None,
+            expire: false,
         }
     }
 
@@ -165,6 +172,9 @@ impl GateDoc {
         if matches!(&self.scope, Some(routes) if routes.is_empty()) {
             return Err(GateDocError::EmptyScope);
         }
+        if self.expire && self.until.is_none() {
+            return Err(GateDocError::ExpireWithoutUntil);
+        }
         Ok(())
     }
 
@@ -206,11 +216,12 @@ mod tests {
 
     #[test]
     fn full_document_round_trips() {
-        let raw = br#"{"mode":"read_only","reason":"db upgrade","message":"Back soon","until":"2026-11-25T21:00:00Z","started_at":"2026-11-25T20:00:00+01:00","by":"ops","scope":["api"]}"#;
+        let raw = br#"{"mode":"read_only","reason":"db upgrade","message":"Back soon","until":"2026-11-25T21:00:00Z","started_at":"2026-11-25T20:00:00+01:00","by":"ops","scope":["api"],"expire":true}"#;
         let doc = GateDoc::parse(raw).unwrap();
         assert_eq!(doc.mode, Mode::ReadOnly);
         assert_eq!(doc.scope.as_deref(), Some(&["api".to_string()][..]));
         assert_eq!(doc.until.unwrap().unix_timestamp(), 1_795_640_400);
+        assert!(doc.expire);
         assert_eq!(GateDoc::parse(doc.to_json().as_bytes()).unwrap(), doc);
     }
 
@@ -235,6 +246,8 @@ mod tests {
             br#"{"mode":"maintenance","scope":[]}"#,
             br#"{"mode":"maintenance","scope":"api"}"#,
             br#"{"mode":"maintenance","reason":5}"#,
+            br#"{"mode":"maintenance","expire":true}"#,
+            br#"{"mode":"maintenance","until":"2026-11-25T21:00:00Z","expire":"yes"}"#,
             b"\xef\xbb\xbftrue",
             b"tr\0ue",
             b"\xff\xfe",

@@ -85,6 +85,15 @@ pub struct GateStatus {
     pub applied_index: u64,
     /// When this state was applied (RFC 3339).
     pub applied_at: String,
+    /// The document asks the proxies to open the gate by themselves once it is overdue.
+    #[serde(default)]
+    pub expire: bool,
+    /// The gate is closed past `until` plus the proxy's `maintenance.overdue_grace`.
+    #[serde(default)]
+    pub overdue: bool,
+    /// Overdue with `expire`: the proxy serves the gate open, whatever `mode` says.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 /// The watch on the gate key.

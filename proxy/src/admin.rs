@@ -76,6 +76,9 @@ impl Admin {
                 source: gate.source.as_str().to_string(),
                 applied_index: gate.applied_index,
                 applied_at: timestamp::full(gate.applied_at),
+                expire: gate.doc.expire,
+                overdue: gate.overdue(now.unix_timestamp()),
+                expired: gate.expired(now.unix_timestamp()),
             },
             consul: ConsulStatus {
                 address: reading_from,

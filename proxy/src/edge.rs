@@ -394,7 +394,7 @@ impl ProxyHttp for Edge {
 
     /// Decides the request against the gate and answers it here unless it passes.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let state = self.gate.load_full();
+        let state = GateState::serving(self.gate.load_full(), now_unix);
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())

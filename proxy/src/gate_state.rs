@@ -7,6 +7,8 @@ use bytes::Bytes;
 use drawbridge_core::gate::{GateDoc, Mode};
 use drawbridge_core::timestamp;
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Where the served state came from.
@@ -49,12 +51,16 @@ impl StateSource {
 /// What `/status` shows as `by` while the fail-safe state is served: the setting that chose it.
 pub const FAIL_SAFE_BY: &str = "server.unknown_state";
 
+/// The `by` of the open state a gate with `expire` opens to once overdue.
+pub const EXPIRED_BY: &str = "expire";
+
 /// What turns gate documents into servable states; built once from the config.
 #[derive(Debug)]
 pub struct StateBuilder {
     route_names: Vec<String>,
     page: PageTemplate,
     default_message: String,
+    overdue_grace: Duration,
 }
 
 /// One version of the gate, ready to serve.
@@ -73,6 +79,11 @@ pub struct GateState {
     pub page_html: Bytes,
     pub problem_json: Bytes,
     pub well_known_json: Bytes,
+    /// When a closed gate with an `until` is overdue (Unix seconds): `until` plus
+    /// `maintenance.overdue_grace`.
+    pub overdue_at: Option<i64>,
+    /// With `expire`, what is served once overdue: the gate open.
+    expired: Option<Arc<GateState>>,
 }
 
 impl StateBuilder {
@@ -82,6 +93,7 @@ impl StateBuilder {
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             page: config.maintenance.page.clone(),
             default_message: config.maintenance.default_message.clone(),
+            overdue_grace: config.maintenance.overdue_grace,
         }
     }
 
@@ -96,6 +108,7 @@ impl StateBuilder {
             route_names,
             page,
             default_message,
+            overdue_grace: Duration::from_secs(600),
         }
     }
 
@@ -130,6 +143,21 @@ impl StateBuilder {
                     })
                     .collect()
             }
+        };
+        let closes = route_modes.iter().any(|mode| *mode != Mode::Normal);
+        let grace = i64::try_from(self.overdue_grace.as_secs()).unwrap_or(i64::MAX);
+        let overdue_at = doc
+            .until
+            .filter(|_| closes)
+            .map(|until| until.unix_timestamp().saturating_add(grace));
+        let expired = if doc.expire && closes {
+            let mut open = GateDoc::normal();
+            open.reason = doc.reason.clone();
+            open.by = Some(EXPIRED_BY.to_owned());
+            let state = self.build(open, applied_index, source, applied_at)?;
+            Some(Arc::new(state))
+        } else {
+            None
         };
         let until_rfc3339 = doc.until.map(timestamp::full);
         let message = doc.message.as_deref().unwrap_or(&self.default_message);
@@ -180,6 +208,8 @@ impl StateBuilder {
             page_html: Bytes::from(page_html),
             problem_json: Bytes::from(problem.to_string()),
             well_known_json: Bytes::from(well_known.to_string()),
+            overdue_at,
+            expired,
         })
     }
 
@@ -206,6 +236,25 @@ impl StateBuilder {
 }
 
 impl GateState {
+    /// What is served at `now_unix` (read only for a document with `expire`): the gate open
+    /// once overdue, else `state` itself.
+    pub fn serving(state: Arc<GateState>, now_unix: impl FnOnce() -> i64) -> Arc<GateState> {
+        match (&state.expired, state.overdue_at) {
+            (Some(open), Some(at)) if now_unix() >= at => open.clone(),
+            _ => state,
+        }
+    }
+
+    /// Whether the gate is closed past `until` plus the grace at `now_unix`.
+    pub fn overdue(&self, now_unix: i64) -> bool {
+        self.overdue_at.is_some_and(|at| now_unix >= at)
+    }
+
+    /// Whether the gate has opened by itself at `now_unix` (`expire`, overdue).
+    pub fn expired(&self, now_unix: i64) -> bool {
+        self.expired.is_some() && self.overdue(now_unix)
+    }
+
     /// The mode that applies to the route at `route`.
     pub fn mode_for(&self, route: usize) -> Mode {
         self.route_modes.get(route).copied().unwrap_or(Mode::Normal)
@@ -277,6 +326,48 @@ mod tests {
         assert_eq!(problem["detail"], "back soon");
         let read_only = builder().fail_safe(Mode::ReadOnly, OffsetDateTime::UNIX_EPOCH);
         assert_eq!(read_only.mode_for(1), Mode::ReadOnly);
+    }
+
+    #[test]
+    fn a_closed_gate_is_overdue_after_until_and_the_grace_and_opens_only_with_expire() {
+        let until = OffsetDateTime::parse(
+            "2026-11-25T21:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        let grace = 600;
+        let kept =
+            Arc::new(built(r#"{"mode":"maintenance","until":"2026-11-25T21:00:00Z"}"#).unwrap());
+        assert_eq!(kept.overdue_at, Some(until + grace));
+        assert!(!kept.overdue(until + grace - 1));
+        assert!(kept.overdue(until + grace));
+        assert!(!kept.expired(until + grace));
+        let served = GateState::serving(kept.clone(), || until + grace + 5);
+        assert!(
+            Arc::ptr_eq(&served, &kept),
+            "without expire it stays closed"
+        );
+
+        let expiring = Arc::new(
+            built(r#"{"mode":"maintenance","until":"2026-11-25T21:00:00Z","expire":true}"#)
+                .unwrap(),
+        );
+        let before = GateState::serving(expiring.clone(), || until + grace - 1);
+        assert_eq!(before.mode_for(1), Mode::Maintenance);
+        let after = GateState::serving(expiring.clone(), || until + grace);
+        assert!(expiring.expired(until + grace));
+        assert_eq!(after.mode_for(0), Mode::Normal);
+        assert_eq!(after.mode_for(1), Mode::Normal);
+        assert_eq!(after.doc.by.as_deref(), Some(EXPIRED_BY));
+        assert_eq!(after.applied_index, expiring.applied_index);
+        let well_known: serde_json::Value = serde_json::from_slice(&after.well_known_json).unwrap();
+        assert_eq!(well_known["mode"], "normal");
+
+        // An open gate is never overdue, and its clock is not read.
+        let open = Arc::new(built(r#"{"mode":"normal","until":"2026-11-25T21:00:00Z"}"#).unwrap());
+        assert_eq!(open.overdue_at, None);
+        GateState::serving(open, || panic!("the clock is read only for expire"));
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub consul_stale: IntGauge,
     /// 1 while the fail-safe state (`server.unknown_state`) is served: the gate state is unknown.
     pub gate_fail_safe: IntGauge,
+    /// 1 while the gate is closed past its `until` plus `maintenance.overdue_grace`.
+    pub gate_overdue: IntGauge,
+    /// 1 while an overdue gate with `expire` is served open.
+    pub gate_expired: IntGauge,
     /// State files refused at start, by reason (`unreadable`, `damaged`, `invalid_document`,
     /// `other_key`).
     pub state_file_refused: IntCounterVec,
@@ -199,6 +203,14 @@ impl Metrics {
             gate_fail_safe: int_gauge(
                 "drawbridge_gate_fail_safe",
                 "1 while the gate state is unknown and server.unknown_state is served",
+            )?,
+            gate_overdue: int_gauge(
+                "drawbridge_gate_overdue",
+                "1 while the gate is closed past its until plus maintenance.overdue_grace",
+            )?,
+            gate_expired: int_gauge(
+                "drawbridge_gate_expired",
+                "1 while an overdue gate whose document has expire is served open",
             )?,
             state_file_refused: counter_vec(
                 "drawbridge_state_file_refused_total",

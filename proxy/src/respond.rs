@@ -359,6 +359,7 @@ pub(crate) mod tests {
             default_message: "soon".into(),
             cors,
             announce_before: Duration::from_secs(3600),
+            overdue_grace: Duration::from_secs(600),
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, Limits};
+use crate::deadman::DeadMan;
 use crate::doc_watch::{Applied, DocWatch};
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
@@ -125,6 +126,14 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             builder,
             gate: gate.clone(),
             status: watch.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+
+    server.add_service(background_service(
+        "dead-man switch",
+        DeadMan {
+            gate: gate.clone(),
             metrics: metrics.clone(),
         },
     ));

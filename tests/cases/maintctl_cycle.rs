@@ -70,7 +70,11 @@ async fn down_then_up_takes_the_fleet_down_and_brings_it_back() {
     scene.assert_untouched().await;
     scene.assert_open().await;
 
-    let down = scene.run(&refs(&down_args("db migration"))).await;
+    // With the dead-man switch armed: the key asks the proxies to open by themselves an
+    // overdue grace after `until` (an hour away: not during this test).
+    let mut args = down_args("db migration");
+    args.push("--expire".to_owned());
+    let down = scene.run(&refs(&args)).await;
     down.assert_success();
 
     // Consul: both API/UI nodes carry the node maintenance check in the catalog.
@@ -91,9 +95,11 @@ async fn down_then_up_takes_the_fleet_down_and_brings_it_back() {
     assert_eq!(doc["mode"], "maintenance", "{doc}");
     assert_eq!(doc["reason"], "db migration", "{doc}");
     assert!(doc["until"].is_string(), "--until 1h is in the key: {doc}");
+    assert_eq!(doc["expire"], true, "{doc}");
     for edge in scene.edges() {
         let status = edge.status().await;
         assert_eq!(status.gate.mode, Mode::Maintenance);
+        assert!(status.gate.expire && !status.gate.overdue && !status.gate.expired);
         assert!(
             status.gate.applied_index >= key.modify_index,
             "{} applied {} < key index {}",

@@ -2,7 +2,8 @@
 //! coming windows in `/.well-known/maintenance`, serves every window as an iCalendar feed
 //! (parsed back with an iCalendar parser), puts the announcement header on API answers and
 //! serves the banner during a window's notice period only, and keeps its windows when a bad
-//! document is written.
+//! document is written. And the dead-man switch: a gate closed past its `until` and the grace
+//! is shown overdue, and with `expire` opens by itself.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use drawbridge_core::status::StatusReport;
 use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc};
 use drawbridge_tests::consul::ConsulServer;
 use drawbridge_tests::process::TestDir;
-use drawbridge_tests::proxy::{header, set_gate, test_key, Drawbridge, Route};
+use drawbridge_tests::proxy::{clear_gate, header, set_gate, test_key, Drawbridge, Route};
 use drawbridge_tests::upstream::{Kind, Upstream};
 use icalendar::{Calendar, CalendarComponent, Component};
 use time::OffsetDateTime;
@@ -55,6 +56,11 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 impl Scene {
     async fn start(test: &str) -> Scene {
+        Scene::start_with_grace(test, "15m").await
+    }
+
+    /// With `maintenance.overdue_grace = grace`.
+    async fn start_with_grace(test: &str, grace: &str) -> Scene {
         let dir = TestDir::new(test);
         let consul = ConsulServer::start(&dir).await;
         let ui = Upstream::builder("ui").kind(Kind::Page).start();
@@ -69,6 +75,7 @@ impl Scene {
             .route(Route::api("api", "/api", "api"))
             .route(Route::page("ui", "/", "ui"))
             .setting("maintenance", "announce_before", "1h")
+            .setting("maintenance", "overdue_grace", grace)
             .start(&dir)
             .await;
         Scene {
@@ -303,4 +310,120 @@ async fn windows_are_listed_in_the_calendar_and_announced_during_their_notice_pe
     assert_eq!(scene.announcements().await, (None, None));
     assert_eq!(scene.banner().await.0, 204);
     assert_eq!(scene.listed().await.0, ["w-soon", "w-later"]);
+}
+
+/// A gate closed past `until` plus the grace is overdue (gauge and `/status`) and stays closed;
+/// with `expire` it opens by itself, the key left as it is; a new document clears both.
+#[tokio::test]
+async fn an_overdue_gate_is_shown_and_with_expire_opens_by_itself() {
+    let scene = Scene::start_with_grace("proxy_deadman", "2s").await;
+    let consul = scene.consul.client();
+    let key = scene.edge.key().to_owned();
+    let closed = |until: &str, expire: bool| {
+        let expire = if expire { r#","expire":true"# } else { "" };
+        format!(r#"{{"mode":"maintenance","reason":"db upgrade","until":"{until}"{expire}}}"#)
+    };
+    let api_status = || async { scene.edge.get("/api/orders").await.status().as_u16() };
+
+    // Closed, `until` a second away: not overdue yet, then overdue 2 s after it, still closed.
+    let until = rfc3339(in_secs(1));
+    let index = set_gate(&consul, &key, closed(&until, false)).await;
+    let report = scene.edge.wait_applied(index).await;
+    assert!(!report.gate.overdue && !report.gate.expire, "{report:?}");
+    assert_eq!(
+        scene
+            .edge
+            .metrics()
+            .await
+            .value("drawbridge_gate_overdue", &[]),
+        0.0
+    );
+    let report = scene
+        .edge
+        .wait_status("overdue", Duration::from_secs(10), |r| r.gate.overdue)
+        .await;
+    assert!(!report.gate.expired, "{report:?}");
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_overdue", &[], 1.0)
+        .await;
+    assert_eq!(api_status().await, 503, "without expire it stays closed");
+    assert!(
+        scene.edge.log().contains("overdue"),
+        "{}",
+        scene.edge.log_tail()
+    );
+
+    // With expire: closed until `until` plus the grace, then open by itself.
+    let until = rfc3339(in_secs(2));
+    let index = set_gate(&consul, &key, closed(&until, true)).await;
+    let report = scene.edge.wait_applied(index).await;
+    assert!(report.gate.expire && !report.gate.overdue, "{report:?}");
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_overdue", &[], 0.0)
+        .await;
+    assert_eq!(api_status().await, 503);
+    let report = scene
+        .edge
+        .wait_status("expired", Duration::from_secs(10), |r| r.gate.expired)
+        .await;
+    assert_eq!(
+        report.gate.mode,
+        drawbridge_core::gate::Mode::Maintenance,
+        "the key still says maintenance"
+    );
+    assert_eq!(api_status().await, 200, "open by itself");
+    assert_eq!(scene.edge.get("/account").await.status(), 200);
+    let (_, listed) = scene.listed().await;
+    assert_eq!(listed["mode"], "normal", "{listed}");
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_expired", &[], 1.0)
+        .await;
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_overdue", &[], 1.0)
+        .await;
+    assert!(
+        scene.edge.log().contains("open by itself"),
+        "{}",
+        scene.edge.log_tail()
+    );
+
+    // The gate opened by maintctl up (the key deleted): neither overdue nor expired.
+    let index = clear_gate(&consul, &key).await;
+    let report = scene.edge.wait_applied(index).await;
+    assert!(!report.gate.overdue && !report.gate.expired, "{report:?}");
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_expired", &[], 0.0)
+        .await;
+    scene
+        .edge
+        .wait_metric("drawbridge_gate_overdue", &[], 0.0)
+        .await;
+
+    // `expire` without `until` is refused: the gate stays open.
+    let index = set_gate(&consul, &key, r#"{"mode":"maintenance","expire":true}"#).await;
+    let report = scene
+        .edge
+        .wait_status("refused", Duration::from_secs(10), |r| {
+            r.consul
+                .last_rejected
+                .as_ref()
+                .is_some_and(|rejected| rejected.modify_index == index)
+        })
+        .await;
+    assert_eq!(report.gate.mode, drawbridge_core::gate::Mode::Normal);
+    assert!(
+        report
+            .consul
+            .last_rejected
+            .unwrap()
+            .error
+            .contains("`expire` needs `until`"),
+        "the refusal names the field"
+    );
+    assert_eq!(api_status().await, 200);
 }

@@ -210,6 +210,7 @@ async fn move_locked(
         http: http.clone(),
         reason,
         until: None,
+        expire: false,
         by,
         run_id: format!(
             "{}-{}",

@@ -133,11 +133,13 @@ pub async fn roll(config: &Config, env_name: &str, req: RollRequest, out: Output
     let prepared = Prepared::New {
         reason,
         until: None,
+        expire: false,
         restores: Vec::new(),
     };
     let run = RunRequest {
         reason: None,
         until: None,
+        expire: false,
         yes: req.yes,
         dry_run: false,
         all: false,

@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 pub struct RunRequest {
     pub reason: Option<String>,
     pub until: Option<OffsetDateTime>,
+    /// `down --expire`: the gate document asks the proxies to open by themselves when overdue.
+    pub expire: bool,
     pub yes: bool,
     pub dry_run: bool,
     /// `up`: restore every step, whatever the journal says.
@@ -99,6 +101,7 @@ pub(super) enum Prepared {
     New {
         reason: String,
         until: Option<OffsetDateTime>,
+        expire: bool,
         restores: Vec<String>,
     },
     Resume {
@@ -190,11 +193,13 @@ async fn run_locked(
         Prepared::New {
             reason,
             until,
+            expire,
             restores,
         } => {
             let id = journal::new_run_id(plan.direction);
             let by = Holder::me(plan.direction.as_str()).by();
             let mut run = Run::new(&id, env, &plan, &reason, until, &by);
+            run.expire = expire;
             run.restores = restores;
             Journal::create(consul, &env.prefix, run)
                 .await
@@ -217,6 +222,7 @@ async fn run_locked(
         http,
         reason: journal.run.reason.clone(),
         until: journal.run.until,
+        expire: journal.run.expire,
         by: journal.run.by.clone(),
         run_id: run_id.clone(),
         proxies,
@@ -298,6 +304,7 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
     let prepared = Prepared::New {
         reason,
         until: req.until,
+        expire: req.expire,
         restores: Vec::new(),
     };
     run_plan(env, consul, plan, prepared, &maintenance, &req, out).await
@@ -422,6 +429,7 @@ pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -
     let prepared = Prepared::New {
         reason,
         until: None,
+        expire: false,
         restores,
     };
     run_plan(env, consul, plan, prepared, &maintenance, &req, out).await

@@ -90,6 +90,7 @@ pub(super) struct FileMaintenance {
     #[serde(default)]
     pub(super) cors_allowed_origins: Vec<String>,
     pub(super) announce_before: Option<String>,
+    pub(super) overdue_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

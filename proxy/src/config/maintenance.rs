@@ -22,6 +22,8 @@ pub struct MaintenanceSettings {
     pub cors: CorsPolicy,
     /// How long ahead of its start a maintenance window is announced.
     pub announce_before: Duration,
+    /// How long after `until` a closed gate is overdue (and, with `expire`, opens).
+    pub overdue_grace: Duration,
 }
 
 /// Which browser origins may read maintenance answers.
@@ -106,6 +108,11 @@ pub(super) fn check_maintenance(m: FileMaintenance, p: &mut Problems) -> Mainten
             "maintenance.announce_before",
             m.announce_before.as_deref(),
             Duration::from_secs(7 * 24 * 3600),
+        ),
+        overdue_grace: p.duration(
+            "maintenance.overdue_grace",
+            m.overdue_grace.as_deref(),
+            Duration::from_secs(15 * 60),
         ),
     }
 }
