@@ -149,12 +149,21 @@ until_ts="$(date -u -d '+30 minutes' +%Y-%m-%dT%H:%M:%SZ)"
 maintctl=("$target_dir/release/maintctl" --config config/maintctl.demo.toml)
 token="$("${maintctl[@]}" --output json bypass --env demo --ttl 1h | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
 
+# A maintenance window announced ahead: tomorrow 19:00-20:00 UTC.
+window_start="$(date -u -d 'tomorrow 19:00' +%Y-%m-%dT%H:%M:%SZ)"
+window_end="$(date -u -d 'tomorrow 20:00' +%Y-%m-%dT%H:%M:%SZ)"
+"${maintctl[@]}" schedule --env demo --start "$window_start" --end "$window_end" \
+  --reason "demo: database upgrade" --message "The API answers 503 meanwhile." >"$run_dir/schedule.log"
+
 cat <<EOT
 
 Drawbridge demo is up. Try:
   http://127.0.0.1:8080/             the UI (ui origin, HTML)
   http://127.0.0.1:8080/api/orders   the API (api origin, JSON)
-  http://127.0.0.1:8080/.well-known/maintenance
+  http://127.0.0.1:8080/.well-known/maintenance          the gate state and the window scheduled
+  http://127.0.0.1:8080/.well-known/maintenance.ics      the windows as a calendar feed
+  http://127.0.0.1:8080/.well-known/maintenance/banner   the banner fragment of the window announced
+  (API answers carry X-Drawbridge-Announcement: curl -i http://127.0.0.1:8080/api/orders)
   https://localhost:8443/            the same over HTTPS (HTTP/2); the certificate is self-signed:
     curl -i --cacert $tls_dir/localhost.pem https://localhost:8443/api/orders
   http://127.0.0.1:9180/status       admin: gate state, Consul watch, pools
@@ -179,6 +188,7 @@ The whole procedure, one command each way (maintctl, with config/maintctl.demo.t
   $target_dir/release/maintctl --config config/maintctl.demo.toml status --env demo
   $target_dir/release/maintctl --config config/maintctl.demo.toml up --env demo
   $target_dir/release/maintctl --config config/maintctl.demo.toml history --env demo
+  $target_dir/release/maintctl --config config/maintctl.demo.toml windows --env demo
 
 Pass the closed gate as an operator (token from \`maintctl bypass --env demo\`, valid 1 h):
   curl -i -H 'X-Drawbridge-Bypass: $token' http://127.0.0.1:8080/
