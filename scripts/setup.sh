@@ -105,7 +105,8 @@ command -v cmake >/dev/null || apt_install cmake
 apt_install openssh-server openssh-client
 # The TLS tests make their certificates and test protocol versions with the openssl command.
 command -v openssl >/dev/null || apt_install openssl
-# The HTTP/2 abuse test writes its frames with Python's h2 library (hyper-h2).
-apt_install python3-h2
+# The HTTP/2 abuse test writes its frames with Python's h2 library (hyper-h2); the notice tests
+# run a real SMTP server (aiosmtpd).
+apt_install python3-h2 python3-aiosmtpd
 install_consul
 log "ready"

@@ -5,6 +5,7 @@
 //! Consul's address and token come from the file, else from `CONSUL_HTTP_ADDR`,
 //! `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE`, as the consul CLI reads them.
 
+use crate::notices::{self, settings::NoticeSettings};
 use drawbridge_core::bypass::{self, Keyring};
 pub use drawbridge_core::settings::ConfigError;
 use drawbridge_core::settings::{load_config, parse_config, FileBypassKey, Problems};
@@ -61,6 +62,7 @@ struct FileEnvironment {
     rehearsals: Vec<String>,
     db_factor: Option<f64>,
     max_window: Option<String>,
+    notices: Option<notices::settings::FileNotices>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +179,8 @@ pub struct Environment {
     pub db_factor: f64,
     /// The longest window `schedule` accepts without `--force`.
     pub max_window: Option<Duration>,
+    /// Who is told of the maintenance windows, and how.
+    pub notices: NoticeSettings,
 }
 
 /// What `maintctl roll` does to each api_ui box while it is drained, and how it waits for it.
@@ -458,6 +462,10 @@ fn check_environment(
         .max_window
         .as_deref()
         .map(|raw| p.duration(&k("max_window"), Some(raw), Duration::ZERO));
+    let notices = e
+        .notices
+        .map(|n| notices::settings::check(&k("notices"), n, p))
+        .unwrap_or_default();
     let prefix = e.prefix.unwrap_or_else(|| format!("maintctl/{name}"));
     if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
         p.add(
@@ -600,6 +608,7 @@ fn check_environment(
         rehearsals: e.rehearsals,
         db_factor,
         max_window,
+        notices,
     }
 }
 
@@ -1024,13 +1033,75 @@ mod tests {
     }
 
     #[test]
+    fn notices_are_checked_naming_the_field() {
+        let text = format!(
+            r#"{MOCK}
+[environments.mock.notices]
+reminders = ["1h", "soon"]
+[environments.mock.notices.smtp]
+server = "127.0.0.1"
+security = "none"
+from = "not a sender"
+username = "u"
+password = "p"
+[[environments.mock.notices.recipients]]
+name = "acme"
+email = "acme.example"
+events = ["scheduled", "exploded"]
+[[environments.mock.notices.recipients]]
+name = "acme"
+webhook = "ftp://hooks.example"
+[[environments.mock.notices.recipients]]
+name = "both"
+email = "a@b.example"
+webhook = "https://hooks.example"
+"#
+        );
+        let err = parse(&text).unwrap_err().problems.join("\n");
+        for expected in [
+            "environments.mock.notices.reminders[1]: \"soon\" is not a duration",
+            "environments.mock.notices.smtp.from: \"not a sender\"",
+            "environments.mock.notices.smtp.security: \"none\" would send the password in the clear",
+            "environments.mock.notices.recipients[0].email: \"acme.example\" is not an email address",
+            "environments.mock.notices.recipients[0].events: \"exploded\" is not one of scheduled,",
+            "environments.mock.notices.recipients[1].name: \"acme\" names two recipients",
+            "environments.mock.notices.recipients[1].webhook: \"ftp://hooks.example\" is not an http",
+            "environments.mock.notices.recipients[2]: set exactly one of `email` or `webhook`",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        let no_server = format!(
+            "{MOCK}\n[[environments.mock.notices.recipients]]\nname = \"acme\"\nemail = \"a@acme.example\"\n"
+        );
+        let err = parse(&no_server).unwrap_err().problems.join("\n");
+        assert!(
+            err.contains("recipients[0].email: needs a mail server"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn shipped_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/maintctl.example.toml");
         // The key file lives on an operator's machine; use an inline secret of the same length.
-        let text = std::fs::read_to_string(&path).unwrap().replace(
-            "secret_file = \"/etc/maintctl/bypass-2026-11.key\"",
-            "secret = \"0123456789abcdef0123456789abcdef\"",
-        );
+        // The files named live on an operator's machine: the same values inline, and the
+        // shipped templates.
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/notices");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                "secret_file = \"/etc/maintctl/bypass-2026-11.key\"",
+                "secret = \"0123456789abcdef0123456789abcdef\"",
+            )
+            .replace(
+                "password_file = \"/etc/maintctl/smtp.password\"",
+                "password = \"smtp-password\"",
+            )
+            .replace(
+                "authorization_file = \"/etc/maintctl/statuspage.auth\"",
+                "authorization = \"OAuth key\"",
+            )
+            .replace("/etc/maintctl/notices", &templates.display().to_string());
         if let Err(e) = Config::parse(&path, &text, &|_| None) {
             panic!("{e}");
         }

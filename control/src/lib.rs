@@ -13,6 +13,7 @@
 //! * `probe`: keeps requesting URLs and reports every unexpected answer (`maintctl probe`).
 //! * `split_metrics`: each side of a split route as the proxies' `/metrics` count it, for
 //!   `maintctl canary`.
+//! * `notices`: the maintenance windows told to partners and tenants (email, webhooks).
 //! * `commands`, `output`: the subcommands and how they report.
 
 pub mod commands;
@@ -21,6 +22,7 @@ pub mod estimate;
 mod gate_write;
 pub mod journal;
 pub mod lock;
+pub mod notices;
 pub mod output;
 pub mod plan;
 pub mod probe;

@@ -249,6 +249,14 @@ enum Command {
         /// Schedule it even when the estimate or `max_window` says it does not fit.
         #[arg(long)]
         force: bool,
+        /// A notice recipient who asked to skip this window or to delay it, and why, as
+        /// `NAME=REASON` (repeat for several): it is sent none of the window's notices.
+        #[arg(long, value_name = "NAME=REASON")]
+        skip: Vec<String>,
+        /// Email the "scheduled" notice to this address only, and write nothing: the preview
+        /// to oneself before the real run.
+        #[arg(long, value_name = "ADDRESS")]
+        preview: Option<String>,
     },
     /// The maintenance windows, past, now and coming, in UTC and in your zone (TZ).
     Windows {
@@ -265,6 +273,9 @@ enum Command {
         id: String,
         #[command(flatten)]
         times: TimeFlags,
+        /// Email the "changed" (or "extended") notice to this address only, and write nothing.
+        #[arg(long, value_name = "ADDRESS")]
+        preview: Option<String>,
     },
     /// Cancel a window that is not over; it stays listed, cancelled.
     Cancel {
@@ -273,6 +284,23 @@ enum Command {
         env: String,
         /// The window's id (`maintctl windows` lists them).
         id: String,
+        /// Email the "cancelled" notice to this address only, and write nothing.
+        #[arg(long, value_name = "ADDRESS")]
+        preview: Option<String>,
+    },
+    /// Record that a notice recipient asked to skip a window (or to delay it), and why: it is
+    /// sent none of the window's notices from now on.
+    Skip {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        /// The window's id (`maintctl windows` lists them).
+        id: String,
+        /// The recipient's name in the inventory (`notices.recipients`).
+        recipient: String,
+        /// What they asked, e.g. "delay: quarter-end closing".
+        #[arg(long)]
+        reason: String,
     },
     /// Continue the last run where it stopped (done steps are skipped, the failed one redone).
     Resume {
@@ -537,6 +565,8 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             message,
             db,
             force,
+            skip,
+            preview,
         } => {
             let request = ScheduleRequest {
                 times: times.times(),
@@ -544,14 +574,27 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
                 message,
                 with_database: db,
                 force,
+                skip,
+                preview,
             };
             commands::schedule(&inventory()?, &env, request, out).await
         }
         Command::Windows { env } => commands::windows(&inventory()?, &env, out).await,
-        Command::Reschedule { env, id, times } => {
-            commands::reschedule(&inventory()?, &env, &id, times.times(), out).await
+        Command::Reschedule {
+            env,
+            id,
+            times,
+            preview,
+        } => commands::reschedule(&inventory()?, &env, &id, times.times(), preview, out).await,
+        Command::Cancel { env, id, preview } => {
+            commands::cancel(&inventory()?, &env, &id, preview, out).await
         }
-        Command::Cancel { env, id } => commands::cancel(&inventory()?, &env, &id, out).await,
+        Command::Skip {
+            env,
+            id,
+            recipient,
+            reason,
+        } => commands::skip(&inventory()?, &env, &id, &recipient, &reason, out).await,
         Command::Status { env } => commands::status(&inventory()?, &env, out).await,
         Command::History { env } => commands::history(&inventory()?, &env, out).await,
         Command::Bypass { env, ttl } => commands::bypass(&inventory()?, &env, ttl, out),

@@ -26,6 +26,19 @@ pub fn millis(t: OffsetDateTime) -> String {
     format!("{}.{:03}Z", whole_seconds(t), t.millisecond())
 }
 
+/// `2026-11-30 05:21 UTC`: for people reading a notice, a page or a banner.
+pub fn minutes_utc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
 /// `20261130T052153Z`: ISO 8601's basic form, as iCalendar writes a UTC date-time.
 pub fn basic(t: OffsetDateTime) -> String {
     whole_seconds(t.to_offset(UtcOffset::UTC)).replace(['-', ':'], "") + "Z"
@@ -56,5 +69,6 @@ mod tests {
         assert_eq!(full(t), "2026-11-30T05:21:53.2504Z");
         assert_eq!(millis(at(1767323045, 0, 0)), "2026-01-02T03:04:05.000Z");
         assert_eq!(basic(t), "20261130T052153Z");
+        assert_eq!(minutes_utc(t), "2026-11-30 05:21 UTC");
     }
 }

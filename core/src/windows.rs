@@ -69,6 +69,23 @@ pub struct Window {
     pub by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub changed_at: OffsetDateTime,
+    /// The notice recipients (tenants, partners) who asked to skip this window or to delay it:
+    /// they are sent none of its notices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<Skip>,
+}
+
+/// A recipient who asked to skip a window, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skip {
+    /// The recipient's name in the inventory.
+    pub recipient: String,
+    /// What they asked, e.g. "delay: quarter-end closing".
+    pub reason: String,
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// Whether a window still stands.
@@ -117,9 +134,7 @@ impl Window {
             Some("it ends before it starts".to_string())
         } else if self.reason.trim().is_empty() {
             Some("its reason is empty".to_string())
-        } else if self.reason.chars().count() > MAX_REASON_CHARS
-            || self.reason.chars().any(char::is_control)
-        {
+        } else if !one_line(&self.reason, MAX_REASON_CHARS) {
             Some(format!(
                 "its reason must be one line of at most {MAX_REASON_CHARS} characters"
             ))
@@ -132,14 +147,40 @@ impl Window {
                 "its message is longer than {MAX_MESSAGE_CHARS} characters"
             ))
         } else {
-            None
+            self.skip.iter().find_map(Skip::problem)
         }
+    }
+
+    /// Whether recipient `name` asked to skip it.
+    pub fn skips(&self, name: &str) -> bool {
+        self.skip.iter().any(|s| s.recipient == name)
     }
 
     /// Whether it overlaps `other` in time.
     pub fn overlaps(&self, other: &Window) -> bool {
         self.start < other.end && other.start < self.end
     }
+}
+
+impl Skip {
+    /// What is wrong with this entry of a skip list, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.recipient.trim().is_empty() {
+            Some("a skipped recipient has no name".to_string())
+        } else if !one_line(&self.reason, MAX_REASON_CHARS) {
+            Some(format!(
+                "the reason {} skips it must be one line of 1 to {MAX_REASON_CHARS} characters",
+                self.recipient
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `text` is one non-empty line of at most `max` characters.
+fn one_line(text: &str, max: usize) -> bool {
+    !text.trim().is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
 }
 
 impl WindowsDoc {
@@ -238,6 +279,7 @@ mod tests {
             status: WindowStatus::Scheduled,
             by: "ops@bastion".to_string(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
+            skip: Vec::new(),
         }
     }
 
@@ -280,6 +322,21 @@ mod tests {
         let mut long = window("w4", early, late);
         long.message = Some("x".repeat(MAX_MESSAGE_CHARS + 1));
         assert!(WindowsDoc::parse(&doc(vec![long])).is_err());
+        let mut skipped = window("w5", early, late);
+        skipped.skip.push(Skip {
+            recipient: "acme".to_string(),
+            reason: "two\nlines".to_string(),
+            by: "ops".to_string(),
+            at: early,
+        });
+        let err = WindowsDoc::parse(&doc(vec![skipped.clone()])).unwrap_err();
+        assert!(
+            err.to_string().contains("the reason acme skips it"),
+            "{err}"
+        );
+        skipped.skip[0].reason = "quarter-end closing".to_string();
+        let read = WindowsDoc::parse(&doc(vec![skipped])).unwrap();
+        assert!(read.windows[0].skips("acme") && !read.windows[0].skips("globex"));
         assert!(matches!(
             WindowsDoc::parse(br#"{"windows":[],"extra":1}"#),
             Err(WindowsDocError::Invalid { .. })

@@ -162,17 +162,9 @@ impl StateBuilder {
         let until_rfc3339 = doc.until.map(timestamp::full);
         let message = doc.message.as_deref().unwrap_or(&self.default_message);
         let reason = doc.reason.as_deref().unwrap_or("Planned maintenance");
-        let until_sentence = doc.until.map(|u| {
-            let u = u.to_offset(time::UtcOffset::UTC);
-            format!(
-                "Expected back by {:04}-{:02}-{:02} {:02}:{:02} UTC.",
-                u.year(),
-                u8::from(u.month()),
-                u.day(),
-                u.hour(),
-                u.minute()
-            )
-        });
+        let until_sentence = doc
+            .until
+            .map(|u| format!("Expected back by {}.", timestamp::minutes_utc(u)));
         let page_html = self.page.render(&PageFields {
             title: "Down for maintenance",
             reason,

@@ -19,7 +19,7 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 
 /// The header of API answers while a window is announced: its start and end, RFC 3339.
 pub const ANNOUNCEMENT_HEADER: HeaderName = HeaderName::from_static("x-drawbridge-announcement");
@@ -185,16 +185,11 @@ fn banner(w: &Window) -> String {
 }
 
 fn push_time(out: &mut String, t: OffsetDateTime) {
-    let t = t.to_offset(UtcOffset::UTC);
     let _ = write!(
         out,
-        r#"<time datetime="{}">{:04}-{:02}-{:02} {:02}:{:02} UTC</time>"#,
+        r#"<time datetime="{}">{}</time>"#,
         timestamp::full(t),
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute()
+        timestamp::minutes_utc(t)
     );
 }
 
@@ -335,6 +330,7 @@ mod tests {
             status: WindowStatus::Scheduled,
             by: "ops@bastion".into(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
+            skip: Vec::new(),
         }
     }
 

@@ -60,6 +60,8 @@ mod maintctl_cycle;
 mod maintctl_guards;
 // maintctl SIGKILLed mid-step, then resumed.
 mod maintctl_kill;
+// Notices of the windows by email and webhook: preview, skip list, retries, journal, down warns.
+mod maintctl_notices;
 // maintctl when a gate write's answer is lost (500 or timeout) although Consul applied it.
 mod maintctl_ambiguous;
 // maintctl run twice, two at once, an environment down by hand, JSON from every subcommand.

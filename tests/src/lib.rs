@@ -12,6 +12,8 @@
 //!   the upstreams and the fault relay run on.
 //! * `tls_ca`: a certificate authority per test and the certificates it issues.
 //! * `sshd`, `services`: boxes reached over a real sshd, with worker and job processes.
+//! * `notice_sinks`: a real SMTP server (aiosmtpd: STARTTLS, a password) and a webhook server,
+//!   recording the notices maintctl sends.
 //! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them,
 //!   and answers chosen reads like a server that is behind.
 
@@ -22,6 +24,7 @@ pub mod fault_relay;
 pub mod http_thread;
 pub mod load;
 pub mod maintctl;
+pub mod notice_sinks;
 pub mod ports;
 pub mod process;
 pub mod proxy;

@@ -1,6 +1,6 @@
 //! The subcommands, each returning its exit code or a [`Failure`]: `down`, `up` and `resume`
 //! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `canary`, `roll`, `schedule`,
-//! `windows`, `reschedule` and `cancel` (`windows`), `status` and `history` (`report`), `plan`,
+//! `windows`, `reschedule`, `cancel` and `skip` (`windows`, which sends their notices), `status` and `history` (`report`), `plan`,
 //! `bypass`, `probe` and `check-config` (here). [`report`] turns a failure into its message and
 //! exit code, in one place.
 
@@ -10,14 +10,14 @@ mod preflight;
 mod report;
 mod roll;
 mod run;
-mod windows;
+pub(crate) mod windows;
 
 pub use canary::{canary, CanaryRequest};
 pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
 pub use roll::{roll, RollRequest};
 pub use run::{down, resume, up, RunRequest};
-pub use windows::{cancel, reschedule, schedule, windows, ScheduleRequest, WindowTimes};
+pub use windows::{cancel, reschedule, schedule, skip, windows, ScheduleRequest, WindowTimes};
 
 use crate::config::{Config, Environment};
 use crate::journal;

@@ -301,6 +301,12 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
             }
         )));
     }
+    // A notice that did not reach its recipient never stops the maintenance; it is said.
+    if !env.notices.recipients.is_empty() {
+        for warning in crate::notices::undelivered_warnings(env, &consul).await {
+            out.note(&format!("warning: {warning}; the maintenance goes on"));
+        }
+    }
     let prepared = Prepared::New {
         reason,
         until: req.until,

@@ -7,10 +7,13 @@ use super::{consul_client, exit, put_read_back, CommandResult, Failure};
 use crate::config::{Config, Environment};
 use crate::estimate::Estimate;
 use crate::lock::Holder;
+use crate::notices::{self, Event, Notice};
 use crate::output::Output;
 use crate::when;
 use drawbridge_core::consul::{Client, QueryOptions};
-use drawbridge_core::windows::{Window, WindowStatus, WindowsDoc, WindowsDocError, MAX_WINDOWS};
+use drawbridge_core::windows::{
+    Skip, Window, WindowStatus, WindowsDoc, WindowsDocError, MAX_WINDOWS,
+};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -29,6 +32,10 @@ pub struct ScheduleRequest {
     pub with_database: bool,
     /// Schedule a window the rehearsals or `max_window` say does not fit.
     pub force: bool,
+    /// Recipients who asked to skip it, as `NAME=REASON`.
+    pub skip: Vec<String>,
+    /// Send the notice to this address only, and write nothing.
+    pub preview: Option<String>,
 }
 
 /// The windows document of `env` as read, with the index a write must find.
@@ -59,6 +66,17 @@ async fn read(env: &Environment, consul: &Client) -> Result<Read, Failure> {
         doc,
         index: entry.modify_index,
     })
+}
+
+/// The windows document of `env` (empty when there is none).
+///
+/// # Errors
+/// Consul cannot be read, or the value is not a windows document.
+pub(crate) async fn read_windows(env: &Environment, consul: &Client) -> Result<WindowsDoc, String> {
+    read(env, consul)
+        .await
+        .map(|r| r.doc)
+        .map_err(|f| f.message)
 }
 
 /// Writes `doc` if the key still holds what was read, and reads it back from the leader. To
@@ -233,6 +251,8 @@ pub async fn schedule(
         message,
         with_database,
         force,
+        skip,
+        preview,
     } = req;
     if reason.trim().is_empty() {
         return Err(Failure::usage(
@@ -259,6 +279,17 @@ pub async fn schedule(
             out.note(&format!("--force: {misfit}"));
         }
     }
+    let skip = skip
+        .iter()
+        .map(|entry| {
+            let (name, why) = entry.split_once('=').ok_or_else(|| {
+                Failure::usage(format!(
+                    "--skip {entry:?}: give the recipient and what they asked, e.g. --skip \"acme=delay: quarter-end closing\""
+                ))
+            })?;
+            new_skip(env, name, why, now)
+        })
+        .collect::<Result<Vec<Skip>, Failure>>()?;
     let consul = consul_client(env).map_err(Failure::usage)?;
     let read = read(env, &consul).await?;
     let window = Window {
@@ -270,6 +301,7 @@ pub async fn schedule(
         status: WindowStatus::Scheduled,
         by: Holder::me("schedule").by(),
         changed_at: now,
+        skip,
     };
     if let Some(problem) = window.problem() {
         return Err(Failure::usage(format!(
@@ -280,6 +312,9 @@ pub async fn schedule(
         )));
     }
     refuse_overlap(&read.doc, &window)?;
+    if let Some(address) = preview {
+        return send_preview(env, &window, Event::Scheduled, &address, out).await;
+    }
     let mut doc = read.doc.clone();
     doc.windows.push(window.clone());
     doc.by = Some(window.by.clone());
@@ -296,7 +331,93 @@ pub async fn schedule(
             )
         },
     );
+    tell(env, &consul, &window, Event::Scheduled, out).await;
     Ok(exit::OK)
+}
+
+/// Sends the notice of `event` of `window` to its recipients (a failure is said, never
+/// fatal: the window is written).
+async fn tell(env: &Environment, consul: &Client, window: &Window, event: Event, out: Output) {
+    let notice = Notice {
+        env: &env.name,
+        event,
+        window,
+        before: None,
+    };
+    notices::send(env, consul, &notice, out).await;
+}
+
+/// `--preview ADDRESS`: the notice of `event` of `window`, by email to `address` only; nothing
+/// is written.
+async fn send_preview(
+    env: &Environment,
+    window: &Window,
+    event: Event,
+    address: &str,
+    out: Output,
+) -> CommandResult {
+    let notice = Notice {
+        env: &env.name,
+        event,
+        window,
+        before: None,
+    };
+    notices::preview(env, address, &notice).await.map_err(|e| {
+        Failure::failed(format!(
+            "the preview was not sent: {e}; nothing was written"
+        ))
+    })?;
+    out.emit(
+        json!({"event": "preview", "env": env.name, "to": address, "notice": event.as_str(), "subject": notice.subject()}),
+        || {
+            format!(
+                "preview of the {} notice sent to {address}; nothing was written: run again without --preview to {} and notify",
+                event.as_str(),
+                match event {
+                    Event::Cancelled => "cancel",
+                    Event::Scheduled => "schedule",
+                    _ => "reschedule",
+                }
+            )
+        },
+    );
+    Ok(exit::OK)
+}
+
+/// A skip-list entry for recipient `name` of `env`, checked.
+fn new_skip(
+    env: &Environment,
+    name: &str,
+    why: &str,
+    now: OffsetDateTime,
+) -> Result<Skip, Failure> {
+    let names: Vec<&str> = env
+        .notices
+        .recipients
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    if !names.contains(&name) {
+        return Err(Failure::usage(format!(
+            "{name:?} is not a notice recipient of {} ({})",
+            env.name,
+            if names.is_empty() {
+                "it has none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    let skip = Skip {
+        recipient: name.to_string(),
+        reason: why.trim().to_string(),
+        by: Holder::me("skip").by(),
+        at: now,
+    };
+    if let Some(problem) = skip.problem() {
+        return Err(Failure::usage(format!("{problem}; nothing was written")));
+    }
+    Ok(skip)
 }
 
 /// `maintctl windows`: every window, by start, with whether it is past, now or coming.
@@ -324,6 +445,12 @@ pub async fn windows(config: &Config, env_name: &str, out: Output) -> CommandRes
                     w.reason,
                     w.by
                 ));
+                for s in &w.skip {
+                    text.push_str(&format!(
+                        "\n      skipped by {}: {} (noted by {})",
+                        s.recipient, s.reason, s.by
+                    ));
+                }
             }
             text
         },
@@ -359,6 +486,7 @@ pub async fn reschedule(
     env_name: &str,
     id: &str,
     req: WindowTimes,
+    preview: Option<String>,
     out: Output,
 ) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
@@ -372,13 +500,23 @@ pub async fn reschedule(
             "window {id} is cancelled: schedule a new one"
         )));
     }
-    let (start, end) = times(&req, now, (w.start <= now).then_some(w.start))?;
+    let begun = w.start <= now;
+    let (start, end) = times(&req, now, begun.then_some(w.start))?;
+    // A window under way that lasts longer is extended; any other move is a change.
+    let event = if begun && end > w.end {
+        Event::Extended
+    } else {
+        Event::Changed
+    };
     w.start = start;
     w.end = end;
     w.by = Holder::me("reschedule").by();
     w.changed_at = now;
     let window = w.clone();
     refuse_overlap(&doc, &window)?;
+    if let Some(address) = preview {
+        return send_preview(env, &window, event, &address, out).await;
+    }
     doc.by = Some(window.by.clone());
     write(env, &consul, &read, doc, out).await?;
     out.emit(
@@ -392,12 +530,19 @@ pub async fn reschedule(
             )
         },
     );
+    tell(env, &consul, &window, event, out).await;
     Ok(exit::OK)
 }
 
 /// `maintctl cancel`: the window stays in the document, cancelled; cancelling it again says so
 /// and changes nothing.
-pub async fn cancel(config: &Config, env_name: &str, id: &str, out: Output) -> CommandResult {
+pub async fn cancel(
+    config: &Config,
+    env_name: &str,
+    id: &str,
+    preview: Option<String>,
+    out: Output,
+) -> CommandResult {
     let env = config.environment(env_name).map_err(Failure::usage)?;
     let now = OffsetDateTime::now_utc();
     let consul = consul_client(env).map_err(Failure::usage)?;
@@ -416,11 +561,45 @@ pub async fn cancel(config: &Config, env_name: &str, id: &str, out: Output) -> C
     w.by = Holder::me("cancel").by();
     w.changed_at = now;
     let window = w.clone();
+    if let Some(address) = preview {
+        return send_preview(env, &window, Event::Cancelled, &address, out).await;
+    }
     doc.by = Some(window.by.clone());
     write(env, &consul, &read, doc, out).await?;
     out.emit(
         json!({"event": "cancelled", "env": env.name, "window": window_json(&window, now), "already": false}),
         || format!("cancelled {}: {}: {}", window.id, span(&window), window.reason),
+    );
+    tell(env, &consul, &window, Event::Cancelled, out).await;
+    Ok(exit::OK)
+}
+
+/// `maintctl skip`: records that recipient `name` asked to skip window `id` (or to delay it),
+/// and why; it is sent none of the window's notices from now on. Asked again, the reason is
+/// replaced.
+pub async fn skip(
+    config: &Config,
+    env_name: &str,
+    id: &str,
+    name: &str,
+    why: &str,
+    out: Output,
+) -> CommandResult {
+    let env = config.environment(env_name).map_err(Failure::usage)?;
+    let now = OffsetDateTime::now_utc();
+    let entry = new_skip(env, name, why, now)?;
+    let consul = consul_client(env).map_err(Failure::usage)?;
+    let read = read(env, &consul).await?;
+    let mut doc = read.doc.clone();
+    let w = changeable(env, &mut doc, id, now)?;
+    w.skip.retain(|s| s.recipient != name);
+    w.skip.push(entry);
+    let window = w.clone();
+    doc.by = Some(Holder::me("skip").by());
+    write(env, &consul, &read, doc, out).await?;
+    out.emit(
+        json!({"event": "skipped", "env": env.name, "window": window_json(&window, now), "recipient": name}),
+        || format!("{name} skips {}: it is sent none of its notices ({})", window.id, why.trim()),
     );
     Ok(exit::OK)
 }

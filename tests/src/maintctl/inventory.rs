@@ -152,6 +152,9 @@ pub struct Inventory {
     pub rehearsals: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_window: Option<String>,
+    /// `[environments.NAME.notices]`, as a test writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notices: Option<toml::Table>,
 }
 
 /// `[environments.NAME.roll]`: how `maintctl roll` replaces a box (here always by a call).
@@ -196,6 +199,7 @@ impl Inventory {
             roll: None,
             rehearsals: Vec::new(),
             max_window: None,
+            notices: None,
         }
     }
 
