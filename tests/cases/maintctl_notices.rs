@@ -315,7 +315,8 @@ async fn notices_reach_every_recipient_but_the_skipped_one_after_a_preview_to_th
 
 /// A mail server that refuses every recipient: each mail notice is tried three times and
 /// journalled failed with the server's answer; the window is scheduled all the same, and
-/// `down` warns about the notices and takes the environment down.
+/// `down` warns about the notices and takes the environment down. `down` and `up` tell the
+/// recipients that the maintenance started and finished, once per window.
 #[tokio::test]
 async fn undelivered_notices_are_journalled_failed_and_down_warns_but_goes_on() {
     let mut scene = MaintScene::start("maintctl_notices_refused").await;
@@ -380,4 +381,33 @@ async fn undelivered_notices_are_journalled_failed_and_down_warns_but_goes_on() 
     );
     scene.assert_closed().await;
     scene.up_ok().await;
+
+    // The webhooks were told the maintenance started and finished, once each: taking the
+    // environment down and up again in the same window tells nobody twice.
+    let events = |path: &str| -> Vec<String> {
+        hooks
+            .hooks()
+            .iter()
+            .filter(|h| h.path == path)
+            .map(|h| {
+                let body: Value = serde_json::from_str(&h.body).expect("JSON");
+                body["event"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(events("/status"), ["scheduled", "started", "finished"]);
+    scene
+        .run(&["down", "--env", ENV, "--reason", "again", "--yes"])
+        .await
+        .assert_success();
+    scene.up_ok().await;
+    assert_eq!(events("/status"), ["scheduled", "started", "finished"]);
+    // The mails that could not be delivered were tried again; the delivered ones were not.
+    let started = of_event(&journal(&scene.consul, &id).await, "started");
+    let count = |who: &str| started.iter().filter(|r| r.0 == who).count();
+    assert_eq!(
+        (count("chat"), count("status"), count("acme")),
+        (1, 1, 2),
+        "{started:?}"
+    );
 }

@@ -251,6 +251,14 @@ async fn run_locked(
                     env.name,
                 )
             });
+            let event = match plan.direction {
+                Direction::Down => Some(crate::notices::Event::Started),
+                Direction::Up => Some(crate::notices::Event::Finished),
+                _ => None,
+            };
+            if let Some(event) = event.filter(|_| !env.notices.recipients.is_empty()) {
+                crate::notices::tell_window_now(env, consul, event, out).await;
+            }
             Ok(exit::OK)
         }
         Ok(end) => Err(run_failure(env, plan.direction, end)),

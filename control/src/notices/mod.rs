@@ -65,6 +65,15 @@ impl Event {
         }
     }
 
+    /// Whether a recipient is told of it once per window (a reminder: once per offset), not
+    /// again when the command that sends it runs again.
+    pub fn once(self) -> bool {
+        !matches!(
+            self,
+            Event::Scheduled | Event::Changed | Event::Cancelled | Event::Extended
+        )
+    }
+
     /// The event named `name`.
     pub fn parse(name: &str) -> Option<Event> {
         Event::ALL.into_iter().find(|e| e.as_str() == name)
@@ -298,11 +307,28 @@ pub async fn send(
     out: Output,
 ) -> Vec<NoticeRecord> {
     let settings = &env.notices;
-    let recipients: Vec<&Recipient> = settings
+    let mut recipients: Vec<&Recipient> = settings
         .recipients
         .iter()
         .filter(|r| r.events.contains(&notice.event) && !notice.window.skips(&r.name))
         .collect();
+    if notice.event.once() && !recipients.is_empty() {
+        // A re-run of `down` or `up` does not tell anyone twice.
+        let before = notice
+            .before
+            .map(|b| humantime::format_duration(b).to_string());
+        match read_log(env, consul, &notice.window.id).await {
+            Ok(log) => recipients.retain(|r| {
+                !log.records.iter().any(|l| {
+                    l.event == notice.event
+                        && l.before == before
+                        && l.recipient == r.name
+                        && l.delivery == Delivery::Delivered
+                })
+            }),
+            Err(e) => out.note(&format!("warning: {e}; sending to every recipient")),
+        }
+    }
     if recipients.is_empty() {
         return Vec::new();
     }
@@ -425,23 +451,54 @@ pub async fn preview(env: &Environment, address: &str, notice: &Notice<'_>) -> R
         })?
 }
 
-/// What `down` warns about: the notices of the window it falls in (or the next one starting
-/// within a day) whose last try failed, one line each.
-pub async fn undelivered_warnings(env: &Environment, consul: &Client) -> Vec<String> {
+/// The scheduled window a maintenance run now belongs to: of those that start within a day
+/// and ended at most a day ago, the one whose start is nearest to now.
+///
+/// # Errors
+/// The windows document cannot be read.
+async fn window_now(env: &Environment, consul: &Client) -> Result<Option<Window>, String> {
     let now = OffsetDateTime::now_utc();
-    let windows = match crate::commands::windows::read_windows(env, consul).await {
-        Ok(doc) => doc,
-        Err(e) => return vec![format!("the notices could not be checked: {e}")],
-    };
-    let soon = now + time::Duration::days(1);
-    let Some(window) = windows
+    let day = time::Duration::days(1);
+    let doc = crate::commands::windows::read_windows(env, consul).await?;
+    Ok(doc
         .windows
-        .iter()
+        .into_iter()
         .filter(|w| w.status == drawbridge_core::windows::WindowStatus::Scheduled)
-        .filter(|w| w.end > now && w.start <= soon)
-        .min_by_key(|w| w.start)
-    else {
-        return Vec::new();
+        .filter(|w| w.start <= now + day && now < w.end + day)
+        .min_by_key(|w| (w.start - now).abs()))
+}
+
+/// Tells the recipients of the window the environment is in now (if any) that its maintenance
+/// `event` happened (`started` after `down`, `finished` after `up`); a recipient that was
+/// already told of it is not told again.
+pub async fn tell_window_now(env: &Environment, consul: &Client, event: Event, out: Output) {
+    let window = match window_now(env, consul).await {
+        Ok(Some(window)) => window,
+        Ok(None) => return,
+        Err(e) => {
+            out.note(&format!(
+                "warning: no {} notice was sent: {e}",
+                event.as_str()
+            ));
+            return;
+        }
+    };
+    let notice = Notice {
+        env: &env.name,
+        event,
+        window: &window,
+        before: None,
+    };
+    send(env, consul, &notice, out).await;
+}
+
+/// What `down` warns about: the notices of the window it falls in whose last try failed, one
+/// line each.
+pub async fn undelivered_warnings(env: &Environment, consul: &Client) -> Vec<String> {
+    let window = match window_now(env, consul).await {
+        Ok(Some(window)) => window,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![format!("the notices could not be checked: {e}")],
     };
     let log = match read_log(env, consul, &window.id).await {
         Ok(log) => log,
