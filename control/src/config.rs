@@ -1039,7 +1039,7 @@ mod tests {
 [environments.mock.notices]
 reminders = ["1h", "soon"]
 [environments.mock.notices.smtp]
-server = "127.0.0.1"
+server = "smtp.relay.example"
 security = "none"
 from = "not a sender"
 username = "u"
@@ -1062,6 +1062,7 @@ webhook = "https://hooks.example"
             "environments.mock.notices.reminders[1]: \"soon\" is not a duration",
             "environments.mock.notices.smtp.from: \"not a sender\"",
             "environments.mock.notices.smtp.security: \"none\" would send the password in the clear",
+            "environments.mock.notices.smtp.security: \"none\" is for a relay on this host (localhost), not \"smtp.relay.example\"",
             "environments.mock.notices.recipients[0].email: \"acme.example\" is not an email address",
             "environments.mock.notices.recipients[0].events: \"exploded\" is not one of scheduled,",
             "environments.mock.notices.recipients[1].name: \"acme\" names two recipients",
@@ -1078,6 +1079,28 @@ webhook = "https://hooks.example"
             err.contains("recipients[0].email: needs a mail server"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn notice_secrets_never_show_in_debug_output() {
+        let text = format!(
+            r#"{MOCK}
+[environments.mock.notices.smtp]
+server = "smtp.example"
+from = "m@example.com"
+username = "maintctl"
+password = "hunter2-smtp"
+[[environments.mock.notices.recipients]]
+name = "chat"
+webhook = "https://hooks.example/services/SECRETPATH"
+authorization = "Bearer tok-secret"
+"#
+        );
+        let shown = format!("{:?}", parse(&text).unwrap());
+        for secret in ["hunter2-smtp", "SECRETPATH", "tok-secret"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("maintctl"), "{shown}");
     }
 
     #[test]

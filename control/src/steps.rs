@@ -185,15 +185,19 @@ impl Context {
                 None,
             ),
             None => {
+                let now = OffsetDateTime::now_utc();
+                // A resumed run whose `until` has passed arms no dead-man switch: the proxies
+                // would open the gate as soon as they applied it.
+                let expire = self.expire && self.until.is_some_and(|until| until > now);
                 let doc = GateDoc {
                     mode: Mode::Maintenance,
                     reason: Some(self.reason.clone()),
                     message: None,
                     until: self.until,
-                    started_at: Some(OffsetDateTime::now_utc()),
+                    started_at: Some(now),
                     by: Some(self.by.clone()),
                     scope: None,
-                    expire: self.expire,
+                    expire,
                 };
                 let cas = current.entry.as_ref().map_or(0, |e| e.modify_index);
                 let value = doc.to_json();

@@ -69,6 +69,10 @@ pub struct Window {
     pub by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub changed_at: OffsetDateTime,
+    /// How many times it was moved or cancelled since it was scheduled (the calendar's
+    /// `SEQUENCE`).
+    #[serde(default)]
+    pub revision: u32,
     /// The notice recipients (tenants, partners) who asked to skip this window or to delay it:
     /// they are sent none of its notices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -279,6 +283,7 @@ mod tests {
             status: WindowStatus::Scheduled,
             by: "ops@bastion".to_string(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
+            revision: 0,
             skip: Vec::new(),
         }
     }

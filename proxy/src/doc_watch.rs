@@ -21,7 +21,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use prometheus::{IntCounter, IntGauge};
-use std::fmt::Debug;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use time::OffsetDateTime;
 /// What a followed document is, and what the proxy makes of it.
 pub trait DocKind: Send + Sync + 'static {
     /// The document as stored; its default stands for a missing key.
-    type Doc: Document + Clone + Default + Debug + Send + Sync + 'static;
+    type Doc: Document + Clone + Default + Send + Sync + 'static;
     /// The document made ready for the request path.
     type Built: Send + Sync + 'static;
     /// The document's name in log lines (`split`, `windows`).
@@ -44,6 +43,9 @@ pub trait DocKind: Send + Sync + 'static {
     /// # Errors
     /// What is wrong with the value.
     fn parse(raw: &[u8]) -> Result<Self::Doc, String>;
+
+    /// `doc` in a few words for a log line (a document may be large).
+    fn summary(doc: &Self::Doc) -> String;
 
     /// Makes `doc` ready for this proxy.
     ///
@@ -127,7 +129,7 @@ impl<K: DocKind> DocWatcher<K> {
                 Ok(built) => {
                     tracing::info!(
                         index = saved.applied_index,
-                        doc = ?saved.doc,
+                        doc = %K::summary(&saved.doc),
                         file = %file,
                         "restored the last applied {} document",
                         K::NAME
@@ -208,7 +210,13 @@ impl<K: DocKind> DocWatcher<K> {
         let built = doc.and_then(|doc| self.kind.build(&doc).map(|built| (doc, built)));
         match built {
             Ok((doc, built)) => {
-                tracing::info!(index, confirmed, doc = ?doc, "{} document applied", K::NAME);
+                tracing::info!(
+                    index,
+                    confirmed,
+                    doc = %K::summary(&doc),
+                    "{} document applied",
+                    K::NAME
+                );
                 self.kind
                     .applied_index_gauge()
                     .set(i64::try_from(index).unwrap_or(i64::MAX));

@@ -257,25 +257,25 @@ impl Edge {
         }
     }
 
-    /// Adds `Strict-Transport-Security` (`tls.hsts`) to an answer over TLS.
     /// Puts the window announced now on an API answer ([`ANNOUNCEMENT_HEADER`]); an upstream's
-    /// own copy of that header never reaches the client.
+    /// own copy of that header never reaches the client. No clock is read: the windows know
+    /// which one is announced ([`crate::windows::Announcements::refresh`]).
     fn announce(&self, answer: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         answer.remove_header(&ANNOUNCEMENT_HEADER);
         let api = ctx
             .decision
             .and_then(Decision::route)
             .is_some_and(|route| self.router.route(route).kind == RouteKind::Api);
-        let windows = self.windows.load();
-        if !api || windows.quiet_at(now_unix) {
+        if !api {
             return Ok(());
         }
-        if let Some(window) = windows.announced(now_unix()) {
+        if let Some(window) = self.windows.load().announced_now() {
             answer.insert_header(ANNOUNCEMENT_HEADER, window.header.clone())?;
         }
         Ok(())
     }
 
+    /// Adds `Strict-Transport-Security` (`tls.hsts`) to an answer over TLS.
     fn mark_tls(&self, header: &mut ResponseHeader, tls: bool) -> Result<()> {
         if let Some(hsts) = self.https.hsts.as_ref().filter(|_| tls) {
             header.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
@@ -448,7 +448,7 @@ impl ProxyHttp for Edge {
         let response = respond::response_for(
             decision,
             &state,
-            &self.windows.load(),
+            &self.windows,
             &facts,
             &self.maintenance,
             now_unix,

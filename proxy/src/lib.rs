@@ -7,7 +7,8 @@
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
 //! * `follow`: the blocking-query loop (index rules, rate limit, backoff) the watchers share.
 //! * `watcher`: follows the gate key; saves and restores `state_file`.
-//! * `deadman`: a gate closed past its `until` and grace: overdue, and open by itself with `expire`.
+//! * `clock`: what changes with time alone: the window announced, and the dead-man switch (a
+//!   gate closed past its `until` and grace is overdue, and with `expire` opens by itself).
 //! * `doc_watch`: follows a document key other than the gate's (split, windows) the same way.
 //! * `split`: the split document: routes whose clients are shared with a second pool.
 //! * `windows`: the maintenance windows as the edge announces them (well-known list, calendar,
@@ -29,8 +30,8 @@
 //! * `server`: wires everything into a Pingora server.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
-pub mod deadman;
 pub mod decide;
 pub mod doc_watch;
 pub mod edge;

@@ -10,7 +10,8 @@ use crate::decide::{Answer, Decision, WellKnown};
 use crate::facts::{allowed_origin, RequestFacts};
 use crate::gate_state::GateState;
 use crate::page::PageTemplate;
-use crate::windows::Announcements;
+use crate::windows::{Announcements, WindowsState};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::StatusCode;
@@ -40,7 +41,7 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 24 * 3600;
 pub fn response_for(
     decision: Decision,
     state: &GateState,
-    windows: &Announcements,
+    windows: &ArcSwap<WindowsState>,
     facts: &RequestFacts<'_>,
     settings: &MaintenanceSettings,
     now_unix: impl FnOnce() -> i64,
@@ -51,7 +52,7 @@ pub fn response_for(
         Decision::WellKnown(document) => {
             let own = OwnDocument {
                 state,
-                windows,
+                windows: &windows.load(),
                 now_unix: now_unix(),
             };
             well_known(document, &own, settings, facts.origin())?
@@ -346,7 +347,7 @@ pub(crate) mod tests {
     use crate::facts::tests::request;
     use crate::gate_state::{StateBuilder, StateSource};
     use crate::page::PageTemplate;
-    use crate::windows::Announcements;
+    use crate::windows::{Announcer, WindowsState};
     use drawbridge_core::gate::GateDoc;
     use std::time::Duration;
     use time::OffsetDateTime;
@@ -533,7 +534,11 @@ pub(crate) mod tests {
     #[test]
     fn each_decision_gets_its_response() {
         let s = state(r#"{"mode":"maintenance"}"#);
-        let windows = Announcements::none();
+        let windows = ArcSwap::from_pointee(WindowsState::nothing(&Announcer {
+            announce_before: Duration::from_secs(3600),
+            key: "test/windows".into(),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new().unwrap()),
+        }));
         let settings = settings(CorsPolicy::None);
         let req = request(
             http::Method::OPTIONS,

@@ -5,8 +5,8 @@
 //! `run_forever`.
 
 use crate::admin::Admin;
+use crate::clock::{Clock, DeadMan};
 use crate::config::{Config, Limits};
-use crate::deadman::DeadMan;
 use crate::doc_watch::{Applied, DocWatch};
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
@@ -130,14 +130,6 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
         },
     ));
 
-    server.add_service(background_service(
-        "dead-man switch",
-        DeadMan {
-            gate: gate.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
-
     let split_builder = SplitBuilder {
         routes: config
             .routes
@@ -181,6 +173,17 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             kind: announcer,
             state: windows.clone(),
             watch: windows_watch.clone(),
+        },
+    ));
+
+    server.add_service(background_service(
+        "clock",
+        Clock {
+            dead_man: DeadMan {
+                gate: gate.clone(),
+                metrics: metrics.clone(),
+            },
+            windows: windows.clone(),
         },
     ));
 

@@ -236,6 +236,10 @@ impl DocKind for SplitBuilder {
         SplitDoc::parse(raw).map_err(|e| e.to_string())
     }
 
+    fn summary(doc: &SplitDoc) -> String {
+        format!("{:?}", doc.routes)
+    }
+
     fn build(&self, doc: &SplitDoc) -> Result<SplitRoutes, String> {
         self.build_routes(doc)
     }

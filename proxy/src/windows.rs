@@ -17,6 +17,7 @@ use http::header::{HeaderName, HeaderValue};
 use prometheus::{IntCounter, IntGauge};
 use serde_json::json;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -57,12 +58,16 @@ pub struct Announced {
 pub struct Announcements {
     /// The scheduled windows, by start.
     scheduled: Vec<Announced>,
-    /// When the first scheduled window is announced; `i64::MAX` without one, so that answers
-    /// skip the clock.
-    first_announced_from: i64,
+    /// The index in `scheduled` of the window announced now ([`NONE`] when none is), set when
+    /// the document is applied and each second after ([`Announcements::refresh`]), so that an
+    /// answer reads no clock.
+    announced_now: AtomicUsize,
     /// The iCalendar feed of every window in the document.
     pub ics: Bytes,
 }
+
+/// No window is announced.
+const NONE: usize = usize::MAX;
 
 /// The windows document applied.
 pub type WindowsState = Applied<Announcer>;
@@ -71,27 +76,28 @@ pub type WindowsState = Applied<Announcer>;
 pub type WindowsWatcher = DocWatcher<Announcer>;
 
 impl Announcements {
-    /// No window, for tests of the modules that serve announcements.
-    #[cfg(test)]
-    pub fn none() -> Announcements {
-        Announcements {
-            scheduled: Vec::new(),
-            first_announced_from: i64::MAX,
-            ics: Bytes::from(calendar(&WindowsDoc::default(), "test")),
-        }
-    }
-
-    /// Whether no window could be announced at `now_unix` or later before the next document.
-    pub fn quiet_at(&self, now_unix: impl FnOnce() -> i64) -> bool {
-        self.first_announced_from == i64::MAX || now_unix() < self.first_announced_from
-    }
-
     /// The window announced at `now_unix`: the first whose announcement has begun and which
     /// is not over.
     pub fn announced(&self, now_unix: i64) -> Option<&Announced> {
         self.scheduled
             .iter()
             .find(|w| w.announced_from <= now_unix && now_unix < w.end)
+    }
+
+    /// The window announced as of the last [`Announcements::refresh`] (at most a second ago).
+    pub fn announced_now(&self) -> Option<&Announced> {
+        self.scheduled
+            .get(self.announced_now.load(Ordering::Relaxed))
+    }
+
+    /// Notes which window is announced at `now_unix`.
+    pub fn refresh(&self, now_unix: i64) {
+        let index = self
+            .scheduled
+            .iter()
+            .position(|w| w.announced_from <= now_unix && now_unix < w.end)
+            .unwrap_or(NONE);
+        self.announced_now.store(index, Ordering::Relaxed);
     }
 
     /// `/.well-known/maintenance`: the gate's document `gate_json` (a JSON object) with
@@ -193,9 +199,10 @@ fn push_time(out: &mut String, t: OffsetDateTime) {
     );
 }
 
-/// The iCalendar feed of `doc` (RFC 5545): one `VEVENT` per window, its `UID` the window's id
-/// at the windows `key`.
-fn calendar(doc: &WindowsDoc, key: &str) -> String {
+/// The iCalendar feed of `doc` (RFC 5545) as of `made`: one `VEVENT` per window, its `UID` the
+/// window's id at the windows `key`, its `SEQUENCE` the window's revision (so that calendars
+/// take a move or a cancellation).
+fn calendar(doc: &WindowsDoc, key: &str, made: OffsetDateTime) -> String {
     let mut out = String::new();
     let mut line = |text: &str| push_folded(&mut out, text);
     line("BEGIN:VCALENDAR");
@@ -207,10 +214,11 @@ fn calendar(doc: &WindowsDoc, key: &str) -> String {
     for w in &doc.windows {
         line("BEGIN:VEVENT");
         line(&format!("UID:{}", ics_text(&format!("{}@{key}", w.id))));
-        line(&format!("DTSTAMP:{}", timestamp::basic(w.changed_at)));
+        line(&format!("DTSTAMP:{}", timestamp::basic(made)));
         line(&format!("LAST-MODIFIED:{}", timestamp::basic(w.changed_at)));
         line(&format!("DTSTART:{}", timestamp::basic(w.start)));
         line(&format!("DTEND:{}", timestamp::basic(w.end)));
+        line(&format!("SEQUENCE:{}", w.revision));
         line(&format!(
             "SUMMARY:{}",
             ics_text(&format!("Planned maintenance: {}", w.reason))
@@ -274,6 +282,15 @@ impl DocKind for Announcer {
         WindowsDoc::parse(raw).map_err(|e| e.to_string())
     }
 
+    fn summary(doc: &WindowsDoc) -> String {
+        let scheduled = doc
+            .windows
+            .iter()
+            .filter(|w| w.status == WindowStatus::Scheduled)
+            .count();
+        format!("{} windows, {scheduled} scheduled", doc.windows.len())
+    }
+
     fn build(&self, doc: &WindowsDoc) -> Result<Announcements, String> {
         let mut scheduled: Vec<Announced> = doc
             .windows
@@ -282,16 +299,14 @@ impl DocKind for Announcer {
             .map(|w| self.announce(w))
             .collect();
         scheduled.sort_by_key(|w| w.start);
-        let first_announced_from = scheduled
-            .iter()
-            .map(|w| w.announced_from)
-            .min()
-            .unwrap_or(i64::MAX);
-        Ok(Announcements {
+        let now = OffsetDateTime::now_utc();
+        let built = Announcements {
             scheduled,
-            first_announced_from,
-            ics: Bytes::from(calendar(doc, &self.key)),
-        })
+            announced_now: AtomicUsize::new(NONE),
+            ics: Bytes::from(calendar(doc, &self.key, now)),
+        };
+        built.refresh(now.unix_timestamp());
+        Ok(built)
     }
 
     fn metrics(&self) -> &Metrics {
@@ -330,6 +345,7 @@ mod tests {
             status: WindowStatus::Scheduled,
             by: "ops@bastion".into(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
+            revision: 0,
             skip: Vec::new(),
         }
     }
@@ -357,14 +373,16 @@ mod tests {
             EARLY_START
         );
         let before = EARLY_START - 3601;
-        assert!(built.quiet_at(|| before));
         assert!(built.announced(before).is_none());
         let announced = built.announced(EARLY_START - 3600).unwrap();
         assert_eq!(
             announced.header,
             "start=2026-12-02T19:00:00Z; end=2026-12-02T21:00:00Z"
         );
-        assert!(!built.quiet_at(|| EARLY_START - 3600));
+        built.refresh(before);
+        assert!(built.announced_now().is_none());
+        built.refresh(EARLY_START - 3600);
+        assert_eq!(built.announced_now().unwrap().id, "w-early");
         assert!(built.announced(EARLY_START + 7199).is_some());
         assert!(built.announced(EARLY_START + 7200).is_none());
         // The cancelled window of 2026-12-01 is never announced.
@@ -376,8 +394,10 @@ mod tests {
             "{banner}"
         );
         assert!(banner.contains("database &lt;upgrade&gt;"), "{banner}");
+        built.refresh(EARLY_START + 7200);
+        assert!(built.announced_now().is_none());
         let empty = announcer().build(&WindowsDoc::default()).unwrap();
-        assert!(empty.quiet_at(|| panic!("the clock is not read without a window")));
+        assert!(empty.announced_now().is_none());
     }
 
     #[test]
@@ -419,7 +439,9 @@ mod tests {
         assert!(ics.ends_with("END:VCALENDAR\r\n"));
         assert_eq!(ics.matches("BEGIN:VEVENT").count(), 4);
         assert!(ics.contains("UID:w-early@drawbridge/prod/gate/windows\r\n"));
-        assert!(ics.contains("DTSTART:20261202T190000Z\r\nDTEND:20261202T210000Z\r\n"));
+        assert!(
+            ics.contains("DTSTART:20261202T190000Z\r\nDTEND:20261202T210000Z\r\nSEQUENCE:0\r\n")
+        );
         assert!(ics.contains(
             "SUMMARY:Planned maintenance: database <upgrade>\\, part 1\\; then \\\\ checks\r\n"
         ));

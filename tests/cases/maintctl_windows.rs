@@ -164,6 +164,29 @@ async fn windows_are_scheduled_listed_moved_and_cancelled_and_bad_ones_refused()
             .assert_mentions(says);
     }
     assert_eq!(scene.stored().await.1, index, "a refusal wrote the key");
+    // A dead-man switch whose end has passed would open the gate at once: refused up front.
+    scene
+        .run(&[
+            "down",
+            "--env",
+            ENV,
+            "--reason",
+            "late",
+            "--until",
+            "2020-01-01T00:00:00Z",
+            "--expire",
+            "--yes",
+        ])
+        .await
+        .assert_code(2)
+        .assert_mentions("--expire with --until 2020-01-01T00:00:00Z (passed)");
+    let gate = scene
+        .consul
+        .client()
+        .kv_get(GATE_KEY, &QueryOptions::default())
+        .await
+        .expect("consul kv get");
+    assert!(gate.entry.is_none(), "the refused down wrote the gate key");
 
     let new_start = format!("{year}-01-14T19:00:00Z");
     let new_end = format!("{year}-01-14T21:00:00Z");

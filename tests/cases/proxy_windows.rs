@@ -47,6 +47,7 @@ fn window(id: &str, start: OffsetDateTime, end: OffsetDateTime, status: WindowSt
         status,
         by: "ops@bastion".to_string(),
         changed_at: in_secs(0),
+        revision: 0,
         skip: Vec::new(),
     }
 }

@@ -291,6 +291,15 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
             "down needs --reason \"...\" (it is shown to clients and kept in the journal)",
         ));
     };
+    if let Some(until) = req
+        .until
+        .filter(|until| req.expire && *until <= OffsetDateTime::now_utc())
+    {
+        return Err(Failure::usage(format!(
+            "--expire with --until {} (passed): the proxies would open the gate at once; give an --until to come",
+            drawbridge_core::timestamp::seconds(until)
+        )));
+    }
     let consul = consul_client(env).map_err(Failure::usage)?;
     refuse_if_locked(env, &consul).await?;
     super::roll::refuse_if_rolling(env, &consul).await?;

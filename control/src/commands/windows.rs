@@ -301,6 +301,7 @@ pub async fn schedule(
         status: WindowStatus::Scheduled,
         by: Holder::me("schedule").by(),
         changed_at: now,
+        revision: 0,
         skip,
     };
     if let Some(problem) = window.problem() {
@@ -512,6 +513,7 @@ pub async fn reschedule(
     w.end = end;
     w.by = Holder::me("reschedule").by();
     w.changed_at = now;
+    w.revision += 1;
     let window = w.clone();
     refuse_overlap(&doc, &window)?;
     if let Some(address) = preview {
@@ -560,6 +562,7 @@ pub async fn cancel(
     w.status = WindowStatus::Cancelled;
     w.by = Holder::me("cancel").by();
     w.changed_at = now;
+    w.revision += 1;
     let window = w.clone();
     if let Some(address) = preview {
         return send_preview(env, &window, Event::Cancelled, &address, out).await;

@@ -504,8 +504,16 @@ pub async fn undelivered_warnings(env: &Environment, consul: &Client) -> Vec<Str
         Ok(log) => log,
         Err(e) => return vec![format!("the notices could not be checked: {e}")],
     };
+    // Only what still matters: recipients of the inventory, not on the window's skip list.
     log.undelivered()
         .into_iter()
+        .filter(|r| {
+            env.notices
+                .recipients
+                .iter()
+                .any(|known| known.name == r.recipient)
+                && !window.skips(&r.recipient)
+        })
         .map(|r| {
             format!(
                 "notice {} of window {} to {} ({}) was not delivered: {}",
@@ -538,6 +546,7 @@ mod tests {
             status: WindowStatus::Scheduled,
             by: "ops@bastion".into(),
             changed_at: at("2026-11-30T16:00:00Z"),
+            revision: 0,
             skip: Vec::new(),
         }
     }

@@ -99,8 +99,8 @@ pub enum Security {
     None,
 }
 
-/// The mail server notices are sent through.
-#[derive(Debug, Clone)]
+/// The mail server notices are sent through (its `Debug` shows no password).
+#[derive(Clone)]
 pub struct SmtpSettings {
     pub server: String,
     pub port: u16,
@@ -113,8 +113,9 @@ pub struct SmtpSettings {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Where one recipient is told.
-#[derive(Debug, Clone)]
+/// Where one recipient is told (its `Debug` shows no webhook URL or authorization: either may
+/// be the secret).
+#[derive(Clone)]
 pub enum Channel {
     Email(String),
     Webhook {
@@ -124,6 +125,31 @@ pub enum Channel {
         template: Option<String>,
         authorization: Option<String>,
     },
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("server", &self.server)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("from", &self.from)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Email(address) => f.debug_tuple("Email").field(address).finish(),
+            Channel::Webhook { template, .. } => f
+                .debug_struct("Webhook")
+                .field("template", &template.is_some())
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Channel {
@@ -247,6 +273,19 @@ fn check_smtp(key: &str, s: FileSmtp, p: &mut Problems) -> SmtpSettings {
         p.add(
             format!("{key}.security"),
             "\"none\" would send the password in the clear: use \"starttls\" or \"tls\"",
+        );
+    }
+    let loopback = s.server == "localhost"
+        || s.server
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if security == Security::None && !loopback {
+        p.add(
+            format!("{key}.security"),
+            format!(
+                "\"none\" is for a relay on this host (localhost), not {:?}: use \"starttls\" or \"tls\"",
+                s.server
+            ),
         );
     }
     SmtpSettings {

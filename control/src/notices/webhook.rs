@@ -91,14 +91,30 @@ pub async fn post(
     let answer = request
         .send()
         .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
+        .map_err(|e| format!("POST to {}: {}", origin(url), e.without_url()))?;
     let status = answer.status();
     if status.is_success() {
         return Ok(());
     }
     let text = answer.text().await.unwrap_or_default();
     let start: String = text.chars().take(200).collect();
-    Err(format!("POST {url}: {status}: {}", start.trim()))
+    Err(format!(
+        "POST to {}: {status}: {}",
+        origin(url),
+        start.trim()
+    ))
+}
+
+/// The scheme and host of `url`: what an error may show of a webhook, whose path or query is
+/// often its secret (a chat's incoming-webhook URL).
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => {
+            format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or("?"))
+                + &parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+        }
+        Err(_) => "a webhook URL that cannot be read".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +134,18 @@ mod tests {
             .unwrap_err()
             .contains("{{nope}} is not one of"));
         assert!(fill("{{subject", &fields).is_err());
+    }
+
+    #[test]
+    fn errors_show_a_webhook_by_its_origin_only() {
+        assert_eq!(
+            origin("https://hooks.slack.com/services/T000/B000/SECRET?token=x"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8123/chat"),
+            "http://127.0.0.1:8123"
+        );
     }
 
     #[test]

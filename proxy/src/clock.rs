@@ -1,12 +1,15 @@
-//! The dead-man switch, as the proxy shows it: a gate still closed when its `until` plus
-//! `maintenance.overdue_grace` has passed is overdue (`drawbridge_gate_overdue`, `/status`); with
-//! `expire` in the gate document the request path then serves the gate open
-//! ([`GateState::serving`]) and `drawbridge_gate_expired` says so. A background service looks at
-//! the served state each second, sets both gauges and logs when the gate becomes overdue and
-//! when it opens by itself, once per applied state.
+//! What changes with time alone, looked at each second by one background service ([`Clock`]):
+//! the window announced now ([`crate::windows::Announcements::refresh`], so that answers read
+//! no clock), and the dead-man switch ([`DeadMan`]): a gate still closed when its `until` plus
+//! `maintenance.overdue_grace` has passed is overdue (`drawbridge_gate_overdue`, `/status`);
+//! with `expire` in the gate document the request path then serves the gate open
+//! ([`GateState::serving`]) and `drawbridge_gate_expired` says so. Both gauges are set each
+//! second, and a line is logged when the gate becomes overdue and when it opens by itself,
+//! once per applied state.
 
 use crate::gate_state::GateState;
 use crate::metrics::Metrics;
+use crate::windows::WindowsState;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drawbridge_core::timestamp;
@@ -66,8 +69,14 @@ impl DeadMan {
     }
 }
 
+/// The background service that looks at both each second.
+pub struct Clock {
+    pub dead_man: DeadMan,
+    pub windows: Arc<ArcSwap<WindowsState>>,
+}
+
 #[async_trait]
-impl BackgroundService for DeadMan {
+impl BackgroundService for Clock {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -76,7 +85,9 @@ impl BackgroundService for DeadMan {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = ticks.tick() => {
-                    said = self.look(OffsetDateTime::now_utc().unix_timestamp(), said);
+                    let now = OffsetDateTime::now_utc().unix_timestamp();
+                    self.windows.load().refresh(now);
+                    said = self.dead_man.look(now, said);
                 }
             }
         }
