@@ -257,6 +257,10 @@ enum Command {
         /// to oneself before the real run.
         #[arg(long, value_name = "ADDRESS")]
         preview: Option<String>,
+        /// `maintctl daemon` runs `down` at the start and `up` (with its smoke tests) at the
+        /// end.
+        #[arg(long)]
+        auto: bool,
     },
     /// The maintenance windows, past, now and coming, in UTC and in your zone (TZ).
     Windows {
@@ -287,6 +291,17 @@ enum Command {
         /// Email the "cancelled" notice to this address only, and write nothing.
         #[arg(long, value_name = "ADDRESS")]
         preview: Option<String>,
+    },
+    /// Keep the windows on time: reminders, `down` and `up` of `--auto` windows, alerts when a
+    /// window starts and nobody ran `down`, "overdue" notices, failed notices tried again. One
+    /// daemon of an environment acts, a second stands by. Runs until SIGTERM or Ctrl-C.
+    Daemon {
+        /// The environment of the inventory, e.g. final, mock or prod.
+        #[arg(long)]
+        env: String,
+        /// How often it looks (e.g. 15s).
+        #[arg(long, default_value = "15s", value_parser = parse_tick)]
+        tick: Duration,
     },
     /// Record that a notice recipient asked to skip a window (or to delay it), and why: it is
     /// sent none of the window's notices from now on.
@@ -418,6 +433,14 @@ struct RollShape {
     /// Failed batches allowed before the roll stops (each failed batch's boxes stay drained).
     #[arg(long, default_value_t = 0)]
     max_fail: usize,
+}
+
+fn parse_tick(raw: &str) -> Result<Duration, String> {
+    let tick = humantime::parse_duration(raw).map_err(|e| format!("{raw:?}: {e}"))?;
+    if tick < Duration::from_millis(100) || tick > Duration::from_secs(600) {
+        return Err(format!("{raw:?}: give from 100ms to 10m"));
+    }
+    Ok(tick)
 }
 
 fn parse_until(raw: &str) -> Result<OffsetDateTime, String> {
@@ -567,6 +590,7 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
             force,
             skip,
             preview,
+            auto,
         } => {
             let request = ScheduleRequest {
                 times: times.times(),
@@ -576,6 +600,7 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
                 force,
                 skip,
                 preview,
+                auto,
             };
             commands::schedule(&inventory()?, &env, request, out).await
         }
@@ -588,6 +613,9 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
         } => commands::reschedule(&inventory()?, &env, &id, times.times(), preview, out).await,
         Command::Cancel { env, id, preview } => {
             commands::cancel(&inventory()?, &env, &id, preview, out).await
+        }
+        Command::Daemon { env, tick } => {
+            commands::daemon(&inventory()?, &env, commands::DaemonRequest { tick }, out).await
         }
         Command::Skip {
             env,

@@ -73,6 +73,9 @@ pub struct Window {
     /// `SEQUENCE`).
     #[serde(default)]
     pub revision: u32,
+    /// `maintctl daemon` runs `down` at its start and `up` at its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
     /// The notice recipients (tenants, partners) who asked to skip this window or to delay it:
     /// they are sent none of its notices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -284,6 +287,7 @@ mod tests {
             by: "ops@bastion".to_string(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
             revision: 0,
+            auto: false,
             skip: Vec::new(),
         }
     }

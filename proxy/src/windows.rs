@@ -346,6 +346,7 @@ mod tests {
             by: "ops@bastion".into(),
             changed_at: datetime!(2026-11-30 16:00 UTC),
             revision: 0,
+            auto: false,
             skip: Vec::new(),
         }
     }

@@ -6,6 +6,7 @@
 
 use drawbridge_core::consul::QueryOptions;
 use drawbridge_tests::consul::ConsulServer;
+use drawbridge_tests::eventually::eventually;
 use drawbridge_tests::maintctl::{
     Inventory, MaintScene, Maintctl, MaintctlOutput, ENV, GATE_KEY, PREFIX,
 };
@@ -13,6 +14,7 @@ use drawbridge_tests::notice_sinks::{SmtpServer, WebhookServer, SMTP_PASSWORD, S
 use drawbridge_tests::process::TestDir;
 use serde_json::Value;
 use std::path::Path;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// `[environments.mock.notices]`: three mail recipients (globex wants only "scheduled" and
@@ -73,12 +75,31 @@ webhook = "{status}"
     toml::from_str(&text).expect("the notices table")
 }
 
-/// RFC 3339 for now plus `minutes`.
-fn in_minutes(minutes: i64) -> String {
-    let at = OffsetDateTime::now_utc() + time::Duration::minutes(minutes);
+/// RFC 3339 for now plus `secs`.
+fn in_secs(secs: i64) -> String {
+    let at = OffsetDateTime::now_utc() + time::Duration::seconds(secs);
     let at = at.replace_nanosecond(0).expect("0 ns");
     at.format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339")
+}
+
+/// `maintctl schedule` of a window from `start` to `end` for `reason` (with `extra` flags) in
+/// the scene's environment; returns the window's id.
+async fn schedule_in(
+    scene: &MaintScene,
+    start: &str,
+    end: &str,
+    reason: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "--output", "json", "schedule", "--env", ENV, "--start", start, "--end", end, "--reason",
+        reason,
+    ];
+    args.extend_from_slice(extra);
+    let scheduled = scene.run(&args).await;
+    scheduled.assert_success();
+    scheduled_id(&scheduled)
 }
 
 /// The window id of a `schedule` run's JSON output.
@@ -138,7 +159,7 @@ async fn notices_reach_every_recipient_but_the_skipped_one_after_a_preview_to_th
         ..Inventory::new(consul.http_addr(), GATE_KEY, Vec::new())
     };
     let maintctl = Maintctl::new(&dir, &inventory);
-    let (start, end) = (in_minutes(120), in_minutes(180));
+    let (start, end) = (in_secs(7200), in_secs(10800));
     let schedule = |extra: &[&str]| {
         let mut args = vec![
             "--output",
@@ -264,7 +285,7 @@ async fn notices_reach_every_recipient_but_the_skipped_one_after_a_preview_to_th
     );
 
     // Moved: "changed" to those that want it; globex does not.
-    let (start, end) = (in_minutes(150), in_minutes(210));
+    let (start, end) = (in_secs(9000), in_secs(12600));
     maintctl
         .run(&[
             "reschedule",
@@ -324,24 +345,8 @@ async fn undelivered_notices_are_journalled_failed_and_down_warns_but_goes_on() 
     let hooks = WebhookServer::start(0);
     scene.inventory.notices = Some(notices(scene.dir.path(), &smtp, &hooks));
     scene.rewrite_inventory();
-    let (start, end) = (in_minutes(30), in_minutes(90));
-    let scheduled = scene
-        .run(&[
-            "--output",
-            "json",
-            "schedule",
-            "--env",
-            ENV,
-            "--start",
-            &start,
-            "--end",
-            &end,
-            "--reason",
-            "database upgrade",
-        ])
-        .await;
-    scheduled.assert_success();
-    let id = scheduled_id(&scheduled);
+    let (start, end) = (in_secs(1800), in_secs(5400));
+    let id = schedule_in(&scene, &start, &end, "database upgrade", &[]).await;
     let records = journal(&scene.consul, &id).await;
     assert_eq!(
         of_event(&records, "scheduled"),
@@ -410,4 +415,114 @@ async fn undelivered_notices_are_journalled_failed_and_down_warns_but_goes_on() 
         (1, 1, 2),
         "{started:?}"
     );
+}
+
+/// The (event, window id) of every notice the webhook server got.
+fn told(hooks: &WebhookServer) -> Vec<(String, String)> {
+    hooks
+        .hooks()
+        .iter()
+        .map(|h| {
+            let body: Value = serde_json::from_str(&h.body).expect("JSON");
+            (
+                body["event"].as_str().unwrap_or_default().to_string(),
+                body["window"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the webhook server got notice `event` of window `id`.
+async fn wait_told(hooks: &WebhookServer, event: &str, id: &str, within: Duration) {
+    eventually(
+        &format!("the {event} notice of {id}"),
+        within,
+        Duration::from_millis(100),
+        || async {
+            let got = told(hooks);
+            if got.iter().any(|(e, w)| e == event && w == id) {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// `maintctl daemon` keeps the windows on time: the reminder before an `auto` window, its
+/// `down` at the start and `up` at the end (the daemon's own runs, in the journal), a `missed`
+/// alert when another window starts and nobody took the environment down, and `overdue` once
+/// the gate is closed past its `until` and the grace; each notice once.
+#[tokio::test]
+async fn the_daemon_reminds_runs_auto_windows_and_alerts_on_missed_and_overdue_windows() {
+    let mut scene = MaintScene::start("maintctl_daemon").await;
+    let hooks = WebhookServer::start(0);
+    let notices = format!(
+        r#"
+reminders = ["4s"]
+overdue_grace = "1s"
+[[recipients]]
+name = "ops"
+webhook = "{}"
+events = ["reminder", "started", "finished", "missed", "overdue"]
+"#,
+        hooks.url("/ops")
+    );
+    scene.inventory.notices = Some(toml::from_str(&notices).expect("the notices table"));
+    scene.rewrite_inventory();
+    let (start, end) = (in_secs(8), in_secs(24));
+    let auto = schedule_in(&scene, &start, &end, "auto upgrade", &["--auto"]).await;
+    let mut daemon = scene
+        .maintctl
+        .spawn(&["daemon", "--env", ENV, "--tick", "500ms"]);
+
+    wait_told(&hooks, "reminder", &auto, Duration::from_secs(10)).await;
+    let reminded = scene.gate_entry().await;
+    assert!(reminded.is_none(), "the reminder comes before the start");
+    wait_told(&hooks, "started", &auto, Duration::from_secs(30)).await;
+    scene.assert_closed().await;
+    wait_told(&hooks, "finished", &auto, Duration::from_secs(45)).await;
+    scene.assert_open().await;
+    let runs = scene.journal().runs().await;
+    let by_daemon: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.command().contains(" daemon "))
+        .map(|r| r.direction())
+        .collect();
+    assert_eq!(by_daemon, ["down", "up"], "the daemon's own runs");
+
+    // A window nobody takes down: "missed" once it starts.
+    let (start, end) = (in_secs(3), in_secs(60));
+    let by_hand = schedule_in(&scene, &start, &end, "by hand", &[]).await;
+    wait_told(&hooks, "missed", &by_hand, Duration::from_secs(15)).await;
+
+    // Taken down by hand with an end two seconds away: "overdue" a second after it.
+    scene
+        .run(&[
+            "down", "--env", ENV, "--reason", "late", "--until", "2s", "--yes",
+        ])
+        .await
+        .assert_success();
+    wait_told(&hooks, "overdue", &by_hand, Duration::from_secs(15)).await;
+    scene.up_ok().await;
+
+    daemon.interrupt();
+    let stopped = daemon.wait(Duration::from_secs(10)).await;
+    assert_eq!(stopped.code, Some(0), "{stopped}");
+    let got = told(&hooks);
+    for event in ["reminder", "started", "finished"] {
+        let n = got.iter().filter(|(e, w)| e == event && *w == auto).count();
+        assert_eq!(n, 1, "{event} told {n} times: {got:?}");
+    }
+    for event in ["missed", "overdue"] {
+        let n = got
+            .iter()
+            .filter(|(e, w)| e == event && *w == by_hand)
+            .count();
+        assert_eq!(n, 1, "{event} told {n} times: {got:?}");
+    }
 }

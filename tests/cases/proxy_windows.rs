@@ -48,6 +48,7 @@ fn window(id: &str, start: OffsetDateTime, end: OffsetDateTime, status: WindowSt
         by: "ops@bastion".to_string(),
         changed_at: in_secs(0),
         revision: 0,
+        auto: false,
         skip: Vec::new(),
     }
 }

@@ -1,10 +1,12 @@
 //! The subcommands, each returning its exit code or a [`Failure`]: `down`, `up` and `resume`
 //! (`run`, with `preflight`), `drain` and `undrain` (`drain`), `canary`, `roll`, `schedule`,
 //! `windows`, `reschedule`, `cancel` and `skip` (`windows`, which sends their notices), `status` and `history` (`report`), `plan`,
-//! `bypass`, `probe` and `check-config` (here). [`report`] turns a failure into its message and
+//! `daemon` (`daemon`: notices on time, auto windows), `bypass`, `probe` and `check-config`
+//! (here). [`report`] turns a failure into its message and
 //! exit code, in one place.
 
 mod canary;
+mod daemon;
 mod drain;
 mod preflight;
 mod report;
@@ -13,6 +15,7 @@ mod run;
 pub(crate) mod windows;
 
 pub use canary::{canary, CanaryRequest};
+pub use daemon::{daemon, DaemonRequest};
 pub use drain::{drain, undrain, DrainRequest};
 pub use report::{history, status};
 pub use roll::{roll, RollRequest};

@@ -36,6 +36,8 @@ pub struct ScheduleRequest {
     pub skip: Vec<String>,
     /// Send the notice to this address only, and write nothing.
     pub preview: Option<String>,
+    /// `maintctl daemon` runs `down` at its start and `up` at its end.
+    pub auto: bool,
 }
 
 /// The windows document of `env` as read, with the index a write must find.
@@ -253,6 +255,7 @@ pub async fn schedule(
         force,
         skip,
         preview,
+        auto,
     } = req;
     if reason.trim().is_empty() {
         return Err(Failure::usage(
@@ -302,6 +305,7 @@ pub async fn schedule(
         by: Holder::me("schedule").by(),
         changed_at: now,
         revision: 0,
+        auto,
         skip,
     };
     if let Some(problem) = window.problem() {
@@ -438,12 +442,17 @@ pub async fn windows(config: &Config, env_name: &str, out: Output) -> CommandRes
             let mut text = format!("maintenance windows of {}:", env.name);
             for w in &doc.windows {
                 text.push_str(&format!(
-                    "\n  {:<22} {:<9} {:<6} {}: {} (by {})",
+                    "\n  {:<22} {:<9} {:<6} {}: {}{} (by {})",
                     w.id,
                     w.status.as_str(),
                     when_is(w, now),
                     span(w),
                     w.reason,
+                    if w.auto {
+                        " [auto: the daemon runs down and up]"
+                    } else {
+                        ""
+                    },
                     w.by
                 ));
                 for s in &w.skip {

@@ -36,11 +36,14 @@ pub enum Event {
     Extended,
     Finished,
     Overdue,
+    /// The window has started and nobody took the environment down (an alert for operators;
+    /// sent only to recipients that list it).
+    Missed,
 }
 
 impl Event {
     /// Every event, in the order of a window's life.
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 9] = [
         Event::Scheduled,
         Event::Changed,
         Event::Cancelled,
@@ -49,7 +52,14 @@ impl Event {
         Event::Extended,
         Event::Finished,
         Event::Overdue,
+        Event::Missed,
     ];
+
+    /// Whether a recipient that lists no events is told of it: every event but the operators'
+    /// alert [`Event::Missed`].
+    pub fn by_default(self) -> bool {
+        self != Event::Missed
+    }
 
     /// The event's name in the inventory, the journal and webhook bodies.
     pub fn as_str(self) -> &'static str {
@@ -62,6 +72,7 @@ impl Event {
             Event::Extended => "extended",
             Event::Finished => "finished",
             Event::Overdue => "overdue",
+            Event::Missed => "missed",
         }
     }
 
@@ -108,6 +119,10 @@ impl Notice<'_> {
             Event::Finished => "is over: the service is back".to_string(),
             Event::Overdue => {
                 "is taking longer than planned: its end has passed and the service is still down"
+                    .to_string()
+            }
+            Event::Missed => {
+                "has started, and the environment was not taken down: nobody ran `maintctl down`"
                     .to_string()
             }
         }
@@ -306,11 +321,23 @@ pub async fn send(
     notice: &Notice<'_>,
     out: Output,
 ) -> Vec<NoticeRecord> {
+    send_to(env, consul, notice, None, out).await
+}
+
+/// As [`send`], to recipient `only` alone when given (a notice tried again).
+pub async fn send_to(
+    env: &Environment,
+    consul: &Client,
+    notice: &Notice<'_>,
+    only: Option<&str>,
+    out: Output,
+) -> Vec<NoticeRecord> {
     let settings = &env.notices;
     let mut recipients: Vec<&Recipient> = settings
         .recipients
         .iter()
         .filter(|r| r.events.contains(&notice.event) && !notice.window.skips(&r.name))
+        .filter(|r| only.is_none_or(|name| r.name == name))
         .collect();
     if notice.event.once() && !recipients.is_empty() {
         // A re-run of `down` or `up` does not tell anyone twice.
@@ -456,7 +483,7 @@ pub async fn preview(env: &Environment, address: &str, notice: &Notice<'_>) -> R
 ///
 /// # Errors
 /// The windows document cannot be read.
-async fn window_now(env: &Environment, consul: &Client) -> Result<Option<Window>, String> {
+pub async fn window_now(env: &Environment, consul: &Client) -> Result<Option<Window>, String> {
     let now = OffsetDateTime::now_utc();
     let day = time::Duration::days(1);
     let doc = crate::commands::windows::read_windows(env, consul).await?;
@@ -547,6 +574,7 @@ mod tests {
             by: "ops@bastion".into(),
             changed_at: at("2026-11-30T16:00:00Z"),
             revision: 0,
+            auto: false,
             skip: Vec::new(),
         }
     }

@@ -30,6 +30,7 @@ pub(crate) struct FileNotices {
     attempts: Option<u32>,
     retry_backoff: Option<String>,
     timeout: Option<String>,
+    overdue_grace: Option<String>,
     smtp: Option<FileSmtp>,
     #[serde(default)]
     recipients: Vec<FileRecipient>,
@@ -71,6 +72,9 @@ pub struct NoticeSettings {
     pub retry_backoff: Duration,
     /// How long one attempt may take.
     pub timeout: Duration,
+    /// How long after the gate's `until` `maintctl daemon` sends "overdue" (as the proxies'
+    /// `maintenance.overdue_grace`).
+    pub overdue_grace: Duration,
     pub smtp: Option<SmtpSettings>,
     pub recipients: Vec<Recipient>,
 }
@@ -82,6 +86,7 @@ impl Default for NoticeSettings {
             attempts: 3,
             retry_backoff: Duration::from_secs(2),
             timeout: Duration::from_secs(20),
+            overdue_grace: Duration::from_secs(15 * 60),
             smtp: None,
             recipients: Vec::new(),
         }
@@ -223,6 +228,11 @@ pub(crate) fn check(key: &str, n: FileNotices, p: &mut Problems) -> NoticeSettin
             n.timeout.as_deref(),
             defaults.timeout,
         ),
+        overdue_grace: p.duration(
+            &format!("{key}.overdue_grace"),
+            n.overdue_grace.as_deref(),
+            defaults.overdue_grace,
+        ),
         smtp,
         recipients,
     }
@@ -315,7 +325,7 @@ fn check_recipient(
         );
     }
     let events = match r.events {
-        None => Event::ALL.into_iter().collect(),
+        None => Event::ALL.into_iter().filter(|e| e.by_default()).collect(),
         Some(names) => names
             .iter()
             .filter_map(|name| {

@@ -36,6 +36,11 @@ impl RunView {
         self.0["status"].as_str().unwrap_or_default()
     }
 
+    /// The command line that ran it.
+    pub fn command(&self) -> &str {
+        self.0["command"].as_str().unwrap_or_default()
+    }
+
     /// `down` or `up`.
     pub fn direction(&self) -> &str {
         self.0["direction"].as_str().unwrap_or_default()
@@ -158,6 +163,19 @@ impl JournalView {
         Some(RunView(serde_json::from_slice(&raw).unwrap_or_else(|e| {
             panic!("{key} is not JSON ({e}): {}", String::from_utf8_lossy(&raw))
         })))
+    }
+
+    /// Every run of the journal, by start.
+    pub async fn runs(&self) -> Vec<RunView> {
+        let prefix = format!("{}/runs/", self.prefix);
+        let mut runs: Vec<RunView> = Vec::new();
+        for key in self.keys().await.iter().filter(|k| k.starts_with(&prefix)) {
+            if let Some(run) = self.run(&key[prefix.len()..]).await {
+                runs.push(run);
+            }
+        }
+        runs.sort_by_key(|r| r.0["started_at"].as_str().unwrap_or_default().to_string());
+        runs
     }
 
     /// The run `<prefix>/last` names.
