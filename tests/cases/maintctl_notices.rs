@@ -455,8 +455,9 @@ async fn wait_told(hooks: &WebhookServer, event: &str, id: &str, within: Duratio
 
 /// `maintctl daemon` keeps the windows on time: the reminder before an `auto` window, its
 /// `down` at the start and `up` at the end (the daemon's own runs, in the journal), a `missed`
-/// alert when another window starts and nobody took the environment down, and `overdue` once
-/// the gate is closed past its `until` and the grace; each notice once.
+/// alert when another window starts and nobody took the environment down, `overdue` once the
+/// gate is closed past its `until` and the grace, `expired` when the proxies opened it by
+/// themselves; each notice once, though a second daemon (standing by) runs beside it.
 #[tokio::test]
 async fn the_daemon_reminds_runs_auto_windows_and_alerts_on_missed_and_overdue_windows() {
     let mut scene = MaintScene::start("maintctl_daemon").await;
@@ -468,7 +469,7 @@ overdue_grace = "1s"
 [[recipients]]
 name = "ops"
 webhook = "{}"
-events = ["reminder", "started", "finished", "missed", "overdue"]
+events = ["reminder", "started", "finished", "extended", "missed", "overdue", "expired"]
 "#,
         hooks.url("/ops")
     );
@@ -477,6 +478,10 @@ events = ["reminder", "started", "finished", "missed", "overdue"]
     let (start, end) = (in_secs(8), in_secs(24));
     let auto = schedule_in(&scene, &start, &end, "auto upgrade", &["--auto"]).await;
     let mut daemon = scene
+        .maintctl
+        .spawn(&["daemon", "--env", ENV, "--tick", "500ms"]);
+    // A second daemon of the same environment stands by: nobody is told anything twice.
+    let mut standby = scene
         .maintctl
         .spawn(&["daemon", "--env", ENV, "--tick", "500ms"]);
 
@@ -499,6 +504,22 @@ events = ["reminder", "started", "finished", "missed", "overdue"]
     let (start, end) = (in_secs(3), in_secs(60));
     let by_hand = schedule_in(&scene, &start, &end, "by hand", &[]).await;
     wait_told(&hooks, "missed", &by_hand, Duration::from_secs(15)).await;
+    // It has begun: a later end is told as "extended".
+    let later = in_secs(120);
+    scene
+        .run(&[
+            "reschedule",
+            "--env",
+            ENV,
+            &by_hand,
+            "--start",
+            &start,
+            "--end",
+            &later,
+        ])
+        .await
+        .assert_success();
+    wait_told(&hooks, "extended", &by_hand, Duration::from_secs(5)).await;
 
     // Taken down by hand with an end two seconds away: "overdue" a second after it.
     scene
@@ -510,15 +531,40 @@ events = ["reminder", "started", "finished", "missed", "overdue"]
     wait_told(&hooks, "overdue", &by_hand, Duration::from_secs(15)).await;
     scene.up_ok().await;
 
-    daemon.interrupt();
+    // With the dead-man switch armed, the proxies open by themselves: "expired".
+    scene
+        .run(&[
+            "down",
+            "--env",
+            ENV,
+            "--reason",
+            "late again",
+            "--until",
+            "2s",
+            "--expire",
+            "--yes",
+        ])
+        .await
+        .assert_success();
+    wait_told(&hooks, "expired", &by_hand, Duration::from_secs(15)).await;
+    scene.up_ok().await;
+
+    for run in [&mut daemon, &mut standby] {
+        run.interrupt();
+    }
     let stopped = daemon.wait(Duration::from_secs(10)).await;
     assert_eq!(stopped.code, Some(0), "{stopped}");
+    let stood_by = standby.wait(Duration::from_secs(10)).await;
+    assert!(
+        stood_by.all_output().contains("standing by"),
+        "the second daemon acted too:\n{stood_by}"
+    );
     let got = told(&hooks);
     for event in ["reminder", "started", "finished"] {
         let n = got.iter().filter(|(e, w)| e == event && *w == auto).count();
         assert_eq!(n, 1, "{event} told {n} times: {got:?}");
     }
-    for event in ["missed", "overdue"] {
+    for event in ["extended", "missed", "overdue", "expired"] {
         let n = got
             .iter()
             .filter(|(e, w)| e == event && *w == by_hand)

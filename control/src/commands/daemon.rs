@@ -5,7 +5,8 @@
 //! - at the start of a window marked `auto`, runs `down` (its reason and `until` the window's),
 //!   and at its end `up`, with its smoke tests, when that `down` was the daemon's; each once;
 //! - at the start of any other window that nobody took down, sends `missed` (an alert);
-//! - once the gate is closed past its `until` plus `notices.overdue_grace`, sends `overdue`;
+//! - once the gate is closed past its `until` plus `notices.overdue_grace`, sends `overdue`
+//!   (`expired` when the gate document has `expire`: the proxies opened it by themselves);
 //! - tries again each notice whose last try failed, pausing 1 minute, then 2, 4… up to an hour,
 //!   until a day after its window ended.
 //!
@@ -127,25 +128,39 @@ pub async fn daemon(
     Ok(exit::OK)
 }
 
-/// The gate as the key says: closed (any mode but normal, or a value that cannot be read) and
-/// its `until`.
-async fn gate(
-    env: &Environment,
-    consul: &Client,
-) -> Result<(bool, Option<OffsetDateTime>), String> {
+/// The gate as the key says.
+#[derive(Default)]
+struct Gate {
+    /// Any mode but normal, or a value that cannot be read.
+    closed: bool,
+    until: Option<OffsetDateTime>,
+    /// The dead-man switch is armed.
+    expire: bool,
+}
+
+async fn gate(env: &Environment, consul: &Client) -> Result<Gate, String> {
     let entry = consul
         .kv_get(&env.key, &QueryOptions::default())
         .await
         .map_err(|e| format!("reading the gate key {}: {e}", env.key))?
         .entry;
     let Some(entry) = entry else {
-        return Ok((false, None));
+        return Ok(Gate::default());
     };
-    match GateDoc::parse(entry.value.as_deref().unwrap_or_default()) {
-        Ok(doc) => Ok((doc.mode != Mode::Normal, doc.until)),
-        // The proxies keep what they had: nothing is run on a key nobody can read.
-        Err(_) => Ok((true, None)),
-    }
+    Ok(
+        match GateDoc::parse(entry.value.as_deref().unwrap_or_default()) {
+            Ok(doc) => Gate {
+                closed: doc.mode != Mode::Normal,
+                until: doc.until,
+                expire: doc.expire,
+            },
+            // The proxies keep what they had: nothing is run on a key nobody can read.
+            Err(_) => Gate {
+                closed: true,
+                ..Gate::default()
+            },
+        },
+    )
 }
 
 /// One look at the environment.
@@ -158,7 +173,11 @@ async fn tick(
 ) -> Result<(), String> {
     let now = OffsetDateTime::now_utc();
     let windows = super::windows::read_windows(env, consul).await?;
-    let (closed, until) = gate(env, consul).await?;
+    let Gate {
+        closed,
+        until,
+        expire,
+    } = gate(env, consul).await?;
     let maintenance = Maintenance::read(consul, &env.prefix)
         .await
         .map_err(|e| e.to_string())?;
@@ -194,7 +213,13 @@ async fn tick(
     }
     let overdue = until.is_some_and(|until| closed && until + env.notices.overdue_grace <= now);
     if overdue {
-        notices::tell_window_now(env, consul, Event::Overdue, out).await;
+        // With `expire`, the proxies have opened the gate by themselves at this very moment.
+        let event = if expire {
+            Event::Expired
+        } else {
+            Event::Overdue
+        };
+        notices::tell_window_now(env, consul, event, out).await;
     }
     Ok(())
 }

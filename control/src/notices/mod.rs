@@ -36,6 +36,8 @@ pub enum Event {
     Extended,
     Finished,
     Overdue,
+    /// Overdue with `expire`: the proxies opened the gate by themselves.
+    Expired,
     /// The window has started and nobody took the environment down (an alert for operators;
     /// sent only to recipients that list it).
     Missed,
@@ -43,7 +45,7 @@ pub enum Event {
 
 impl Event {
     /// Every event, in the order of a window's life.
-    pub const ALL: [Event; 9] = [
+    pub const ALL: [Event; 10] = [
         Event::Scheduled,
         Event::Changed,
         Event::Cancelled,
@@ -52,6 +54,7 @@ impl Event {
         Event::Extended,
         Event::Finished,
         Event::Overdue,
+        Event::Expired,
         Event::Missed,
     ];
 
@@ -72,6 +75,7 @@ impl Event {
             Event::Extended => "extended",
             Event::Finished => "finished",
             Event::Overdue => "overdue",
+            Event::Expired => "expired",
             Event::Missed => "missed",
         }
     }
@@ -119,6 +123,11 @@ impl Notice<'_> {
             Event::Finished => "is over: the service is back".to_string(),
             Event::Overdue => {
                 "is taking longer than planned: its end has passed and the service is still down"
+                    .to_string()
+            }
+            Event::Expired => {
+                "ran past its end, and the gate opened by itself (the dead-man switch): the \
+                 service is back without the checks of `maintctl up`"
                     .to_string()
             }
             Event::Missed => {
