@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 /// smoke tests through the closed gate. Locked, journalled in Consul, resumable. Drains single
 /// API/UI boxes out of the traffic, and back, moves a route's clients to a new pool step by
 /// step, and rolls a change over the API/UI boxes a batch at a time, without the maintenance
-/// page.
+/// page. Schedules maintenance windows, tells partners and tenants by email and webhook, and
+/// keeps the windows on time (`daemon`).
 #[derive(Parser, Debug)]
 #[command(
     name = "maintctl",
