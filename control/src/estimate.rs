@@ -172,20 +172,11 @@ async fn rehearsal(config: &Config, name: &str) -> Rehearsal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sample::mock;
-    use crate::plan::Plan;
 
     fn run(direction: Direction, status: RunStatus, start_min: i64, end_min: i64) -> Run {
-        let env = mock();
-        let plan = match direction {
-            Direction::Down => Plan::down(&env),
-            _ => Plan::up(&env),
-        };
-        let mut run = Run::new("r", &env, &plan, "db", None, "ops@bastion");
         let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-        run.started_at = t0 + time::Duration::minutes(start_min);
+        let mut run = Run::sample(direction, status, t0 + time::Duration::minutes(start_min));
         run.ended_at = Some(t0 + time::Duration::minutes(end_min));
-        run.status = status;
         run
     }
 

@@ -166,6 +166,9 @@ pub struct Run {
     /// `down --expire`: the gate document it writes has `expire`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expire: bool,
+    /// Run by `maintctl daemon` for an `auto` window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_daemon: bool,
     /// `user@host`.
     pub by: String,
     pub command: String,
@@ -187,6 +190,26 @@ pub struct Run {
     pub steps: Vec<StepRecord>,
 }
 
+#[cfg(test)]
+impl Run {
+    /// A `direction` run of the sample inventory's `mock`, started at `started_at`, `status`.
+    pub(crate) fn sample(
+        direction: Direction,
+        status: RunStatus,
+        started_at: OffsetDateTime,
+    ) -> Run {
+        let env = crate::config::sample::mock();
+        let plan = match direction {
+            Direction::Down => crate::plan::Plan::down(&env),
+            _ => crate::plan::Plan::up(&env),
+        };
+        let mut run = Run::new("r", &env, &plan, "db", None, "ops@bastion");
+        run.started_at = started_at;
+        run.status = status;
+        run
+    }
+}
+
 impl Run {
     /// A new run of `plan`, every step pending.
     pub fn new(
@@ -204,6 +227,7 @@ impl Run {
             reason: reason.to_string(),
             until,
             expire: false,
+            by_daemon: false,
             by: by.to_string(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             plan_hash: plan.hash(),

@@ -507,6 +507,7 @@ async fn dispatch(command: Command, path: &Path, out: Output) -> CommandResult {
         reason,
         until,
         expire,
+        by_daemon: false,
         yes: flags.yes,
         dry_run: flags.dry_run,
         all,

@@ -2,22 +2,25 @@
 //! tick it reads the windows, the gate key and the journal, and:
 //! - sends the reminder due before each coming window (only the nearest one when several are
 //!   due at once, and only those due after the window's last change, which told everyone);
-//! - at the start of a window marked `auto`, runs `down` (its reason and `until` the window's),
-//!   and at its end `up`, with its smoke tests, when that `down` was the daemon's; each once;
-//! - at the start of any other window that nobody took down, sends `missed` (an alert);
-//! - once the gate is closed past its `until` plus `notices.overdue_grace`, sends `overdue`
-//!   (`expired` when the gate document has `expire`: the proxies opened it by themselves);
-//! - tries again each notice whose last try failed, pausing 1 minute, then 2, 4… up to an hour,
-//!   until a day after its window ended.
+//! - at the start of a window marked `auto`, runs `down` (its reason and `until` the window's):
+//!   once, within `notices.missed_after` of the start, when nobody took the environment down
+//!   since and the plan has no pause; at its end `up`, with its smoke tests, when the last run
+//!   was that `down` and it finished;
+//! - sends `missed` for any other window nobody took down `missed_after` past its start;
+//! - once the gate is closed past the later of its `until` and its window's end, plus
+//!   `notices.overdue_grace`, sends `overdue` (`expired` when the gate document has `expire`:
+//!   the proxies opened it by themselves);
+//! - tries again each failed notice that still matters, pausing 1 minute, then 2, 4… up to an
+//!   hour.
 //!
 //! Only one daemon of an environment acts: it holds `<prefix>/daemon/lock` (a second one waits,
-//! standing by, and takes over when the first is gone). Its `down` and `up` take the
-//! environment's lock like any other run, so an operator's run and the daemon's never overlap.
-//! Every notice is sent once per window and recipient, whoever runs how many daemons.
+//! standing by, and takes over when the first is gone), and begins no action once that lock is
+//! lost. Its `down` and `up` take the environment's lock like any other run, so an operator's
+//! run and the daemon's never overlap. Every notice is sent once per window and recipient.
 
 use super::{consul_client, exit, CommandResult, Failure, RunRequest};
 use crate::config::{Config, Environment};
-use crate::journal::Maintenance;
+use crate::journal::{Run, RunStatus};
 use crate::lock::{Holder, Lock, LockError};
 use crate::notices::{self, Event, Notice};
 use crate::output::Output;
@@ -82,9 +85,10 @@ pub async fn daemon(
     );
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            biased;
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = ticks.tick() => {}
         }
         if lock.as_ref().is_some_and(Lock::is_lost) {
             out.note("warning: the daemon's lock was lost; standing by until it is taken again");
@@ -117,7 +121,8 @@ pub async fn daemon(
                 }
             }
         }
-        if let Err(e) = tick(config, env, &consul, &mut memory, out).await {
+        let Some(held) = lock.as_ref() else { continue };
+        if let Err(e) = tick(config, env, &consul, held, &mut memory, out).await {
             out.note(&format!("warning: {e}; trying again at the next tick"));
         }
     }
@@ -168,35 +173,43 @@ async fn tick(
     config: &Config,
     env: &Environment,
     consul: &Client,
+    lock: &Lock,
     memory: &mut Memory,
     out: Output,
 ) -> Result<(), String> {
+    let acting = || {
+        if lock.is_lost() {
+            Err("the daemon's lock was lost".to_string())
+        } else {
+            Ok(())
+        }
+    };
     let now = OffsetDateTime::now_utc();
     let windows = super::windows::read_windows(env, consul).await?;
-    let Gate {
-        closed,
-        until,
-        expire,
-    } = gate(env, consul).await?;
-    let maintenance = Maintenance::read(consul, &env.prefix)
+    let gate_now = gate(env, consul).await?;
+    let runs = crate::journal::all_runs(consul, &env.prefix)
         .await
         .map_err(|e| e.to_string())?;
+    // Overdue first, on the state as read: a late `up` of this tick is not followed by it.
+    overdue(env, consul, &gate_now, now, out).await;
     let day = time::Duration::days(1);
-    for w in windows
-        .windows
-        .iter()
-        .filter(|w| w.status == WindowStatus::Scheduled && now < w.end + day)
-    {
+    for w in windows.windows.iter().filter(|w| now < w.end + day) {
+        acting()?;
+        retry_failed(env, consul, w, now, memory, out).await;
+        if w.status != WindowStatus::Scheduled {
+            continue;
+        }
         if now < w.start {
             remind(env, consul, w, now, out).await;
         } else if now < w.end {
-            at_start(config, env, consul, w, closed, memory, out).await;
+            at_start(config, env, consul, w, &gate_now, &runs, now, memory, out).await;
         } else if w.auto
-            && closed
+            && gate_now.closed
             && !memory.ups.contains(&w.id)
-            && downed_by_daemon(&maintenance, w)
+            && downed_by_daemon(&runs, w)
         {
             memory.ups.insert(w.id.clone());
+            acting()?;
             out.note(&format!(
                 "window {} is over: maintctl up --env {}",
                 w.id, env.name
@@ -209,19 +222,40 @@ async fn tick(
                 ));
             }
         }
-        retry_failed(env, consul, w, now, memory, out).await;
-    }
-    let overdue = until.is_some_and(|until| closed && until + env.notices.overdue_grace <= now);
-    if overdue {
-        // With `expire`, the proxies have opened the gate by themselves at this very moment.
-        let event = if expire {
-            Event::Expired
-        } else {
-            Event::Overdue
-        };
-        notices::tell_window_now(env, consul, event, out).await;
     }
     Ok(())
+}
+
+/// `overdue` (or `expired`, when the proxies opened the gate by themselves) once the gate is
+/// closed past the later of its `until` and its window's end, plus `notices.overdue_grace`.
+async fn overdue(
+    env: &Environment,
+    consul: &Client,
+    gate: &Gate,
+    now: OffsetDateTime,
+    out: Output,
+) {
+    let Some(until) = gate.until.filter(|_| gate.closed) else {
+        return;
+    };
+    let Ok(Some(window)) = notices::window_now(env, consul).await else {
+        return;
+    };
+    if until.max(window.end) + env.notices.overdue_grace > now {
+        return;
+    }
+    let event = if gate.expire {
+        Event::Expired
+    } else {
+        Event::Overdue
+    };
+    let notice = Notice {
+        env: &env.name,
+        event,
+        window: &window,
+        before: None,
+    };
+    notices::send(env, consul, &notice, out).await;
 }
 
 /// The reminder due now before window `w`, if one is: the nearest to the start among those
@@ -247,22 +281,38 @@ async fn remind(env: &Environment, consul: &Client, w: &Window, now: OffsetDateT
     }
 }
 
-/// Window `w` is under way: an `auto` one is taken down (once), any other that nobody took
-/// down is told as `missed`.
+/// Window `w` is under way and the gate is open: an `auto` one is taken down, once, and only
+/// within `notices.missed_after` of its start and when nobody took it down since (an operator
+/// who brought it up early is not undone); any other is told as `missed` once that long has
+/// passed and nobody took it down.
+#[allow(clippy::too_many_arguments)]
 async fn at_start(
     config: &Config,
     env: &Environment,
     consul: &Client,
     w: &Window,
-    closed: bool,
+    gate: &Gate,
+    runs: &[Run],
+    now: OffsetDateTime,
     memory: &mut Memory,
     out: Output,
 ) {
-    if closed {
+    let taken_down = runs
+        .iter()
+        .any(|r| r.direction == Direction::Down && r.started_at >= w.start);
+    if gate.closed || taken_down {
         return;
     }
-    if w.auto {
-        if memory.downs.insert(w.id.clone()) {
+    let grace = env.notices.missed_after;
+    if w.auto && now < w.start + grace {
+        if let Some(pause) = pauses(env) {
+            if memory.downs.insert(w.id.clone()) {
+                out.note(&format!(
+                    "warning: window {} is auto, but the down plan has a pause ({pause}) nobody is here to answer: take it down by hand",
+                    w.id
+                ));
+            }
+        } else if memory.downs.insert(w.id.clone()) {
             out.note(&format!(
                 "window {} starts: maintctl down --env {}",
                 w.id, env.name
@@ -274,25 +324,42 @@ async fn at_start(
                     failure.message
                 ));
             }
+            return;
         }
-        return;
     }
-    let notice = Notice {
-        env: &env.name,
-        event: Event::Missed,
-        window: w,
-        before: None,
-    };
-    notices::send(env, consul, &notice, out).await;
+    if now >= w.start + grace {
+        let notice = Notice {
+            env: &env.name,
+            event: Event::Missed,
+            window: w,
+            before: None,
+        };
+        notices::send(env, consul, &notice, out).await;
+    }
 }
 
-/// Whether the current maintenance was begun by a daemon's `down` in window `w`.
-fn downed_by_daemon(maintenance: &Maintenance, w: &Window) -> bool {
-    maintenance
-        .runs
+/// The first pause of the `down` or `up` plan, if it has one: the daemon answers none.
+fn pauses(env: &Environment) -> Option<String> {
+    env.extra_steps.iter().find_map(|s| match &s.action {
+        crate::config::ExtraAction::Pause(text) => Some(format!("{}: {text}", s.name)),
+        _ => None,
+    })
+}
+
+/// Whether the maintenance now under way was begun by the daemon's own `down` in window `w`,
+/// which finished, and nothing was run by hand after it.
+fn downed_by_daemon(runs: &[Run], w: &Window) -> bool {
+    let Some(last) = runs
         .iter()
-        .filter(|r| r.direction == Direction::Down)
-        .any(|r| r.started_at >= w.start && r.command.split_whitespace().any(|a| a == "daemon"))
+        .filter(|r| matches!(r.direction, Direction::Down | Direction::Up))
+        .max_by_key(|r| r.started_at)
+    else {
+        return false;
+    };
+    last.direction == Direction::Down
+        && last.by_daemon
+        && last.status == RunStatus::Done
+        && last.started_at >= w.start
 }
 
 fn run_request(reason: Option<String>, until: Option<OffsetDateTime>) -> RunRequest {
@@ -300,6 +367,7 @@ fn run_request(reason: Option<String>, until: Option<OffsetDateTime>) -> RunRequ
         reason,
         until,
         expire: false,
+        by_daemon: true,
         yes: true,
         dry_run: false,
         all: false,
@@ -307,7 +375,22 @@ fn run_request(reason: Option<String>, until: Option<OffsetDateTime>) -> RunRequ
     }
 }
 
-/// Tries again each notice of window `w` whose last try failed, when its pause is over.
+/// Whether a failed notice of `event` still matters for window `w` at `now`: what was
+/// announced (scheduled, moved, extended) and reminders before the start, a cancellation of a
+/// cancelled window. What was true at one moment (started, missed, overdue…) is not sent late.
+fn still_matters(event: Event, w: &Window, now: OffsetDateTime) -> bool {
+    match event {
+        Event::Cancelled => w.status == WindowStatus::Cancelled,
+        Event::Scheduled | Event::Changed | Event::Reminder => {
+            w.status == WindowStatus::Scheduled && now < w.start
+        }
+        Event::Extended => w.status == WindowStatus::Scheduled && now < w.end,
+        _ => false,
+    }
+}
+
+/// Tries again each notice of window `w` whose last try failed and which still matters, when
+/// its pause is over.
 async fn retry_failed(
     env: &Environment,
     consul: &Client,
@@ -320,7 +403,7 @@ async fn retry_failed(
         return;
     };
     for record in log.undelivered() {
-        if w.skips(&record.recipient) {
+        if w.skips(&record.recipient) || !still_matters(record.event, w, now) {
             continue;
         }
         let key = (
@@ -349,5 +432,76 @@ async fn retry_failed(
             before,
         };
         notices::send_to(env, consul, &notice, Some(&record.recipient), out).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(minute: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(T0 + minute * 60).unwrap()
+    }
+
+    fn run(direction: Direction, status: RunStatus, minute: i64, by_daemon: bool) -> Run {
+        let mut run = Run::sample(direction, status, at(minute));
+        run.by_daemon = by_daemon;
+        run
+    }
+
+    fn window(status: WindowStatus) -> Window {
+        Window {
+            id: "w".into(),
+            start: at(10),
+            end: at(70),
+            reason: "db".into(),
+            message: None,
+            status,
+            by: "ops".into(),
+            changed_at: at(0),
+            revision: 0,
+            auto: true,
+            skip: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn up_follows_only_the_daemons_own_finished_down_with_nothing_after_it() {
+        use Direction::{Down, Up};
+        use RunStatus::{Done, Failed};
+        let w = window(WindowStatus::Scheduled);
+        assert!(downed_by_daemon(&[run(Down, Done, 10, true)], &w));
+        // An operator's down, a failed one, one before the window, or a later run by hand.
+        assert!(!downed_by_daemon(&[run(Down, Done, 10, false)], &w));
+        assert!(!downed_by_daemon(&[run(Down, Failed, 10, true)], &w));
+        assert!(!downed_by_daemon(&[run(Down, Done, 5, true)], &w));
+        assert!(!downed_by_daemon(
+            &[run(Down, Done, 10, true), run(Up, Done, 20, false)],
+            &w
+        ));
+        assert!(!downed_by_daemon(&[], &w));
+    }
+
+    #[test]
+    fn only_notices_that_still_matter_are_tried_again() {
+        let scheduled = window(WindowStatus::Scheduled);
+        let cancelled = window(WindowStatus::Cancelled);
+        assert!(still_matters(Event::Scheduled, &scheduled, at(5)));
+        assert!(!still_matters(Event::Scheduled, &scheduled, at(10)));
+        assert!(still_matters(Event::Reminder, &scheduled, at(9)));
+        assert!(!still_matters(Event::Reminder, &scheduled, at(11)));
+        assert!(still_matters(Event::Extended, &scheduled, at(69)));
+        assert!(still_matters(Event::Cancelled, &cancelled, at(5)));
+        assert!(!still_matters(Event::Scheduled, &cancelled, at(5)));
+        for once in [
+            Event::Started,
+            Event::Missed,
+            Event::Overdue,
+            Event::Expired,
+        ] {
+            assert!(!still_matters(once, &scheduled, at(20)));
+        }
     }
 }

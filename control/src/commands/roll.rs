@@ -134,12 +134,14 @@ pub async fn roll(config: &Config, env_name: &str, req: RollRequest, out: Output
         reason,
         until: None,
         expire: false,
+        by_daemon: false,
         restores: Vec::new(),
     };
     let run = RunRequest {
         reason: None,
         until: None,
         expire: false,
+        by_daemon: false,
         yes: req.yes,
         dry_run: false,
         all: false,

@@ -29,6 +29,8 @@ pub struct RunRequest {
     pub until: Option<OffsetDateTime>,
     /// `down --expire`: the gate document asks the proxies to open by themselves when overdue.
     pub expire: bool,
+    /// Run by `maintctl daemon` (journalled so).
+    pub by_daemon: bool,
     pub yes: bool,
     pub dry_run: bool,
     /// `up`: restore every step, whatever the journal says.
@@ -102,6 +104,7 @@ pub(super) enum Prepared {
         reason: String,
         until: Option<OffsetDateTime>,
         expire: bool,
+        by_daemon: bool,
         restores: Vec<String>,
     },
     Resume {
@@ -194,12 +197,14 @@ async fn run_locked(
             reason,
             until,
             expire,
+            by_daemon,
             restores,
         } => {
             let id = journal::new_run_id(plan.direction);
             let by = Holder::me(plan.direction.as_str()).by();
             let mut run = Run::new(&id, env, &plan, &reason, until, &by);
             run.expire = expire;
+            run.by_daemon = by_daemon;
             run.restores = restores;
             Journal::create(consul, &env.prefix, run)
                 .await
@@ -328,6 +333,7 @@ pub async fn down(config: &Config, env_name: &str, req: RunRequest, out: Output)
         reason,
         until: req.until,
         expire: req.expire,
+        by_daemon: req.by_daemon,
         restores: Vec::new(),
     };
     run_plan(env, consul, plan, prepared, &maintenance, &req, out).await
@@ -453,6 +459,7 @@ pub async fn up(config: &Config, env_name: &str, req: RunRequest, out: Output) -
         reason,
         until: None,
         expire: false,
+        by_daemon: req.by_daemon,
         restores,
     };
     run_plan(env, consul, plan, prepared, &maintenance, &req, out).await

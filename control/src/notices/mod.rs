@@ -349,7 +349,8 @@ pub async fn send_to(
         .filter(|r| only.is_none_or(|name| r.name == name))
         .collect();
     if notice.event.once() && !recipients.is_empty() {
-        // A re-run of `down` or `up` does not tell anyone twice.
+        // A re-run of `down` or `up`, or the daemon's next look, does not tell anyone twice;
+        // a reminder is sent again for a window moved since.
         let before = notice
             .before
             .map(|b| humantime::format_duration(b).to_string());
@@ -360,9 +361,17 @@ pub async fn send_to(
                         && l.before == before
                         && l.recipient == r.name
                         && l.delivery == Delivery::Delivered
+                        && (l.event != Event::Reminder || l.at >= notice.window.changed_at)
                 })
             }),
-            Err(e) => out.note(&format!("warning: {e}; sending to every recipient")),
+            Err(e) => {
+                // Without the journal nobody can tell who was told: nothing is sent twice.
+                out.note(&format!(
+                    "warning: no {} notice was sent: {e}",
+                    notice.event.as_str()
+                ));
+                return Vec::new();
+            }
         }
     }
     if recipients.is_empty() {

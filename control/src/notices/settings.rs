@@ -31,6 +31,7 @@ pub(crate) struct FileNotices {
     retry_backoff: Option<String>,
     timeout: Option<String>,
     overdue_grace: Option<String>,
+    missed_after: Option<String>,
     smtp: Option<FileSmtp>,
     #[serde(default)]
     recipients: Vec<FileRecipient>,
@@ -75,6 +76,9 @@ pub struct NoticeSettings {
     /// How long after the gate's `until` `maintctl daemon` sends "overdue" (as the proxies'
     /// `maintenance.overdue_grace`).
     pub overdue_grace: Duration,
+    /// How long after a window's start, with the environment not taken down, `maintctl
+    /// daemon` sends "missed" (and no longer takes an `auto` window down).
+    pub missed_after: Duration,
     pub smtp: Option<SmtpSettings>,
     pub recipients: Vec<Recipient>,
 }
@@ -87,6 +91,7 @@ impl Default for NoticeSettings {
             retry_backoff: Duration::from_secs(2),
             timeout: Duration::from_secs(20),
             overdue_grace: Duration::from_secs(15 * 60),
+            missed_after: Duration::from_secs(5 * 60),
             smtp: None,
             recipients: Vec::new(),
         }
@@ -232,6 +237,11 @@ pub(crate) fn check(key: &str, n: FileNotices, p: &mut Problems) -> NoticeSettin
             &format!("{key}.overdue_grace"),
             n.overdue_grace.as_deref(),
             defaults.overdue_grace,
+        ),
+        missed_after: p.duration(
+            &format!("{key}.missed_after"),
+            n.missed_after.as_deref(),
+            defaults.missed_after,
         ),
         smtp,
         recipients,
