@@ -79,9 +79,13 @@ impl Announcements {
     /// The window announced at `now_unix`: the first whose announcement has begun and which
     /// is not over.
     pub fn announced(&self, now_unix: i64) -> Option<&Announced> {
+        self.scheduled.get(self.announced_index(now_unix)?)
+    }
+
+    fn announced_index(&self, now_unix: i64) -> Option<usize> {
         self.scheduled
             .iter()
-            .find(|w| w.announced_from <= now_unix && now_unix < w.end)
+            .position(|w| w.announced_from <= now_unix && now_unix < w.end)
     }
 
     /// The window announced as of the last [`Announcements::refresh`] (at most a second ago).
@@ -92,11 +96,7 @@ impl Announcements {
 
     /// Notes which window is announced at `now_unix`.
     pub fn refresh(&self, now_unix: i64) {
-        let index = self
-            .scheduled
-            .iter()
-            .position(|w| w.announced_from <= now_unix && now_unix < w.end)
-            .unwrap_or(NONE);
+        let index = self.announced_index(now_unix).unwrap_or(NONE);
         self.announced_now.store(index, Ordering::Relaxed);
     }
 

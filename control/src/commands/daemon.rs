@@ -191,7 +191,15 @@ async fn tick(
         .await
         .map_err(|e| e.to_string())?;
     // Overdue first, on the state as read: a late `up` of this tick is not followed by it.
-    overdue(env, consul, &gate_now, now, out).await;
+    overdue(
+        env,
+        consul,
+        &gate_now,
+        notices::window_at(&windows, now),
+        now,
+        out,
+    )
+    .await;
     let day = time::Duration::days(1);
     for w in windows.windows.iter().filter(|w| now < w.end + day) {
         acting()?;
@@ -232,13 +240,11 @@ async fn overdue(
     env: &Environment,
     consul: &Client,
     gate: &Gate,
+    window: Option<&Window>,
     now: OffsetDateTime,
     out: Output,
 ) {
-    let Some(until) = gate.until.filter(|_| gate.closed) else {
-        return;
-    };
-    let Ok(Some(window)) = notices::window_now(env, consul).await else {
+    let (Some(until), Some(window)) = (gate.until.filter(|_| gate.closed), window) else {
         return;
     };
     if until.max(window.end) + env.notices.overdue_grace > now {
@@ -252,7 +258,7 @@ async fn overdue(
     let notice = Notice {
         env: &env.name,
         event,
-        window: &window,
+        window,
         before: None,
     };
     notices::send(env, consul, &notice, out).await;

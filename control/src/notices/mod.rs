@@ -17,7 +17,7 @@ use crate::lock::Holder;
 use crate::output::Output;
 use drawbridge_core::consul::{Client, PutMode, QueryOptions};
 use drawbridge_core::timestamp;
-use drawbridge_core::windows::Window;
+use drawbridge_core::windows::{Window, WindowsDoc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use settings::{Channel, NoticeSettings, Recipient};
@@ -502,15 +502,18 @@ pub async fn preview(env: &Environment, address: &str, notice: &Notice<'_>) -> R
 /// # Errors
 /// The windows document cannot be read.
 pub async fn window_now(env: &Environment, consul: &Client) -> Result<Option<Window>, String> {
-    let now = OffsetDateTime::now_utc();
-    let day = time::Duration::days(1);
     let doc = crate::commands::windows::read_windows(env, consul).await?;
-    Ok(doc
-        .windows
-        .into_iter()
+    Ok(window_at(&doc, OffsetDateTime::now_utc()).cloned())
+}
+
+/// The window of `doc` a maintenance run at `now` belongs to (see [`window_now`]).
+pub fn window_at(doc: &WindowsDoc, now: OffsetDateTime) -> Option<&Window> {
+    let day = time::Duration::days(1);
+    doc.windows
+        .iter()
         .filter(|w| w.status == drawbridge_core::windows::WindowStatus::Scheduled)
         .filter(|w| w.start <= now + day && now < w.end + day)
-        .min_by_key(|w| (w.start - now).abs()))
+        .min_by_key(|w| (w.start - now).abs())
 }
 
 /// Tells the recipients of the window the environment is in now (if any) that its maintenance

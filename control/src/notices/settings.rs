@@ -220,29 +220,16 @@ pub(crate) fn check(key: &str, n: FileNotices, p: &mut Problems) -> NoticeSettin
             recipients.push(recipient);
         }
     }
+    let mut duration = |field: &str, raw: Option<String>, default| {
+        p.duration(&format!("{key}.{field}"), raw.as_deref(), default)
+    };
     NoticeSettings {
         reminders,
         attempts,
-        retry_backoff: p.duration(
-            &format!("{key}.retry_backoff"),
-            n.retry_backoff.as_deref(),
-            defaults.retry_backoff,
-        ),
-        timeout: p.duration(
-            &format!("{key}.timeout"),
-            n.timeout.as_deref(),
-            defaults.timeout,
-        ),
-        overdue_grace: p.duration(
-            &format!("{key}.overdue_grace"),
-            n.overdue_grace.as_deref(),
-            defaults.overdue_grace,
-        ),
-        missed_after: p.duration(
-            &format!("{key}.missed_after"),
-            n.missed_after.as_deref(),
-            defaults.missed_after,
-        ),
+        retry_backoff: duration("retry_backoff", n.retry_backoff, defaults.retry_backoff),
+        timeout: duration("timeout", n.timeout, defaults.timeout),
+        overdue_grace: duration("overdue_grace", n.overdue_grace, defaults.overdue_grace),
+        missed_after: duration("missed_after", n.missed_after, defaults.missed_after),
         smtp,
         recipients,
     }
