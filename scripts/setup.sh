@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Installs what building and testing Drawbridge needs on a Debian bookworm machine, when it is missing:
 # cmake (Pingora's zlib-ng build), OpenSSH server and client (the boxes of the maintctl tests), the
-# openssl command (certificates for the TLS tests), and the Consul agent. Consul is not in bookworm, so it is fetched from the bullseye suite of the same Debian
+# openssl command (certificates for the TLS tests), the Consul agent, and promtool. Consul is not in bookworm, so it is fetched from the bullseye suite of the same Debian
 # archive this machine already uses, unpacked into .tools/consul (git-ignored) and reused on later runs.
+# promtool (it checks and tests the alert rules in config/prometheus) comes with bookworm's own
+# prometheus package, which is downloaded and unpacked into .tools/prometheus, never installed
+# (installing it would start a Prometheus server).
 #
 #   scripts/setup.sh            install what is missing
 #   scripts/setup.sh --print-consul   print the path of the consul binary (after installing it)
+#   scripts/setup.sh --print-promtool print the path of the promtool binary (after installing it)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 consul_bin="$tools/consul/usr/bin/consul"
 consul_suite="bullseye"
+promtool_bin="$tools/prometheus/usr/bin/promtool"
 
 log() { [ "${quiet:-0}" = 1 ] || echo "setup: $*" >&2; }
 
@@ -87,6 +92,38 @@ install_consul() {
   "$consul_bin" version | head -n 1 >&2
 }
 
+# promtool, from bookworm's prometheus package (already in the apt configuration): downloaded, not
+# installed, and unpacked into .tools/prometheus. The package lists are updated only when the
+# download fails without it.
+install_promtool() {
+  if [ -x "$promtool_bin" ]; then
+    return 0
+  fi
+  log "fetching promtool from the prometheus package of the configured Debian archive"
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' RETURN
+  if ! (cd "$work" && apt-get download prometheus >&2); then
+    if [ "$(id -u)" != 0 ]; then
+      echo "setup: fetching promtool needs 'apt-get update', which needs root; run as root or set PROMTOOL_BIN" >&2
+      rm -rf "$work"
+      exit 1
+    fi
+    if [ "$apt_updated" = 0 ]; then
+      log "apt-get update"
+      apt-get update -qq >&2
+      apt_updated=1
+    fi
+    (cd "$work" && apt-get download prometheus >&2)
+  fi
+  local deb
+  deb="$(ls "$work"/prometheus_*.deb | head -n 1)"
+  rm -rf "$tools/prometheus"
+  mkdir -p "$tools/prometheus"
+  dpkg -x "$deb" "$tools/prometheus"
+  "$promtool_bin" --version 2>&1 | head -n 1 >&2
+}
+
 case "${1:-}" in
   --print-consul)
     quiet=1
@@ -94,9 +131,15 @@ case "${1:-}" in
     echo "$consul_bin"
     exit 0
     ;;
+  --print-promtool)
+    quiet=1
+    install_promtool
+    echo "$promtool_bin"
+    exit 0
+    ;;
   "") ;;
   *)
-    echo "usage: scripts/setup.sh [--print-consul]" >&2
+    echo "usage: scripts/setup.sh [--print-consul | --print-promtool]" >&2
     exit 2
     ;;
 esac
@@ -108,5 +151,8 @@ command -v openssl >/dev/null || apt_install openssl
 # The HTTP/2 abuse test writes its frames with Python's h2 library (hyper-h2); the notice tests
 # run a real SMTP server (aiosmtpd).
 apt_install python3-h2 python3-aiosmtpd
+# The package test checks the installed units (systemd-analyze) and renders the man pages (man).
+apt_install systemd man-db
 install_consul
+install_promtool
 log "ready"

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 #[derive(Parser, Debug)]
 #[command(
     name = "maintctl",
-    version,
+    version = drawbridge_core::cli_docs::VERSION,
     after_help = "Exit codes:\n  0    done, and the end state seen from outside\n  1    a step failed (the journal says where; `resume` continues, `up` restores)\n  \
                   2    usage or configuration error; nothing was done\n  3    a verification did not succeed in time\n  \
                   4    another run holds the environment's lock\n  5    pre-flight found problems; nothing was done\n  \
@@ -490,6 +490,11 @@ fn wants_json(args: impl Iterator<Item = String>) -> bool {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Some(code) =
+        drawbridge_core::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -10,6 +10,7 @@
 //! * `consul`: a thin client for exactly the Consul endpoints both binaries use.
 //! * `settings`: how both config files are checked (problems with their keys, durations, secrets).
 //! * `timestamp`: RFC 3339 timestamps, to the precision their reader needs.
+//! * `cli_docs`: the version string, man pages and shell completions of both binaries.
 //!
 //! # Glossary
 //! * *gate*: the switch in front of a service; *mode*: `normal`, `maintenance` or `read_only`.
@@ -18,6 +19,7 @@
 //! * *box*: a host `maintctl` acts on; *step*: one action of the take-down or restore procedure.
 
 pub mod bypass;
+pub mod cli_docs;
 pub mod consul;
 pub mod gate;
 pub mod settings;

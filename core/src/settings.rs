@@ -37,11 +37,18 @@ pub fn load_config<F: DeserializeOwned, T>(
     path: &Path,
     check: impl FnOnce(F, &mut Problems) -> T,
 ) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse_config(path, &read_config(path)?, check)
+}
+
+/// The text of a config file.
+///
+/// # Errors
+/// The file cannot be read, as a [`ConfigError`] that names it.
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         problems: vec![format!("cannot read the file: {e}")],
-    })?;
-    parse_config(path, &text, check)
+    })
 }
 
 /// As [`load_config`], from the file's text.

@@ -29,6 +29,23 @@ pub struct StatusReport {
     /// The maintenance windows a proxy announces; absent from proxies that predate them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<WindowsStatus>,
+    /// The config file, as read at start and again on SIGHUP; absent from proxies that predate
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The config file: what the last read on SIGHUP found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub file: String,
+    /// When it was last read again (SIGHUP); none since the start when absent.
+    pub reread_at: Option<String>,
+    /// Why the last read was refused, if it was: nothing changed then.
+    pub last_error: Option<String>,
+    /// The top-level sections that differ from the ones served (`tls` for its keys other than
+    /// `certificates`, which are applied live): they apply at the next restart.
+    pub restart_needed: Vec<String>,
 }
 
 /// The windows document a proxy announces, and how the watch on its key is doing.

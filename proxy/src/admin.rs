@@ -5,6 +5,7 @@
 //! missing or wrong one is counted and logged at most once a second. Only GET and HEAD are
 //! answered: nothing here changes anything, and any other method gets 405.
 
+use crate::config_file::ConfigFile;
 use crate::doc_watch::DocWatch;
 use crate::gate_state::GateState;
 use crate::guard::{Refusal, RefusalLog};
@@ -41,6 +42,7 @@ pub struct Admin {
     pub refusals: Arc<RefusalLog>,
     /// The TLS listeners' certificates; `None` without TLS listeners.
     pub tls: Option<Arc<Certificates>>,
+    pub config: Arc<ConfigFile>,
     pub split_key: String,
     pub split: Arc<ArcSwap<SplitState>>,
     pub split_watch: Arc<ArcSwap<DocWatch>>,
@@ -95,6 +97,7 @@ impl Admin {
             },
             pools: self.pools.iter().map(|p| p.status()).collect(),
             tls: self.tls.as_ref().map(|t| t.status()),
+            config: Some(self.config.status()),
             split: Some(split::status(
                 &self.split_key,
                 &self.split.load(),

@@ -4,6 +4,8 @@
 //! # Layout
 //! * `config`: the TOML file, checked section by section into `Config` with errors that name the
 //!   key; pool host names and the host name are looked up only when it is finished.
+//! * `config_file`: the config file read again on SIGHUP: the certificate list applied live,
+//!   every other change reported as waiting for the restart.
 //! * `gate_state`: a gate document made ready to serve (rendered page and bodies), swapped whole.
 //! * `follow`: the blocking-query loop (index rules, rate limit, backoff) the watchers share.
 //! * `watcher`: follows the gate key; saves and restores `state_file`.
@@ -27,11 +29,14 @@
 //!   connections kept open through a shutdown's grace period.
 //! * `https`: the plain listeners' redirect to HTTPS, and HSTS.
 //! * `tls`: certificates of the TLS listeners, chosen by SNI and reloaded live.
+//! * `signals`: SIGHUP and SIGUSR2, taken before the listeners open.
+//! * `service_manager`: systemd's readiness protocol, and the zero-downtime restart on SIGUSR2.
 //! * `server`: wires everything into a Pingora server.
 
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod decide;
 pub mod doc_watch;
 pub mod edge;
@@ -49,7 +54,9 @@ pub mod registration;
 pub mod respond;
 pub mod router;
 pub mod server;
+pub mod service_manager;
 pub mod sessions;
+pub mod signals;
 pub mod split;
 pub mod state_file;
 pub mod tls;

@@ -5,6 +5,8 @@ use drawbridge::config::Config;
 use drawbridge::server::{self, StartOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 // Pingora allocates on every request (headers, buffers, tasks); mimalloc's thread-local free
 // lists cost less CPU per request than the system allocator (figures: README, Performance).
@@ -31,14 +33,20 @@ fn no_huge_pages() {
 #[derive(Parser, Debug)]
 #[command(
     name = "drawbridge",
-    version,
+    version = drawbridge_core::cli_docs::VERSION,
     after_help = "Exit codes: 0 clean shutdown or valid configuration (--check); \
                   1 a failure at start; 2 usage error or invalid configuration (as maintctl).\n\
                   Logs go to stderr; set DRAWBRIDGE_LOG (e.g. \"info\", \"drawbridge=debug\") to filter them.\n\
                   Signals: SIGTERM drains requests in flight for server.grace_period (idle kept-alive \
                   connections get their next answer with Connection: close), then exits; \
                   SIGQUIT hands the listeners to a new process started with --upgrade; \
-                  SIGHUP reads the TLS certificate files again."
+                  SIGUSR2 starts that new process itself (the binary at this path, this config \
+                  file) and hands over, or goes on serving when the file fails its check, changes \
+                  the listeners or the new process does not start; \
+                  SIGHUP reads the config file and the TLS certificate files again (the \
+                  certificate list applies at once, other changes at the next restart).\n\
+                  With NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 and MAINPID once it \
+                  serves."
 )]
 struct Cli {
     /// The configuration file (TOML; see config/drawbridge.example.toml).
@@ -60,9 +68,17 @@ const INVALID_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     no_huge_pages();
+    if let Some(code) =
+        drawbridge_core::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = Cli::parse();
     drawbridge_core::install_crypto_provider();
     init_logging();
+    if !cli.check {
+        hold_signals();
+    }
     if cli.check {
         // Checking looks nothing up: no name resolution, no host name.
         return match Config::check_file(&cli.config) {
@@ -79,6 +95,26 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Both absolute, and read before anything else (a package upgrade may replace the binary
+    // while the config is read) and before a daemon's fork changes the working folder: a
+    // restart on SIGUSR2 starts the binary installed at this path then, with this config file.
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("drawbridge: cannot find this binary's own path ({e}); is /proc mounted?");
+            return ExitCode::from(1);
+        }
+    };
+    let config_path = match std::path::absolute(&cli.config) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "drawbridge: cannot make {} absolute ({e}); pass an absolute --config",
+                cli.config.display()
+            );
+            return ExitCode::from(INVALID_CONFIG);
+        }
+    };
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -92,12 +128,32 @@ fn main() -> ExitCode {
     let start = StartOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
+        program,
+        config_path,
     };
     match server::build(config, start) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("drawbridge: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Takes SIGHUP, SIGUSR2 and SIGQUIT before the config is read: each one's default action ends
+/// the process, and the services that act on them start only when the listeners are about to
+/// open (after Consul's first answer, or after the listening sockets came from the process
+/// before). One sent before a service listens for it is dropped: it only sets a flag nobody
+/// reads. (A tokio stream taken this early would keep it and act on it later, a restart or a
+/// hand-over long after it was asked for.)
+fn hold_signals() {
+    use signal_hook::consts::{SIGHUP, SIGQUIT, SIGUSR2};
+    let dropped = Arc::new(AtomicBool::new(false));
+    for signal in [SIGHUP, SIGUSR2, SIGQUIT] {
+        if let Err(e) = signal_hook::flag::register(signal, dropped.clone()) {
+            tracing::warn!(
+                "cannot take signal {signal} early ({e}); one sent before the proxy serves ends it"
+            );
         }
     }
 }

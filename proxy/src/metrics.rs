@@ -69,6 +69,16 @@ pub struct Metrics {
     /// Reads of certificate files (on SIGHUP or after a change) that were refused: the
     /// certificate read before is still served.
     pub tls_reload_errors: IntCounter,
+    /// Reads of the config file on SIGHUP, by outcome: `read` or `refused` (nothing changed).
+    pub config_reloads: IntCounterVec,
+    /// 1 while the config file has changes that apply only at the next restart.
+    pub config_restart_needed: IntGauge,
+    /// Zero-downtime restarts (SIGUSR2) refused: this process goes on serving.
+    pub restart_refusals: IntCounter,
+    /// 1, with the version and commit as labels.
+    pub build_info: IntGaugeVec,
+    /// When this process started, in Unix seconds: it changes with each restart.
+    pub start_time: IntGauge,
     /// Answers of split routes, by route, the pool that served them and class (`2xx`, …,
     /// `none` when no answer was written).
     pub split_answers: IntCounterVec,
@@ -94,6 +104,15 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        // A counter of a few known outcomes, each at 0 from the start: an alert on its increase
+        // then sees the first one.
+        let outcomes = |name: &str, help: &str, outcomes: &[&str]| {
+            let c = counter_vec(name, help, &["outcome"])?;
+            for outcome in outcomes {
+                c.with_label_values(&[outcome]);
+            }
             Ok::<_, prometheus::Error>(c)
         };
         let int_gauge = |name: &str, help: &str| {
@@ -231,6 +250,43 @@ impl Metrics {
                 "drawbridge_tls_reload_errors_total",
                 "Certificate reloads refused (the certificate read before is still served)",
             )?,
+            config_reloads: outcomes(
+                "drawbridge_config_reloads_total",
+                "Reads of the config file on SIGHUP, by outcome (read, refused)",
+                &["read", "refused"],
+            )?,
+            config_restart_needed: int_gauge(
+                "drawbridge_config_restart_needed",
+                "1 while the config file has changes that apply only at the next restart (SIGUSR2)",
+            )?,
+            restart_refusals: counter(
+                "drawbridge_restart_refusals_total",
+                "Zero-downtime restarts (SIGUSR2) refused; the process goes on serving",
+            )?,
+            build_info: {
+                let info = IntGaugeVec::new(
+                    Opts::new(
+                        "drawbridge_build_info",
+                        "1, labelled with the version and the commit this binary was built from",
+                    ),
+                    &["version", "commit"],
+                )?;
+                registry.register(Box::new(info.clone()))?;
+                info.with_label_values(&[
+                    env!("CARGO_PKG_VERSION"),
+                    drawbridge_core::cli_docs::COMMIT,
+                ])
+                .set(1);
+                info
+            },
+            start_time: {
+                let started = int_gauge(
+                    "drawbridge_start_time_seconds",
+                    "When this process started, in Unix seconds (it changes with each restart)",
+                )?;
+                started.set(time::OffsetDateTime::now_utc().unix_timestamp());
+                started
+            },
             split_answers: counter_vec(
                 "drawbridge_split_answers_total",
                 "Answers of split routes, by route, pool and class",

@@ -7,6 +7,7 @@
 use crate::admin::Admin;
 use crate::clock::{Clock, DeadMan};
 use crate::config::{Config, Limits};
+use crate::config_file::ConfigFile;
 use crate::doc_watch::{Applied, DocWatch};
 use crate::edge::Edge;
 use crate::gate_state::StateBuilder;
@@ -16,6 +17,7 @@ use crate::metrics::{Metrics, RequestCounters};
 use crate::pools;
 use crate::registration::Registration;
 use crate::router::Router;
+use crate::service_manager::{self, Phases, Readiness, Restarter, Successor};
 use crate::sessions::SessionRules;
 use crate::split::{SplitBuilder, SplitWatcher};
 use crate::tls::{Certificates, TlsAcceptor, TlsReloader};
@@ -33,6 +35,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +45,9 @@ pub struct StartOptions {
     pub upgrade: bool,
     /// Fork into the background.
     pub daemon: bool,
+    /// The binary and config file a restart on SIGUSR2 starts again.
+    pub program: PathBuf,
+    pub config_path: PathBuf,
 }
 
 /// The write buffer of each client connection. Pingora's default (1460 bytes) sends a response
@@ -94,7 +100,7 @@ fn server_conf(config: &Config, daemon: bool) -> ServerConf {
 ///
 /// # Errors
 /// Metrics that cannot be registered or a Consul client that cannot be built.
-pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
+pub fn build(mut config: Config, start: StartOptions) -> anyhow::Result<Server> {
     let opt = Opt {
         upgrade: start.upgrade,
         daemon: start.daemon,
@@ -104,6 +110,10 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, start.daemon));
     server.bootstrap();
+    if start.upgrade {
+        // The listening sockets are this process's now.
+        service_manager::notify_main_pid();
+    }
 
     let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
     let consul = Arc::new(
@@ -204,11 +214,36 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             metrics.clone(),
         ))
     });
+    let config_file = Arc::new(ConfigFile::new(
+        start.config_path.clone(),
+        std::mem::take(&mut config.sections),
+        metrics.clone(),
+    ));
+    let (serving, serving_seen) = tokio::sync::watch::channel(false);
+    let restarter = server.add_service(background_service(
+        "restarter",
+        Restarter {
+            successor: Successor {
+                program: start.program,
+                config: start.config_path,
+                daemon: start.daemon,
+                upgrade_sock: config.server.upgrade_sock.clone(),
+            },
+            config: config_file.clone(),
+            metrics: metrics.clone(),
+            serving: serving_seen,
+            phases: tokio::sync::Mutex::new(Phases {
+                receiver: server.watch_execution_phase(),
+                latest: None,
+            }),
+        },
+    ));
     let reloader = server.add_service(background_service(
         "tls reloader",
         TlsReloader {
             certificates: certificates.clone(),
             watch_interval: config.tls.watch_interval,
+            config: config_file.clone(),
         },
     ));
 
@@ -247,6 +282,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
             metrics: metrics.clone(),
             refusals: refusals.clone(),
             tls: certificates.clone(),
+            config: config_file,
             split_key: config.consul.split_key.clone(),
             split: split.clone(),
             split_watch,
@@ -330,8 +366,9 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     }
     proxy.threads = Some(threads);
     let proxy = server.add_service(proxy);
-    // SIGHUP is taken before any listener opens.
+    // SIGHUP and SIGUSR2 are taken before any listener opens.
     proxy.add_dependency(&reloader);
+    proxy.add_dependency(&restarter);
     // The listeners open only once the gate has a state (never the default one served before
     // the first read of Consul), the split and windows keys were read (or did not answer within
     // their first read's bound: nothing is split or announced then) and the pools know their
@@ -342,5 +379,7 @@ pub fn build(config: Config, start: StartOptions) -> anyhow::Result<Server> {
     for handle in &pool_handles {
         proxy.add_dependency(handle);
     }
+    let readiness = server.add_service(background_service("readiness", Readiness { serving }));
+    readiness.add_dependency(&proxy);
     Ok(server)
 }

@@ -97,3 +97,48 @@ fn demo_config_checks() {
     let out = drawbridge(&["--config", demo.to_str().unwrap(), "--check"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `--version` names the commit the binary was built from (this checkout's HEAD).
+#[test]
+fn version_names_the_commit() {
+    let out = drawbridge(&["--version"]);
+    assert!(out.status.success());
+    let version = text(&out.stdout);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let commit = head.map_or_else(
+        || "unknown".to_string(),
+        |o| text(&o.stdout).trim().to_string(),
+    );
+    assert_eq!(
+        version.trim(),
+        format!("drawbridge {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `DRAWBRIDGE_GENERATE_DOCS=DIR` writes the man page and the three completions, which name every option.
+#[test]
+fn generate_docs_writes_the_man_page_and_completions() {
+    let dir = std::env::temp_dir().join(format!("drawbridge-cli-{}-docs", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .env("DRAWBRIDGE_GENERATE_DOCS", &dir)
+        .output()
+        .expect("the drawbridge binary runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = std::fs::read_to_string(dir.join("drawbridge.1")).unwrap();
+    let bash = std::fs::read_to_string(dir.join("completions/drawbridge.bash")).unwrap();
+    for option in ["config", "check", "upgrade", "daemon"] {
+        assert!(
+            page.contains(&format!("\\-\\-{option}")),
+            "{option} in {page}"
+        );
+        assert!(bash.contains(&format!("--{option}")), "{option} in {bash}");
+    }
+    assert!(dir.join("completions/_drawbridge").is_file());
+    assert!(dir.join("completions/drawbridge.fish").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -78,3 +78,7 @@ mod maintctl_canary;
 mod maintctl_roll;
 // maintctl schedule, windows, reschedule and cancel: the maintenance windows in Consul.
 mod maintctl_windows;
+// The shipped alert rules and dashboard: promtool checks and rule tests, metric names a proxy exports.
+mod monitoring;
+// The Debian package: built, installed with dpkg, its files, users, units, man pages, purged.
+mod package;

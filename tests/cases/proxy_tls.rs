@@ -1,8 +1,9 @@
 //! TLS on the public listener: the certificate chosen by the name the client sends (exact,
 //! wildcard, default), TLS 1.2 and 1.3 only, the maintenance answers and the bypass over
 //! HTTPS, certificates reloaded on SIGHUP and on a file change without dropping a connection, a
-//! bad file at reload keeping the old certificate (reported in `/status` and a metric), and a
-//! bad file at start refused with its key.
+//! bad file at reload keeping the old certificate (reported in `/status` and a metric), the
+//! certificate list of the config file applied on SIGHUP, and a bad file at start refused with its
+//! key.
 //!
 //! The certificates are made by each test in its folder with `rcgen`; Debian's `openssl
 //! s_client` plays the clients that pick the protocol version or send no name.
@@ -499,6 +500,186 @@ async fn sighup_swaps_the_certificate_while_a_kept_alive_connection_keeps_workin
         .edge
         .log()
         .contains("SIGHUP: TLS certificates read again read=1 refused=0"));
+}
+
+/// Edits the proxy's config file in place: `edit` changes its TOML table.
+fn edit_config(edge: &Drawbridge, edit: impl FnOnce(&mut toml::Table)) {
+    let path = edge.config_path();
+    let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
+}
+
+/// The subject of the certificate served to a client that sends `name`, checked without
+/// verifying it (a name the certificate does not cover gets the default).
+async fn subject_for(edge: &Drawbridge, name: &str) -> String {
+    let (subject, text) = s_client(edge.tls_addr(), &["-servername", name]).await;
+    subject.unwrap_or_else(|| panic!("no certificate for {name}:\n{text}"))
+}
+
+/// The `[[tls.certificates]]` list of a config table.
+fn certificate_list(config: &mut toml::Table) -> &mut Vec<toml::Value> {
+    config["tls"]["certificates"]
+        .as_array_mut()
+        .expect("a certificate list")
+}
+
+/// SIGHUP reads the config file again: a certificate added to `[[tls.certificates]]` is served
+/// to new handshakes at once, and a change elsewhere (`[limits]`) is named as waiting for the
+/// restart (`/status`, gauge, log). A file that fails its check changes nothing and is reported
+/// with its key. A certificate removed from the list is no longer served, and its expiry series
+/// is gone.
+#[tokio::test]
+async fn sighup_applies_the_certificate_list_and_names_what_waits_for_the_restart() {
+    let test = "sighup_reads_the_config";
+    let certs = TestDir::new(&format!("{test}-certs"));
+    let ca = TestCa::new(certs.path());
+    let a = ca.issue("a", &["a.test"]);
+    let b = ca.issue("b", &["b.test"]);
+    let mut site = Site::start_with(test, |builder| {
+        builder
+            .tls_certificate(&a.cert, &a.key, false)
+            .tls_watch_interval("1h")
+    })
+    .await;
+    let original = std::fs::read(site.edge.config_path()).unwrap();
+    assert_eq!(subject_for(&site.edge, "b.test").await, "CN = a");
+
+    edit_config(&site.edge, |config| {
+        let mut entry = toml::Table::new();
+        entry.insert("cert".into(), b.cert.display().to_string().into());
+        entry.insert("key".into(), b.key.display().to_string().into());
+        certificate_list(config).push(entry.into());
+        config
+            .entry("limits")
+            .or_insert_with(|| toml::Table::new().into())
+            .as_table_mut()
+            .expect("[limits] is a table")
+            .insert("max_headers".into(), 50.into());
+    });
+    site.edge.signal(Signal::SIGHUP);
+    wait_served(&site.edge, &ca.cert, "b.test", &b).await;
+    wait_served(&site.edge, &ca.cert, "a.test", &a).await;
+    let report = site.edge.status().await;
+    let config = report.config.expect("a config section");
+    assert_eq!(config.restart_needed, ["limits"]);
+    assert!(config.reread_at.is_some());
+    assert_eq!(config.last_error, None);
+    let metrics = site.edge.metrics().await;
+    assert_eq!(
+        metrics.get("drawbridge_config_restart_needed", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.get("drawbridge_config_reloads_total", &[("outcome", "read")]),
+        Some(1.0)
+    );
+    let b_series = [("cert", b.cert.to_str().unwrap()), ("names", "b.test")];
+    assert!(metrics
+        .get(
+            "drawbridge_tls_certificate_expiry_timestamp_seconds",
+            &b_series
+        )
+        .is_some());
+    assert!(site.edge.log().contains("apply at the next restart"));
+
+    let missing = certs.join("missing.key");
+    edit_config(&site.edge, |config| {
+        certificate_list(config)[1]["key"] = missing.display().to_string().into();
+    });
+    site.edge.signal(Signal::SIGHUP);
+    site.edge
+        .wait_metric(
+            "drawbridge_config_reloads_total",
+            &[("outcome", "refused")],
+            1.0,
+        )
+        .await;
+    let error = site
+        .edge
+        .status()
+        .await
+        .config
+        .unwrap()
+        .last_error
+        .expect("the refusal");
+    assert!(error.contains("tls.certificates[1].key"), "{error}");
+    wait_served(&site.edge, &ca.cert, "b.test", &b).await;
+
+    std::fs::write(site.edge.config_path(), &original).unwrap();
+    site.edge.signal(Signal::SIGHUP);
+    site.edge
+        .wait_metric(
+            "drawbridge_config_reloads_total",
+            &[("outcome", "read")],
+            2.0,
+        )
+        .await;
+    assert_eq!(subject_for(&site.edge, "b.test").await, "CN = a");
+    let config = site.edge.status().await.config.unwrap();
+    assert!(config.restart_needed.is_empty(), "{config:?}");
+    assert_eq!(config.last_error, None);
+    let metrics = site.edge.metrics().await;
+    assert_eq!(
+        metrics.get("drawbridge_config_restart_needed", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metrics.get(
+            "drawbridge_tls_certificate_expiry_timestamp_seconds",
+            &b_series
+        ),
+        None
+    );
+
+    // TLS taken out of the file: nothing to serve live, so it all waits for the restart, and
+    // the certificate served stays (with its expiry series).
+    edit_config(&site.edge, |config| {
+        config.remove("tls");
+        config["server"]
+            .as_table_mut()
+            .expect("[server] is a table")
+            .remove("tls_listen");
+    });
+    site.edge.signal(Signal::SIGHUP);
+    site.edge
+        .wait_metric(
+            "drawbridge_config_reloads_total",
+            &[("outcome", "read")],
+            3.0,
+        )
+        .await;
+    let config = site.edge.status().await.config.unwrap();
+    assert_eq!(config.restart_needed, ["server", "tls"]);
+    assert_eq!(subject_for(&site.edge, "a.test").await, "CN = a");
+    let a_series = [("cert", a.cert.to_str().unwrap()), ("names", "a.test")];
+    assert!(site
+        .edge
+        .metrics()
+        .await
+        .get(
+            "drawbridge_tls_certificate_expiry_timestamp_seconds",
+            &a_series
+        )
+        .is_some());
+    // The reloader lives on: the file put back is read again.
+    std::fs::write(site.edge.config_path(), &original).unwrap();
+    site.edge.signal(Signal::SIGHUP);
+    site.edge
+        .wait_metric(
+            "drawbridge_config_reloads_total",
+            &[("outcome", "read")],
+            4.0,
+        )
+        .await;
+    assert!(site
+        .edge
+        .status()
+        .await
+        .config
+        .unwrap()
+        .restart_needed
+        .is_empty());
 }
 
 /// With files looked at every second: a rotation that writes the certificate before its key is

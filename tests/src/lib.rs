@@ -16,6 +16,7 @@
 //!   recording the notices maintctl sends.
 //! * `fault_relay`: a forwarder in front of Consul that fails chosen writes after applying them,
 //!   and answers chosen reads like a server that is behind.
+//! * `promtool`: Prometheus' rule checker, for the shipped alert rules.
 
 pub mod consul;
 pub mod consul_acl;
@@ -27,6 +28,7 @@ pub mod maintctl;
 pub mod notice_sinks;
 pub mod ports;
 pub mod process;
+pub mod promtool;
 pub mod proxy;
 pub mod raw_http;
 pub mod services;

@@ -98,6 +98,79 @@ while kill -0 "$2" 2>/dev/null; do
   i=$((i+1))
 done"#;
 
+/// Starts the [`WATCHDOG`] of process `pid`.
+fn spawn_watchdog(pid: u32, lifetime: Duration) -> std::io::Result<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("drawbridge-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .arg(lifetime.as_secs().max(1).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+/// A process the test did not start but must stop: one a proxy started itself (its successor
+/// after SIGUSR2). SIGKILL on drop, and the same watchdog as a [`ChildGuard`]'s.
+#[derive(Debug)]
+pub struct AdoptedProcess {
+    pid: Pid,
+    watchdog: Option<Child>,
+}
+
+impl AdoptedProcess {
+    /// # Panics
+    /// When the watchdog cannot be started (the process is killed first).
+    pub fn adopt(pid: u32) -> AdoptedProcess {
+        let pid_i32 = i32::try_from(pid).expect("a Linux pid fits in i32");
+        match spawn_watchdog(pid, max_lifetime()) {
+            Ok(watchdog) => AdoptedProcess {
+                pid: Pid::from_raw(pid_i32),
+                watchdog: Some(watchdog),
+            },
+            Err(e) => {
+                let _ = kill(Pid::from_raw(pid_i32), Signal::SIGKILL);
+                panic!("cannot start the watchdog (sh) for pid {pid}: {e}");
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// Alive and not a zombie.
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state != "Z")
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for AdoptedProcess {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if self.is_running() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// One spawned child process, owned: terminated and reaped on drop.
 #[derive(Debug)]
 pub struct ChildGuard {
@@ -145,17 +218,7 @@ impl ChildGuard {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("drawbridge-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(child.id().to_string())
-            .arg(lifetime.as_secs().max(1).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let watchdog = spawn_watchdog(child.id(), lifetime);
         let mut guard = ChildGuard {
             name: name.to_owned(),
             child,

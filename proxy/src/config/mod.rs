@@ -42,7 +42,7 @@ pub use server::{AccessLog, AdminSettings, ServerSettings};
 pub use tls::{CertificateSettings, TlsSettings};
 pub use upstreams::{HealthCheckSettings, PoolSettings, PoolSource, RouteKind, RouteSettings};
 
-use drawbridge_core::settings::{load_config, parse_config, Problems};
+use drawbridge_core::settings::{load_config, parse_config, read_config, Problems};
 use file::FileConfig;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -63,6 +63,16 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     pub limits: Limits,
     pub tls: TlsSettings,
+    /// The file's top-level sections as written, to tell which ones changed when it is read
+    /// again (SIGHUP); empty for a config made in a test.
+    pub sections: toml::Table,
+}
+
+/// A config file read again on SIGHUP: checked (no name looked up), with its sections as written.
+#[derive(Debug)]
+pub struct Reread {
+    pub tls: TlsSettings,
+    pub sections: toml::Table,
 }
 
 impl Config {
@@ -74,8 +84,23 @@ impl Config {
     /// pool server that does not resolve; the error lists every problem with its key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var(name).ok();
-        load_config(path, |file, p| {
-            check(file, p, &env).finish(&Machine::LOCAL, p)
+        let text = read_config(path)?;
+        let mut config = Config::parse(path, &text, &env)?;
+        config.sections = sections_of(&text);
+        Ok(config)
+    }
+
+    /// Reads and checks the file again, as `--check` does (nothing is looked up).
+    ///
+    /// # Errors
+    /// As [`Config::load`], but for names that do not resolve.
+    pub fn reread(path: &Path) -> Result<Reread, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let text = read_config(path)?;
+        let tls = parse_config(path, &text, |file, p| check(file, p, &env).config.tls)?;
+        Ok(Reread {
+            tls,
+            sections: sections_of(&text),
         })
     }
 
@@ -103,6 +128,11 @@ impl Config {
         let env = |name: &str| std::env::var(name).ok();
         load_config(path, |file, p| check(file, p, &env).config.warnings)
     }
+}
+
+/// The top-level tables of a text that parsed as the config already.
+fn sections_of(text: &str) -> toml::Table {
+    toml::from_str(text).unwrap_or_default()
 }
 
 /// What finishing a checked config takes from the machine it starts on.
@@ -185,6 +215,7 @@ fn check(file: FileConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String
             routes,
             limits,
             tls,
+            sections: toml::Table::new(),
         },
         named_servers,
         default_service_id,

@@ -351,12 +351,17 @@ fn pools_need_exactly_one_source() {
 
 #[test]
 fn shipped_example_configs_are_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("config");
+    let package_default = root.join("packaging/etc/drawbridge.toml");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .chain([package_default]);
+    for path in files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if !name.starts_with("drawbridge") && name != "demo.toml" {
+        if !(name.starts_with("drawbridge") && name.ends_with(".toml")) && name != "demo.toml" {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -365,6 +370,10 @@ fn shipped_example_configs_are_valid() {
             .replace("/run/drawbridge/", "/tmp/")
             .replace("/var/lib/drawbridge/", "/tmp/")
             .replace("/tmp/drawbridge-demo/", "/tmp/")
+            .replace(
+                "/usr/share/drawbridge/",
+                &format!("{}/static/", root.display()),
+            )
             .replace("10.0.1.10:3000", "127.0.0.1:3000")
             .replace("10.0.1.11:3000", "127.0.0.1:3001");
         if let Err(e) = parse(&text) {
@@ -373,8 +382,8 @@ fn shipped_example_configs_are_valid() {
         seen += 1;
     }
     assert!(
-        seen >= 2,
-        "expected the example and the demo config in {}",
+        seen >= 3,
+        "expected the example and the demo config in {}, and the package's default",
         dir.display()
     );
 }

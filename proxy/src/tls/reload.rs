@@ -1,16 +1,19 @@
-//! The background service that reloads the certificates: on SIGHUP every file is read again,
-//! and every `tls.watch_interval` the files are looked at (a `stat` each) and a changed entry's
-//! files are read again. Without TLS listeners, SIGHUP is still taken, so that a reload sent
-//! out of habit does not end the process (its default action).
+//! The background service that reloads the certificates: on SIGHUP the config file is read
+//! again (its certificate list applied live, see `config_file`) and every certificate file is
+//! read again; every `tls.watch_interval` the files are looked at (a `stat` each) and a changed
+//! entry's files are read again. Without TLS listeners SIGHUP still reads the config file, and a
+//! SIGHUP sent out of habit never ends the process (its default action).
 
 use super::store::Certificates;
+use crate::config_file::ConfigFile;
+use crate::signals::Taken;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 use tokio::time::MissedTickBehavior;
 
 /// Reloads `certificates` on SIGHUP and when their files change.
@@ -19,12 +22,18 @@ pub struct TlsReloader {
     pub certificates: Option<Arc<Certificates>>,
     /// How often the files are looked at (`tls.watch_interval`).
     pub watch_interval: Duration,
+    pub config: Arc<ConfigFile>,
 }
 
 impl TlsReloader {
     fn on_hangup(&self) {
-        match &self.certificates {
-            Some(certificates) => {
+        let new_list = self.config.reread(self.certificates.is_some());
+        let Some(certificates) = &self.certificates else {
+            return;
+        };
+        match new_list {
+            Some(settings) => certificates.replace(&settings),
+            None => {
                 let done = certificates.reload(true);
                 tracing::info!(
                     read = done.read,
@@ -32,9 +41,6 @@ impl TlsReloader {
                     "SIGHUP: TLS certificates read again"
                 );
             }
-            None => tracing::info!(
-                "SIGHUP: no TLS certificates to read again (the config file is read only at start)"
-            ),
         }
     }
 }
@@ -48,15 +54,11 @@ impl BackgroundService for TlsReloader {
         mut shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => Some(hangups),
-            Err(e) => {
-                tracing::error!(
-                    "cannot take SIGHUP ({e}): certificates are reloaded only when their files change"
-                );
-                None
-            }
-        };
+        let mut hangups = Taken::new(
+            SignalKind::hangup(),
+            "SIGHUP",
+            "certificates are reloaded only when their files change",
+        );
         ready.notify_ready();
         let mut ticks = tokio::time::interval(self.watch_interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -65,12 +67,7 @@ impl BackgroundService for TlsReloader {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(()) = async {
-                    match hangups.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => self.on_hangup(),
+                () = hangups.next() => self.on_hangup(),
                 _ = ticks.tick(), if self.certificates.is_some() => {
                     if let Some(certificates) = &self.certificates {
                         certificates.reload(false);

@@ -52,20 +52,22 @@ pub struct Reloaded {
 /// The TLS listeners' certificates.
 pub struct Certificates {
     listen: Vec<SocketAddr>,
-    default: usize,
-    entries: Mutex<Vec<Entry>>,
+    entries: Mutex<Entries>,
     served: Arc<ArcSwap<CertSet>>,
     metrics: Arc<Metrics>,
 }
 
-impl Certificates {
-    /// The certificates `settings` read at start, served on `listen`.
-    ///
-    /// # Panics
-    /// When `settings` has no certificate (the config check refuses a TLS listener without one).
-    pub fn new(settings: &TlsSettings, listen: &[SocketAddr], metrics: Arc<Metrics>) -> Self {
+/// The `[[tls.certificates]]` entries, and which one is the default.
+struct Entries {
+    list: Vec<Entry>,
+    default: usize,
+}
+
+impl Entries {
+    /// The entries of `settings`, as read by its check; each one's expiry gauge set.
+    fn of(settings: &TlsSettings, metrics: &Metrics) -> Entries {
         let now = OffsetDateTime::now_utc();
-        let entries: Vec<Entry> = settings
+        let list: Vec<Entry> = settings
             .certificates
             .iter()
             .map(|c| Entry {
@@ -78,21 +80,69 @@ impl Certificates {
                 last_error: None,
             })
             .collect();
-        for entry in &entries {
+        for entry in &list {
             let labels = entry.gauge_labels();
             metrics
                 .tls_certificate_expiry
                 .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
                 .set(entry.serving.not_after.unix_timestamp() as f64);
         }
-        let served = Arc::new(ArcSwap::from_pointee(set_of(&entries, settings.default)));
+        Entries {
+            list,
+            default: settings.default,
+        }
+    }
+
+    /// The set the entries' certificates make.
+    fn set(&self) -> CertSet {
+        let list: Vec<_> = self
+            .list
+            .iter()
+            .map(|e| (e.serving.names.as_slice(), e.serving.certified.clone()))
+            .collect();
+        CertSet::build(&list, self.default).0
+    }
+}
+
+impl Certificates {
+    /// The certificates `settings` read at start, served on `listen`.
+    ///
+    /// # Panics
+    /// When `settings` has no certificate (the config check refuses a TLS listener without one).
+    pub fn new(settings: &TlsSettings, listen: &[SocketAddr], metrics: Arc<Metrics>) -> Self {
+        let entries = Entries::of(settings, &metrics);
         Certificates {
             listen: listen.to_vec(),
-            default: settings.default,
+            served: Arc::new(ArcSwap::from_pointee(entries.set())),
             entries: Mutex::new(entries),
-            served,
             metrics,
         }
+    }
+
+    /// Serves the entries of `settings` (read and checked by a reread of the config file) in
+    /// place of the ones served: the list of `[[tls.certificates]]` changed.
+    ///
+    /// # Panics
+    /// When `settings` has no certificate (the caller keeps the list served then).
+    pub fn replace(&self, settings: &TlsSettings) {
+        assert!(
+            !settings.certificates.is_empty(),
+            "an empty certificate list is never served"
+        );
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in &entries.list {
+            let labels = entry.gauge_labels();
+            let _ = self
+                .metrics
+                .tls_certificate_expiry
+                .remove_label_values(&[labels[0].as_str(), labels[1].as_str()]);
+        }
+        *entries = Entries::of(settings, &self.metrics);
+        self.served.store(Arc::new(entries.set()));
+        tracing::info!(
+            certificates = entries.list.len(),
+            "the certificate list of the config file is served; new handshakes get it"
+        );
     }
 
     /// The handshake's certificate resolver, following every reload.
@@ -107,7 +157,7 @@ impl Certificates {
         let now = OffsetDateTime::now_utc();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut done = Reloaded::default();
-        for entry in entries.iter_mut() {
+        for entry in entries.list.iter_mut() {
             let seen = [Fingerprint::of(&entry.cert), Fingerprint::of(&entry.key)];
             if !all && seen == entry.seen {
                 continue;
@@ -156,7 +206,7 @@ impl Certificates {
             }
         }
         if done.read > 0 {
-            self.served.store(Arc::new(set_of(&entries, self.default)));
+            self.served.store(Arc::new(entries.set()));
         }
         done
     }
@@ -167,12 +217,13 @@ impl Certificates {
         TlsStatus {
             listen: self.listen.iter().map(ToString::to_string).collect(),
             certificates: entries
+                .list
                 .iter()
                 .enumerate()
                 .map(|(i, e)| CertificateStatus {
                     cert: e.cert.display().to_string(),
                     key: e.key.display().to_string(),
-                    default: i == self.default,
+                    default: i == entries.default,
                     names: e.serving.names.clone(),
                     not_before: timestamp::full(e.serving.not_before),
                     not_after: timestamp::full(e.serving.not_after),
@@ -183,15 +234,6 @@ impl Certificates {
                 .collect(),
         }
     }
-}
-
-/// The set the entries' certificates make.
-fn set_of(entries: &[Entry], default: usize) -> CertSet {
-    let list: Vec<_> = entries
-        .iter()
-        .map(|e| (e.serving.names.as_slice(), e.serving.certified.clone()))
-        .collect();
-    CertSet::build(&list, default).0
 }
 
 #[cfg(test)]
@@ -243,6 +285,7 @@ mod tests {
         let certified = served.pick(Some(sni));
         let entries = certs.entries.lock().unwrap();
         entries
+            .list
             .iter()
             .find(|e| Arc::ptr_eq(&e.serving.certified, certified))
             .map(|e| e.serving.names.clone())

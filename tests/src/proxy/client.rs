@@ -27,6 +27,8 @@ pub fn h2c_test_client() -> reqwest::Client {
 }
 
 fn bounded_client() -> reqwest::ClientBuilder {
+    // reqwest builds its TLS settings even for a plain client.
+    drawbridge_core::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

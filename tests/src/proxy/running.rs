@@ -75,7 +75,10 @@ impl Drawbridge {
             // The config names the Consul address; keep the developer's own Consul out.
             .env_remove("CONSUL_HTTP_ADDR")
             .env_remove("CONSUL_HTTP_TOKEN")
-            .env_remove("CONSUL_HTTP_TOKEN_FILE");
+            .env_remove("CONSUL_HTTP_TOKEN_FILE")
+            // Tests that play systemd set their own; a test run under systemd must not leak its.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("DRAWBRIDGE_GENERATE_DOCS");
         for (k, v) in &self.builder.env {
             cmd.env(k, v);
         }
