@@ -126,6 +126,20 @@ impl Admin {
         constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
+    /// The health gauge of every server in a pool now, from the pools' own health checks.
+    fn set_server_health(&self) {
+        let gauge = &self.metrics.upstream_healthy;
+        gauge.reset();
+        for pool in &self.pools {
+            let status = pool.status();
+            for server in status.servers.iter().filter(|s| s.in_pool) {
+                gauge
+                    .with_label_values(&[status.name.as_str(), server.address.as_str()])
+                    .set(i64::from(server.healthy));
+            }
+        }
+    }
+
     /// Counts a request refused for its token and logs it, unless a line went out this second;
     /// the line names the client and the path, never what the client sent.
     fn token_refused(&self, session: &ServerSession, path: &str) {
@@ -200,6 +214,7 @@ impl ServeHttp for Admin {
                     .load()
                     .is_stale(OffsetDateTime::now_utc(), self.stale_after);
                 self.metrics.consul_stale.set(i64::from(stale));
+                self.set_server_health();
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

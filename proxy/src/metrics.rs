@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Requests in flight to each server, by pool and server (`ip:port`): 0 to a drained
     /// server once its last request has ended.
     pub upstream_in_flight: IntGaugeVec,
+    /// 1 for each server of a pool that passes its health check, 0 for one that does not; set
+    /// from the pools at each scrape (servers that left a pool are gone).
+    pub upstream_healthy: IntGaugeVec,
     /// Failed requests to Consul by the gate watcher, by kind.
     pub consul_watch_errors: IntCounterVec,
     /// Values at the gate key that were refused.
@@ -143,6 +146,14 @@ impl Metrics {
             &["pool", "server"],
         )?;
         registry.register(Box::new(upstream_in_flight.clone()))?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "drawbridge_upstream_server_healthy",
+                "1 for a server of a pool that passes its health check, 0 for one that does not",
+            ),
+            &["pool", "server"],
+        )?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
         let tls_certificate_expiry = GaugeVec::new(
             Opts::new(
                 "drawbridge_tls_certificate_expiry_timestamp_seconds",
@@ -181,6 +192,7 @@ impl Metrics {
                 &["pool", "status"],
             )?,
             upstream_in_flight,
+            upstream_healthy,
             consul_watch_errors: counter_vec(
                 "drawbridge_consul_watch_errors_total",
                 "Failed requests of the gate watcher to Consul",

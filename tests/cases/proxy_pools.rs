@@ -100,21 +100,32 @@ async fn assert_all_reach(edge: &Drawbridge, path: &str, name: &str) {
     );
 }
 
-/// Two servers with an HTTP health check: when one's `/healthz` answers 500, `/status` marks
-/// it unhealthy and every request goes to the other; when it recovers it gets requests again.
+/// Two servers with an HTTP health check: when one's `/healthz` answers 500, `/status` and
+/// `drawbridge_upstream_server_healthy` mark it unhealthy and every request goes to the other;
+/// when it recovers it gets requests again.
 #[tokio::test]
 async fn failing_health_check_takes_a_server_out_of_rotation() {
-    let (_dir, _consul, a, _b, edge) =
+    let (_dir, _consul, a, b, edge) =
         two_server_edge("failing_health_check_takes_a_server_out").await;
+    let (a_addr, b_addr) = (a.addr().to_string(), b.addr().to_string());
+    let healthy = |metrics: &drawbridge_tests::proxy::Metrics, server: &str| {
+        metrics.get(
+            "drawbridge_upstream_server_healthy",
+            &[("pool", "ui"), ("server", server)],
+        )
+    };
 
     a.set_healthy(false);
-    let a_addr = a.addr().to_string();
     wait_ui_health(&edge, "server a unhealthy", &a_addr, false).await;
     assert_all_reach(&edge, "/", "b").await;
+    let metrics = edge.metrics().await;
+    assert_eq!(healthy(&metrics, &a_addr), Some(0.0), "{}", metrics.text);
+    assert_eq!(healthy(&metrics, &b_addr), Some(1.0), "{}", metrics.text);
 
     a.set_healthy(true);
     wait_ui_health(&edge, "server a healthy again", &a_addr, true).await;
     wait_all_seen(&edge, "/", &["a"]).await;
+    assert_eq!(healthy(&edge.metrics().await, &a_addr), Some(1.0));
 }
 
 /// Two servers with an HTTP health check: when one's port closes, it leaves the rotation and
