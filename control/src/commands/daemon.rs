@@ -255,13 +255,7 @@ async fn overdue(
     } else {
         Event::Overdue
     };
-    let notice = Notice {
-        env: &env.name,
-        event,
-        window,
-        before: None,
-    };
-    notices::send(env, consul, &notice, out).await;
+    notices::tell(env, consul, window, event, out).await;
 }
 
 /// The reminder due now before window `w`, if one is: the nearest to the start among those
@@ -334,13 +328,7 @@ async fn at_start(
         }
     }
     if now >= w.start + grace {
-        let notice = Notice {
-            env: &env.name,
-            event: Event::Missed,
-            window: w,
-            before: None,
-        };
-        notices::send(env, consul, &notice, out).await;
+        notices::tell(env, consul, w, Event::Missed, out).await;
     }
 }
 

@@ -336,20 +336,8 @@ pub async fn schedule(
             )
         },
     );
-    tell(env, &consul, &window, Event::Scheduled, out).await;
+    notices::tell(env, &consul, &window, Event::Scheduled, out).await;
     Ok(exit::OK)
-}
-
-/// Sends the notice of `event` of `window` to its recipients (a failure is said, never
-/// fatal: the window is written).
-async fn tell(env: &Environment, consul: &Client, window: &Window, event: Event, out: Output) {
-    let notice = Notice {
-        env: &env.name,
-        event,
-        window,
-        before: None,
-    };
-    notices::send(env, consul, &notice, out).await;
 }
 
 /// `--preview ADDRESS`: the notice of `event` of `window`, by email to `address` only; nothing
@@ -541,7 +529,7 @@ pub async fn reschedule(
             )
         },
     );
-    tell(env, &consul, &window, event, out).await;
+    notices::tell(env, &consul, &window, event, out).await;
     Ok(exit::OK)
 }
 
@@ -582,7 +570,7 @@ pub async fn cancel(
         json!({"event": "cancelled", "env": env.name, "window": window_json(&window, now), "already": false}),
         || format!("cancelled {}: {}: {}", window.id, span(&window), window.reason),
     );
-    tell(env, &consul, &window, Event::Cancelled, out).await;
+    notices::tell(env, &consul, &window, Event::Cancelled, out).await;
     Ok(exit::OK)
 }
 

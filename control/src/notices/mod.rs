@@ -322,6 +322,17 @@ async fn journal(
     ))
 }
 
+/// Sends the notice of `event` of `window` (no reminder lead) to its recipients, as [`send`].
+pub async fn tell(env: &Environment, consul: &Client, window: &Window, event: Event, out: Output) {
+    let notice = Notice {
+        env: &env.name,
+        event,
+        window,
+        before: None,
+    };
+    send(env, consul, &notice, out).await;
+}
+
 /// Sends `notice` to every recipient of `settings` that wants its event and is not on the
 /// window's skip list, journals each delivery, and says how each went. Returns the records.
 pub async fn send(
@@ -531,13 +542,7 @@ pub async fn tell_window_now(env: &Environment, consul: &Client, event: Event, o
             return;
         }
     };
-    let notice = Notice {
-        env: &env.name,
-        event,
-        window: &window,
-        before: None,
-    };
-    send(env, consul, &notice, out).await;
+    tell(env, consul, &window, event, out).await;
 }
 
 /// What `down` warns about: the notices of the window it falls in whose last try failed, one
